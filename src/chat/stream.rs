@@ -1,0 +1,284 @@
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{ContentPart, Message, Role, StopReason, StreamEvent, Usage};
+use crate::Error;
+
+type BoxEventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Send>>;
+
+/// The answer to every call: a stream of [`StreamEvent`]s plus the response's
+/// metadata.
+///
+/// A non-streaming call yields the same events, decoded from one JSON body, so
+/// layers and callers handle one shape. Fold it with
+/// [`completion`](ChatStream::completion), or read it event by event as a
+/// [`Stream`]. Dropping it cancels the call.
+pub struct ChatStream {
+    meta: ResponseMeta,
+    events: BoxEventStream,
+}
+
+/// What is known about an answer besides its events.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ResponseMeta {
+    /// The provider that answered (`"openai"`, `"anthropic"`, …).
+    pub provider: &'static str,
+    /// The model the request named (the answer's `MessageStart` says which
+    /// model actually answered).
+    pub model: String,
+    /// The HTTP status of the response head.
+    pub status: StatusCode,
+    /// The provider's request id, from the response headers.
+    pub request_id: Option<String>,
+    /// The response headers (rate-limit state, server timing, …).
+    pub headers: HeaderMap,
+    /// How many attempts the call took, counting the one that answered.
+    pub attempts: u32,
+}
+
+impl ResponseMeta {
+    /// Metadata for an answer from `provider` to a request for `model`, with
+    /// status 200, no headers and one attempt.
+    pub fn new(provider: &'static str, model: impl Into<String>) -> Self {
+        ResponseMeta {
+            provider,
+            model: model.into(),
+            status: StatusCode::OK,
+            request_id: None,
+            headers: HeaderMap::new(),
+            attempts: 1,
+        }
+    }
+}
+
+impl ChatStream {
+    /// Wraps a stream of events.
+    pub fn new<S>(meta: ResponseMeta, events: S) -> Self
+    where
+        S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
+    {
+        ChatStream {
+            meta,
+            events: Box::pin(events),
+        }
+    }
+
+    /// A stream that yields `events` and ends: handy for test doubles of an
+    /// LLM-level service.
+    pub fn from_events(meta: ResponseMeta, events: Vec<Result<StreamEvent, Error>>) -> Self {
+        ChatStream::new(meta, futures_util::stream::iter(events))
+    }
+
+    /// The response's metadata.
+    pub fn meta(&self) -> &ResponseMeta {
+        &self.meta
+    }
+
+    /// The response's metadata, for layers that add to it.
+    pub fn meta_mut(&mut self) -> &mut ResponseMeta {
+        &mut self.meta
+    }
+
+    /// Reads every event and folds them into a [`Completion`].
+    ///
+    /// A failure before any output event returns that error. A failure after
+    /// output returns [`Error::Interrupted`] carrying everything received so
+    /// far, so nothing already generated is lost.
+    pub async fn completion(mut self) -> Result<Completion, Error> {
+        let mut builder = CompletionBuilder::default();
+        while let Some(item) = self.events.next().await {
+            match item {
+                Ok(event) => builder.push(&event),
+                Err(source) => return Err(builder.interrupted(source)),
+            }
+        }
+        Ok(builder.finish())
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<StreamEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.events.as_mut().poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.events.size_hint()
+    }
+}
+
+impl fmt::Debug for ChatStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatStream")
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An answer folded from its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Completion {
+    /// The provider's id for the answer.
+    pub id: Option<String>,
+    /// The model that answered.
+    pub model: Option<String>,
+    /// The text, concatenated.
+    pub text: String,
+    /// The visible reasoning, concatenated.
+    pub thinking: String,
+    /// The signature over the reasoning, where the provider sends one.
+    pub thinking_signature: Option<String>,
+    /// Encrypted reasoning blocks, in order.
+    pub redacted_thinking: Vec<String>,
+    /// A refusal's text (OpenAI `refusal`).
+    pub refusal: String,
+    /// The tool calls, in order.
+    pub tool_calls: Vec<ToolCall>,
+    /// Why generation stopped.
+    pub stop_reason: Option<StopReason>,
+    /// The last usage reported.
+    pub usage: Option<Usage>,
+}
+
+/// A tool call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ToolCall {
+    /// The provider's id for the call.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, parsed. `{}` when the model sent none; `null` when what
+    /// it sent is not valid JSON (cut off by the token limit, say) — the text
+    /// is in `raw_arguments`.
+    pub arguments: Value,
+    /// The arguments exactly as streamed.
+    pub raw_arguments: String,
+}
+
+impl Completion {
+    /// The answer as an assistant message, to append to the conversation
+    /// before sending tool results back.
+    pub fn to_message(&self) -> Message {
+        let mut content = Vec::new();
+        if !self.thinking.is_empty() {
+            content.push(ContentPart::Thinking {
+                text: self.thinking.clone(),
+                signature: self.thinking_signature.clone(),
+            });
+        }
+        content.extend(
+            self.redacted_thinking
+                .iter()
+                .map(|data| ContentPart::RedactedThinking { data: data.clone() }),
+        );
+        if !self.text.is_empty() {
+            content.push(ContentPart::Text(self.text.clone()));
+        }
+        content.extend(self.tool_calls.iter().map(|c| ContentPart::ToolUse {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            arguments: c.arguments.clone(),
+        }));
+        Message::new(Role::Assistant, content)
+    }
+}
+
+/// Folds events into a [`Completion`] as they arrive, for callers that read a
+/// [`ChatStream`] event by event and still want the whole answer at the end.
+///
+/// ```
+/// use llm_tower::{CompletionBuilder, StreamEvent};
+///
+/// let mut b = CompletionBuilder::default();
+/// b.push(&StreamEvent::TextDelta { text: "Hel".into() });
+/// b.push(&StreamEvent::TextDelta { text: "lo".into() });
+/// assert_eq!(b.finish().text, "Hello");
+/// ```
+#[derive(Debug, Default)]
+pub struct CompletionBuilder {
+    completion: Completion,
+    saw_output: bool,
+}
+
+impl CompletionBuilder {
+    /// Adds one event.
+    pub fn push(&mut self, event: &StreamEvent) {
+        self.saw_output |= event.is_output();
+        let c = &mut self.completion;
+        match event {
+            StreamEvent::MessageStart { id, model } => {
+                c.id.clone_from(id);
+                c.model.clone_from(model);
+            }
+            StreamEvent::TextDelta { text } => c.text.push_str(text),
+            StreamEvent::ThinkingDelta { text } => c.thinking.push_str(text),
+            StreamEvent::ThinkingSignature { signature } => {
+                c.thinking_signature = Some(signature.clone());
+            }
+            StreamEvent::RedactedThinking { data } => c.redacted_thinking.push(data.clone()),
+            StreamEvent::RefusalDelta { text } => c.refusal.push_str(text),
+            StreamEvent::ToolCallStart { index, id, name } => {
+                if c.tool_calls.len() <= *index {
+                    c.tool_calls.resize_with(*index + 1, || ToolCall {
+                        id: String::new(),
+                        name: String::new(),
+                        arguments: Value::Null,
+                        raw_arguments: String::new(),
+                    });
+                }
+                let call = &mut c.tool_calls[*index];
+                call.id.clone_from(id);
+                call.name.clone_from(name);
+            }
+            StreamEvent::ToolCallDelta { index, arguments } => {
+                if let Some(call) = c.tool_calls.get_mut(*index) {
+                    call.raw_arguments.push_str(arguments);
+                }
+            }
+            StreamEvent::Usage(u) => c.usage = Some(*u),
+            StreamEvent::Done { stop_reason } => c.stop_reason.clone_from(stop_reason),
+        }
+    }
+
+    /// Whether any output event has been added.
+    pub fn has_output(&self) -> bool {
+        self.saw_output
+    }
+
+    /// The completion so far, with tool-call arguments parsed.
+    pub fn finish(mut self) -> Completion {
+        for call in &mut self.completion.tool_calls {
+            call.arguments = if call.raw_arguments.trim().is_empty() {
+                Value::Object(Default::default())
+            } else {
+                serde_json::from_str(&call.raw_arguments).unwrap_or(Value::Null)
+            };
+        }
+        self.completion
+    }
+
+    /// The error a caller should see for `source` arriving now: `source` itself
+    /// before any output, [`Error::Interrupted`] with the partial completion
+    /// after.
+    pub fn interrupted(self, source: Error) -> Error {
+        if self.saw_output && !matches!(source, Error::Interrupted { .. }) {
+            Error::Interrupted {
+                partial: Box::new(self.finish()),
+                source: Box::new(source),
+            }
+        } else {
+            source
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! The crate's one error type and its classification.
+//!
+//! Every LLM-level service answers [`Error`]. Its variants are *classes*: what
+//! a caller or a retry policy needs to decide what to do next. They are derived
+//! from the HTTP status, the provider's error body (`error.type` /
+//! `error.code`) and the phase of the transport that failed — never from
+//! English message text.
+//!
+//! ```
+//! use llm_tower::Error;
+//!
+//! fn advice(err: &Error) -> &'static str {
+//!     match err {
+//!         Error::Unauthorized { .. } => "refresh the credential",
+//!         Error::RateLimited { .. } | Error::Overloaded { .. } => "wait and retry",
+//!         e if e.is_retryable() => "retry",
+//!         _ => "give up",
+//!     }
+//! }
+//! # let _ = advice;
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use crate::chat::Completion;
+
+/// A type-erased error, as tower layers and HTTP transports produce them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The error of every LLM-level service in this crate.
+///
+/// `Display` never contains an API key or token: only the provider's name,
+/// status, error type, message and request id.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The credential was refused (401, `authentication_error`,
+    /// `invalid_api_key`, an expired token).
+    #[error("unauthorized: {error}")]
+    Unauthorized {
+        /// What the provider said.
+        error: Box<ApiError>,
+    },
+    /// The credential is valid but lacks permission (403, `permission_error`).
+    #[error("forbidden: {error}")]
+    Forbidden {
+        /// What the provider said.
+        error: Box<ApiError>,
+    },
+    /// Too many requests (429, `rate_limit_error`, `rate_limit_exceeded`).
+    ///
+    /// A 429 whose code is `insufficient_quota` is a billing state: it is in
+    /// this class but [`Error::is_retryable`] is false for it.
+    #[error("rate limited: {error}")]
+    RateLimited {
+        /// How long the provider asked the client to wait, if it said.
+        retry_after: Option<Duration>,
+        /// What the provider said.
+        error: Box<ApiError>,
+    },
+    /// The provider is overloaded (503, 529, `overloaded_error`, also as an
+    /// error event inside a stream).
+    #[error("overloaded: {error}")]
+    Overloaded {
+        /// How long the provider asked the client to wait, if it said.
+        retry_after: Option<Duration>,
+        /// What the provider said.
+        error: Box<ApiError>,
+    },
+    /// Any other server-side failure (5xx, `api_error`).
+    #[error("server error: {error}")]
+    Server {
+        /// The HTTP status; for an error event inside a stream, the status the
+        /// provider documents for its error type.
+        status: StatusCode,
+        /// What the provider said.
+        error: Box<ApiError>,
+    },
+    /// The provider rejected the request itself (400, 404, 413, 422, …).
+    #[error("invalid request: {error}")]
+    InvalidRequest {
+        /// The HTTP status; for an error event inside a stream, the status the
+        /// provider documents for its error type.
+        status: StatusCode,
+        /// What the provider said.
+        error: Box<ApiError>,
+    },
+    /// The connection failed: while connecting, while sending the request or
+    /// waiting for its head, or while reading the body (a reset, or a body that
+    /// ended before its terminator).
+    #[error("transport error talking to {provider} ({phase}): {source}")]
+    Transport {
+        /// The provider being called.
+        provider: &'static str,
+        /// Where in the exchange it failed.
+        phase: TransportPhase,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// A deadline passed.
+    #[error("{phase} timeout waiting for {provider}")]
+    Timeout {
+        /// The provider being called.
+        provider: &'static str,
+        /// Which deadline passed.
+        phase: TimeoutPhase,
+    },
+    /// The response could not be decoded: malformed SSE or JSON, an event over
+    /// the size limit, an HTML page where JSON was expected.
+    #[error("could not decode {provider}'s response: {source}")]
+    Decode {
+        /// The provider being called.
+        provider: &'static str,
+        /// What was wrong.
+        #[source]
+        source: DecodeError,
+    },
+    /// The call failed after output had been delivered: it cannot be retried
+    /// transparently. What was generated before the failure is kept.
+    #[error("interrupted after output: {source}")]
+    Interrupted {
+        /// Everything delivered before the failure, folded.
+        partial: Box<Completion>,
+        /// The failure.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The credential source failed to produce a credential.
+    #[error("credential refresh failed: {source}")]
+    Refresh {
+        /// The source's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A service was configured with an unusable value (a base URL that does
+    /// not parse, a header value with control characters).
+    #[error("invalid configuration: {message}")]
+    Config {
+        /// What is wrong. Never contains the value of a secret.
+        message: String,
+    },
+}
+
+/// Where in an HTTP exchange a transport error happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransportPhase {
+    /// Opening the connection (refused, DNS, TLS handshake).
+    Connect,
+    /// Sending the request or waiting for the response head (a reset before
+    /// headers).
+    Request,
+    /// Reading the response body (a reset mid-stream, a truncated body).
+    Body,
+}
+
+impl fmt::Display for TransportPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransportPhase::Connect => "connect",
+            TransportPhase::Request => "request",
+            TransportPhase::Body => "body",
+        })
+    }
+}
+
+/// Which deadline passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// Opening the connection.
+    Connect,
+    /// Waiting for the first event of the stream.
+    FirstEvent,
+    /// Waiting for the next event of a stream that had started.
+    Idle,
+    /// The whole call.
+    Total,
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::Connect => "connect",
+            TimeoutPhase::FirstEvent => "first-event",
+            TimeoutPhase::Idle => "idle",
+            TimeoutPhase::Total => "total",
+        })
+    }
+}
+
+/// Why a response could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// One SSE event (or a non-streaming body) exceeded the configured limit.
+    #[error("event larger than the limit of {limit} bytes")]
+    EventTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// An event's data was not the JSON the provider documents.
+    #[error("malformed JSON in {context}: {source} (data starts {snippet:?})")]
+    Json {
+        /// The SSE event name or "body".
+        context: String,
+        /// The first bytes of the offending data, for diagnosis.
+        snippet: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A successful status with a body that is neither SSE nor JSON, e.g. a
+    /// proxy's HTML page.
+    #[error("unexpected content type {content_type:?} (body starts {snippet:?})")]
+    UnexpectedContentType {
+        /// The `content-type` header, or empty when absent.
+        content_type: String,
+        /// The first bytes of the body.
+        snippet: String,
+    },
+    /// The events did not follow the provider's protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// What a provider said when it refused or failed a call.
+///
+/// Kept by every HTTP-level error class. Holds no secret: a provider's error
+/// message is copied, never the request's headers.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiError {
+    pub(crate) provider: &'static str,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) error_type: Option<String>,
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) should_retry: Option<bool>,
+}
+
+impl ApiError {
+    /// The provider that answered (`"openai"`, `"anthropic"`, …).
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// The HTTP status, or `None` for an error event inside a 200 stream.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    /// The provider's error type (`error.type`), e.g. `overloaded_error`.
+    pub fn error_type(&self) -> Option<&str> {
+        self.error_type.as_deref()
+    }
+
+    /// The provider's error code (`error.code`), e.g. `insufficient_quota`.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// The provider's human-readable message.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    /// The provider's request id (`x-request-id`, `request-id`, or the body's
+    /// `request_id`).
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// The delay the provider asked for (`retry-after-ms`, then
+    /// `retry-after` as seconds or an HTTP date).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The `x-should-retry` header, which overrides the status rule.
+    pub fn should_retry(&self) -> Option<bool> {
+        self.should_retry
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ApiError");
+        d.field("provider", &self.provider);
+        if let Some(s) = self.status {
+            d.field("status", &s.as_u16());
+        }
+        for (name, v) in [
+            ("error_type", &self.error_type),
+            ("code", &self.code),
+            ("message", &self.message),
+            ("request_id", &self.request_id),
+        ] {
+            if let Some(v) = v {
+                d.field(name, v);
+            }
+        }
+        if let Some(r) = self.retry_after {
+            d.field("retry_after", &r);
+        }
+        if let Some(r) = self.should_retry {
+            d.field("should_retry", &r);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(s) => write!(f, "{} answered {}", self.provider, s)?,
+            None => write!(f, "{} sent an error event", self.provider)?,
+        }
+        match (&self.error_type, &self.code) {
+            (Some(t), Some(c)) if t != c => write!(f, " ({t}, {c})")?,
+            (Some(t), _) => write!(f, " ({t})")?,
+            (None, Some(c)) => write!(f, " ({c})")?,
+            (None, None) => {}
+        }
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        if let Some(id) = &self.request_id {
+            write!(f, " [request id {id}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    /// A short, stable, lowercase name of the class, for logs, metrics and
+    /// command-line output: `"unauthorized"`, `"rate_limited"`, …
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Unauthorized { .. } => "unauthorized",
+            Error::Forbidden { .. } => "forbidden",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Overloaded { .. } => "overloaded",
+            Error::Server { .. } => "server",
+            Error::InvalidRequest { .. } => "invalid_request",
+            Error::Transport { .. } => "transport",
+            Error::Timeout { .. } => "timeout",
+            Error::Decode { .. } => "decode",
+            Error::Interrupted { .. } => "interrupted",
+            Error::Refresh { .. } => "refresh",
+            Error::Config { .. } => "config",
+        }
+    }
+
+    /// What the provider said, for the classes that come from a provider's
+    /// answer.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            Error::Unauthorized { error }
+            | Error::Forbidden { error }
+            | Error::RateLimited { error, .. }
+            | Error::Overloaded { error, .. }
+            | Error::Server { error, .. }
+            | Error::InvalidRequest { error, .. } => Some(error),
+            Error::Interrupted { source, .. } => source.api_error(),
+            _ => None,
+        }
+    }
+
+    /// Whether waiting and sending the same call again may succeed, by the
+    /// conventions of the providers' official SDKs: an `x-should-retry`
+    /// header wins; else 408, 409, 429 and 5xx are retryable, other statuses
+    /// are not; connection failures, timeouts and undecodable bodies are
+    /// retryable; a 429 with code `insufficient_quota` is not (it is a
+    /// billing state). [`Error::Interrupted`] never is: output was already
+    /// delivered.
+    pub fn is_retryable(&self) -> bool {
+        if let Some(api) = self.api_error()
+            && !matches!(self, Error::Interrupted { .. })
+        {
+            if let Some(should) = api.should_retry {
+                return should;
+            }
+            if api.code.as_deref() == Some("insufficient_quota") {
+                return false;
+            }
+        }
+        match self {
+            Error::RateLimited { .. } | Error::Overloaded { .. } | Error::Server { .. } => true,
+            Error::InvalidRequest { status, .. } => {
+                matches!(status.as_u16(), 408 | 409)
+            }
+            Error::Transport { .. } | Error::Timeout { .. } | Error::Decode { .. } => true,
+            Error::Unauthorized { .. }
+            | Error::Forbidden { .. }
+            | Error::Interrupted { .. }
+            | Error::Refresh { .. }
+            | Error::Config { .. } => false,
+        }
+    }
+
+    /// The delay the provider asked for, if it said (`retry-after-ms`, then
+    /// `retry-after` as seconds or an HTTP date).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::RateLimited { retry_after, .. } | Error::Overloaded { retry_after, .. } => {
+                *retry_after
+            }
+            other => other.api_error().and_then(|e| e.retry_after),
+        }
+    }
+
+    /// The HTTP status of the provider's answer, where there was one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::Server { status, .. } | Error::InvalidRequest { status, .. } => Some(*status),
+            other => other.api_error().and_then(|e| e.status),
+        }
+    }
+
+    /// The provider involved, where known.
+    pub fn provider(&self) -> Option<&'static str> {
+        match self {
+            Error::Transport { provider, .. }
+            | Error::Timeout { provider, .. }
+            | Error::Decode { provider, .. } => Some(provider),
+            Error::Interrupted { source, .. } => source.provider(),
+            other => other.api_error().map(|e| e.provider),
+        }
+    }
+
+    /// The completion delivered before the failure, for [`Error::Interrupted`].
+    pub fn partial(&self) -> Option<&Completion> {
+        match self {
+            Error::Interrupted { partial, .. } => Some(partial),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::Config {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn decode(provider: &'static str, source: DecodeError) -> Self {
+        Error::Decode { provider, source }
+    }
+
+    pub(crate) fn json(
+        provider: &'static str,
+        context: &str,
+        data: &str,
+        source: serde_json::Error,
+    ) -> Self {
+        Error::decode(
+            provider,
+            DecodeError::Json {
+                context: context.to_owned(),
+                snippet: snippet(data.as_bytes()),
+                source,
+            },
+        )
+    }
+
+    /// Classifies a provider's non-success answer from its status, headers and
+    /// (bounded) body.
+    pub(crate) fn from_response(
+        provider: &'static str,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Self {
+        let mut api = parse_error_body(provider, body);
+        api.status = Some(status);
+        if api.request_id.is_none() {
+            api.request_id = header_str(headers, "x-request-id")
+                .or_else(|| header_str(headers, "request-id"))
+                .map(str::to_owned);
+        }
+        api.retry_after = parse_retry_after(headers, SystemTime::now());
+        api.should_retry = match header_str(headers, "x-should-retry") {
+            Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
+        };
+        let class = class_from_type(&api).unwrap_or_else(|| class_from_status(status));
+        class.build(status, api)
+    }
+
+    /// Classifies an error object that arrived inside a 200 stream (Anthropic
+    /// `event: error`, an OpenAI-compatible chunk carrying `error`).
+    pub(crate) fn from_event(provider: &'static str, value: &Value) -> Self {
+        let mut api = ApiError {
+            provider,
+            ..ApiError::default()
+        };
+        fill_from_value(&mut api, value);
+        let numeric = value
+            .get("error")
+            .and_then(|e| e.get("code"))
+            .and_then(Value::as_u64)
+            .and_then(|c| u16::try_from(c).ok())
+            .and_then(|c| StatusCode::from_u16(c).ok());
+        let class = class_from_type(&api)
+            .or_else(|| numeric.map(class_from_status))
+            .unwrap_or(Class::Server);
+        let status = numeric.unwrap_or(match class {
+            Class::Unauthorized => StatusCode::UNAUTHORIZED,
+            Class::Forbidden => StatusCode::FORBIDDEN,
+            Class::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Class::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Class::Server => StatusCode::INTERNAL_SERVER_ERROR,
+            Class::InvalidRequest => StatusCode::BAD_REQUEST,
+        });
+        class.build(status, api)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Class {
+    Unauthorized,
+    Forbidden,
+    RateLimited,
+    Overloaded,
+    Server,
+    InvalidRequest,
+}
+
+impl Class {
+    fn build(self, status: StatusCode, api: ApiError) -> Error {
+        let retry_after = api.retry_after;
+        let error = Box::new(api);
+        match self {
+            Class::Unauthorized => Error::Unauthorized { error },
+            Class::Forbidden => Error::Forbidden { error },
+            Class::RateLimited => Error::RateLimited { retry_after, error },
+            Class::Overloaded => Error::Overloaded { retry_after, error },
+            Class::Server => Error::Server { status, error },
+            Class::InvalidRequest => Error::InvalidRequest { status, error },
+        }
+    }
+}
+
+fn class_from_status(status: StatusCode) -> Class {
+    match status.as_u16() {
+        401 => Class::Unauthorized,
+        403 => Class::Forbidden,
+        429 => Class::RateLimited,
+        503 | 529 => Class::Overloaded,
+        500..=599 => Class::Server,
+        _ => Class::InvalidRequest,
+    }
+}
+
+/// The provider's error type or code, where it names a class more precisely
+/// than the status does (an `overloaded_error` sent with a 500, an
+/// OpenAI-compatible server that says `invalid_api_key` with a 400).
+fn class_from_type(api: &ApiError) -> Option<Class> {
+    [api.error_type.as_deref(), api.code.as_deref()]
+        .into_iter()
+        .flatten()
+        .find_map(|t| match t {
+            "authentication_error" | "invalid_api_key" | "token_expired" | "invalid_token"
+            | "UNAUTHENTICATED" => Some(Class::Unauthorized),
+            "permission_error" | "PERMISSION_DENIED" => Some(Class::Forbidden),
+            "rate_limit_error" | "rate_limit_exceeded" | "insufficient_quota"
+            | "RESOURCE_EXHAUSTED" => Some(Class::RateLimited),
+            "overloaded_error" | "UNAVAILABLE" => Some(Class::Overloaded),
+            "api_error" | "server_error" | "INTERNAL" => Some(Class::Server),
+            "invalid_request_error" | "not_found_error" | "request_too_large"
+            | "INVALID_ARGUMENT" | "NOT_FOUND" => Some(Class::InvalidRequest),
+            _ => None,
+        })
+}
+
+/// Reads the error shapes of OpenAI (`{"error": {message, type, code}}`),
+/// Anthropic (`{"type": "error", "error": {type, message}, "request_id"}`),
+/// Gemini (`{"error": {code, message, status}}`) and the looser forms some
+/// compatible servers send (`{"error": "text"}`, `{"message": …}`). A body that
+/// is not JSON (a proxy's HTML page) keeps a short snippet as the message.
+fn parse_error_body(provider: &'static str, body: &[u8]) -> ApiError {
+    let mut api = ApiError {
+        provider,
+        ..ApiError::default()
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => fill_from_value(&mut api, &v),
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            if !text.is_empty() {
+                api.message = Some(html_title(text).map_or_else(|| snippet(text.as_bytes()), str::to_owned));
+            }
+        }
+    }
+    api
+}
+
+fn fill_from_value(api: &mut ApiError, v: &Value) {
+    let as_string = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match v.get("error") {
+        Some(Value::Object(e)) => {
+            api.error_type = e.get("type").and_then(as_string);
+            api.code = e
+                .get("code")
+                .and_then(as_string)
+                .or_else(|| e.get("status").and_then(as_string));
+            api.message = e.get("message").and_then(as_string);
+        }
+        Some(Value::String(s)) => api.message = Some(s.clone()),
+        _ => api.message = v.get("message").and_then(as_string),
+    }
+    if let Some(id) = v.get("request_id").and_then(as_string) {
+        api.request_id = Some(id);
+    }
+}
+
+/// The `<title>` of an HTML page, which says more than its first bytes.
+fn html_title(text: &str) -> Option<&str> {
+    let lower_start = text.find("<title>").or_else(|| text.find("<TITLE>"))? + "<title>".len();
+    let rest = &text[lower_start..];
+    let end = rest.find("</").unwrap_or(rest.len());
+    let title = rest[..end].trim();
+    (!title.is_empty()).then_some(title)
+}
+
+/// At most 200 bytes of `bytes` as text, cut on a character boundary.
+pub(crate) fn snippet(bytes: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX + 4)]);
+    let mut end = text.len().min(MAX);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name)?.to_str().ok().map(str::trim)
+}
+
+/// The server's hint of how long to wait: `retry-after-ms` (milliseconds,
+/// fractions allowed), then `retry-after` as seconds (fractions allowed) or as
+/// an HTTP date relative to `now`. Zero, negative or unparsable values are
+/// ignored.
+pub fn parse_retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let positive = |secs: f64| {
+        (secs.is_finite() && secs > 0.0)
+            .then(|| Duration::try_from_secs_f64(secs).ok())
+            .flatten()
+    };
+    if let Some(ms) = header_str(headers, "retry-after-ms").and_then(|v| v.parse::<f64>().ok())
+        && let Some(d) = positive(ms / 1000.0)
+    {
+        return Some(d);
+    }
+    let value = header_str(headers, "retry-after")?;
+    if let Ok(secs) = value.parse::<f64>() {
+        return positive(secs);
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    date.duration_since(now).ok().filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after-ms", "1500.5")]), now),
+            Some(Duration::from_micros(1_500_500))
+        );
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after", "2")]), now),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after", "0.25")]), now),
+            Some(Duration::from_millis(250))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after", &date)]), now),
+            Some(Duration::from_secs(30))
+        );
+        // retry-after-ms wins over retry-after.
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after-ms", "10"), ("retry-after", "5")]), now),
+            Some(Duration::from_millis(10))
+        );
+        // An unusable retry-after-ms falls back to retry-after.
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after-ms", "soon"), ("retry-after", "5")]), now),
+            Some(Duration::from_secs(5))
+        );
+        for bad in ["0", "-3", "NaN", "inf", "tomorrow", ""] {
+            assert_eq!(parse_retry_after(&headers(&[("retry-after", bad)]), now), None, "{bad}");
+        }
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&headers(&[("retry-after", &past)]), now), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! LLM provider APIs as [`tower::Service`]s, and the middleware that makes
+//! calls to them survive the real world — without ever showing the caller
+//! the same output twice.
+//!
+//! Every service in this crate is a `Service<ChatRequest, Response =
+//! ChatStream, Error = llm_tower::Error>`: a provider ([`OpenAi`],
+//! [`Anthropic`]) at the bottom, layers over it, and tower's own layers
+//! (`timeout`, `concurrency_limit`, `buffer`, …) anywhere in between.
+//!
+//! ```
+//! use llm_tower::mock::{MockServer, Reply};
+//! use llm_tower::{ChatRequest, Message, OpenAi};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), llm_tower::Error> {
+//! let server = MockServer::start().await;
+//! server.push(Reply::text(["Hello", ", world"]));
+//!
+//! let openai = OpenAi::builder()
+//!     .base_url(server.openai_url())
+//!     .api_key("sk-test")
+//!     .model("gpt-4o-mini")
+//!     .build()?;
+//! let service = ServiceBuilder::new()
+//!     .concurrency_limit(8)
+//!     .service(openai);
+//!
+//! let answer = service
+//!     .oneshot(ChatRequest::new("").message(Message::user("Hi")))
+//!     .await?
+//!     .completion()
+//!     .await?;
+//! assert_eq!(answer.text, "Hello, world");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The pieces:
+//! - [`chat`]: the request, the event stream and the folded [`Completion`].
+//! - [`provider`]: [`OpenAi`] (and every OpenAI-compatible server) and
+//!   [`Anthropic`], generic over their HTTP transport.
+//! - [`transport`]: the default reqwest transport.
+//! - [`sse`]: the incremental server-sent-events decoder.
+//! - [`Error`]: one error type whose variants are classes a policy can act on.
+//! - `mock` (feature `mock`): a scriptable server on loopback speaking both
+//!   wire formats, for tests and demos.
+
+#![deny(missing_docs, unreachable_pub)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+#![forbid(unsafe_code)]
+
+pub mod chat;
+mod error;
+#[cfg(feature = "mock")]
+pub mod mock;
+pub mod provider;
+pub mod sse;
+pub mod transport;
+
+pub use chat::{
+    ChatRequest, ChatStream, Completion, CompletionBuilder, ContentPart, Image, Message,
+    ResponseMeta, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, Usage,
+};
+pub use error::{
+    ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, parse_retry_after,
+};
+pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};

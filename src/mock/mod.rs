@@ -1,0 +1,459 @@
+//! A scriptable mock of the providers' HTTP APIs on loopback (feature
+//! `mock`).
+//!
+//! A real HTTP/1.1 server on `127.0.0.1` that answers OpenAI Chat Completions
+//! (`…/chat/completions`) and Anthropic Messages (`…/messages`) requests from
+//! a queue of scripted [`Reply`]s — one per request, that is per attempt —
+//! and records every request it receives. Faults are real: a reset is a TCP
+//! RST, a stall keeps the connection open and silent.
+//!
+//! ```
+//! use llm_tower::mock::{MockServer, Reply};
+//! use llm_tower::{Anthropic, ChatRequest, Message};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), llm_tower::Error> {
+//! let server = MockServer::start().await;
+//! server.push(Reply::api_error(529, "overloaded_error", "Overloaded"));
+//!
+//! let anthropic = Anthropic::builder()
+//!     .base_url(server.anthropic_url())
+//!     .api_key("sk-ant-test")
+//!     .model("claude-sonnet-4-5")
+//!     .build()?;
+//! let err = anthropic
+//!     .oneshot(ChatRequest::new("").message(Message::user("Hi")))
+//!     .await
+//!     .unwrap_err();
+//! assert!(matches!(err, llm_tower::Error::Overloaded { .. }));
+//! assert_eq!(server.requests().len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::Sleep;
+
+mod reply;
+
+pub use reply::Reply;
+use reply::{Asked, Dialect, Step};
+
+/// A mock provider server on `127.0.0.1`. Stops when dropped.
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+struct Shared {
+    replies: Mutex<VecDeque<Reply>>,
+    default_reply: Mutex<Reply>,
+    requests: Mutex<Vec<RecordedRequest>>,
+    live_connections: AtomicUsize,
+}
+
+/// A request the mock server received.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RecordedRequest {
+    /// The method.
+    pub method: Method,
+    /// The path and query.
+    pub path: String,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    /// The body parsed as JSON (`Null` when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind: keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MockServer {
+    /// Starts a server on an ephemeral port of `127.0.0.1`.
+    ///
+    /// Requests beyond the scripted replies get the default reply, a short
+    /// text answer (see [`set_default`](MockServer::set_default)).
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound, or outside a tokio runtime.
+    pub async fn start() -> MockServer {
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind a port on 127.0.0.1");
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        let shared = Arc::new(Shared {
+            replies: Mutex::new(VecDeque::new()),
+            default_reply: Mutex::new(Reply::text(["Hello", " from", " the", " mock", " server."])),
+            requests: Mutex::new(Vec::new()),
+            live_connections: AtomicUsize::new(0),
+        });
+        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        MockServer { addr, shared, task }
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The base URL for [`OpenAi`](crate::OpenAi): `http://127.0.0.1:PORT/v1`.
+    pub fn openai_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// The base URL for [`Anthropic`](crate::Anthropic):
+    /// `http://127.0.0.1:PORT`.
+    pub fn anthropic_url(&self) -> String {
+        self.url()
+    }
+
+    /// Queues a reply for the next request that has none yet.
+    pub fn push(&self, reply: Reply) -> &Self {
+        lock(&self.shared.replies).push_back(reply);
+        self
+    }
+
+    /// Queues several replies, in order.
+    pub fn push_all(&self, replies: impl IntoIterator<Item = Reply>) -> &Self {
+        lock(&self.shared.replies).extend(replies);
+        self
+    }
+
+    /// The reply for requests when the queue is empty.
+    pub fn set_default(&self, reply: Reply) -> &Self {
+        *lock(&self.shared.default_reply) = reply;
+        self
+    }
+
+    /// Every request received so far, in order of arrival.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.shared.requests).clone()
+    }
+
+    /// How many requests were received so far.
+    pub fn request_count(&self) -> usize {
+        lock(&self.shared.requests).len()
+    }
+
+    /// Scripted replies not used yet.
+    pub fn pending_replies(&self) -> usize {
+        lock(&self.shared.replies).len()
+    }
+
+    /// Connections open right now.
+    pub fn live_connections(&self) -> usize {
+        self.shared.live_connections.load(Ordering::SeqCst)
+    }
+}
+
+impl fmt::Debug for MockServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MockServer")
+            .field("addr", &self.addr)
+            .field("requests", &self.request_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        // Dropping the accept loop drops the set of connection tasks, which
+        // aborts them: stalled streams end too.
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        // Reap finished connection tasks so the set stays small.
+        while connections.try_join_next().is_some() {}
+        let shared = shared.clone();
+        connections.spawn(serve_connection(stream, shared));
+    }
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    shared.live_connections.fetch_add(1, Ordering::SeqCst);
+    let _live = LiveGuard(shared.clone());
+    let reset = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(ResettableStream {
+        stream: Some(stream),
+        reset: reset.clone(),
+    });
+    let service = hyper::service::service_fn(move |req| handle(req, shared.clone(), reset.clone()));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, service)
+        .await;
+}
+
+struct LiveGuard(Arc<Shared>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.live_connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why the connection ends without a response.
+#[derive(Debug)]
+struct ResetBeforeHeaders;
+
+impl fmt::Display for ResetBeforeHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("scripted reset before headers")
+    }
+}
+
+impl std::error::Error for ResetBeforeHeaders {}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: Arc<Shared>,
+    reset: Arc<AtomicBool>,
+) -> Result<Response<MockBody>, ResetBeforeHeaders> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let recorded = RecordedRequest {
+        method: parts.method,
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        headers: parts.headers,
+        body,
+    };
+    let path = recorded.uri_path().to_owned();
+    let json = recorded.json();
+    lock(&shared.requests).push(recorded);
+
+    let dialect = if path.ends_with("/chat/completions") {
+        Dialect::OpenAi
+    } else if path.ends_with("/messages") {
+        Dialect::Anthropic
+    } else {
+        let body = format!("{{\"error\":{{\"message\":\"no route for {path}\",\"type\":\"not_found\"}}}}");
+        return Ok(simple(StatusCode::NOT_FOUND, "application/json", body));
+    };
+    let asked = Asked {
+        dialect,
+        stream: json.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        model: json.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_owned(),
+        include_usage: json
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    };
+    let reply = {
+        let next = lock(&shared.replies).pop_front();
+        next.unwrap_or_else(|| lock(&shared.default_reply).clone())
+    };
+    let Some(rendered) = reply.render(&asked) else {
+        reset.store(true, Ordering::SeqCst);
+        return Err(ResetBeforeHeaders);
+    };
+    let mut response = Response::new(MockBody {
+        steps: rendered.steps.into(),
+        delay: reply.delay,
+        sleep: None,
+        reset,
+    });
+    *response.status_mut() = rendered.status;
+    let content_type = rendered
+        .content_type_owned
+        .as_deref()
+        .unwrap_or(rendered.content_type);
+    let headers = response.headers_mut();
+    if !content_type.is_empty()
+        && let Ok(v) = HeaderValue::from_str(content_type)
+    {
+        headers.insert(http::header::CONTENT_TYPE, v);
+    }
+    headers.insert("x-request-id", HeaderValue::from_static("req_mock"));
+    for (k, v) in &reply.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.append(k, v);
+        }
+    }
+    Ok(response)
+}
+
+impl RecordedRequest {
+    fn uri_path(&self) -> &str {
+        self.path.split('?').next().unwrap_or("")
+    }
+}
+
+fn simple(status: StatusCode, content_type: &'static str, body: String) -> Response<MockBody> {
+    let mut r = Response::new(MockBody {
+        steps: VecDeque::from([Step::Data(Bytes::from(body))]),
+        delay: std::time::Duration::ZERO,
+        sleep: None,
+        reset: Arc::new(AtomicBool::new(false)),
+    });
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// A response body that plays its steps, waiting `delay` before each piece.
+struct MockBody {
+    steps: VecDeque<Step>,
+    delay: std::time::Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    reset: Arc<AtomicBool>,
+}
+
+/// Ends the connection abortively.
+#[derive(Debug)]
+struct ScriptedReset;
+
+impl fmt::Display for ScriptedReset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("scripted reset")
+    }
+}
+
+impl std::error::Error for ScriptedReset {}
+
+impl http_body::Body for MockBody {
+    type Data = Bytes;
+    type Error = ScriptedReset;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ScriptedReset>>> {
+        let this = &mut *self;
+        loop {
+            match this.steps.front() {
+                None => return Poll::Ready(None),
+                Some(Step::Stall) => return Poll::Pending,
+                Some(Step::Reset) => {
+                    this.reset.store(true, Ordering::SeqCst);
+                    this.steps.clear();
+                    return Poll::Ready(Some(Err(ScriptedReset)));
+                }
+                Some(Step::Data(_)) => {}
+            }
+            if !this.delay.is_zero() {
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(this.delay)));
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.sleep = None;
+            }
+            if let Some(Step::Data(d)) = this.steps.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(d))));
+            }
+        }
+    }
+}
+
+/// The connection's socket; closed with an RST (zero linger) when the script
+/// asked for a reset.
+struct ResettableStream {
+    stream: Option<TcpStream>,
+    reset: Arc<AtomicBool>,
+}
+
+impl ResettableStream {
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        // `stream` is only taken in `drop`.
+        Pin::new(self.stream.as_mut().expect("the stream is present until drop"))
+    }
+}
+
+impl Drop for ResettableStream {
+    fn drop(&mut self) {
+        if self.reset.load(Ordering::SeqCst)
+            && let Some(s) = self.stream.take()
+        {
+            let _ = s.set_zero_linger();
+        }
+    }
+}
+
+impl AsyncRead for ResettableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResettableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.reset.load(Ordering::SeqCst) {
+            // A graceful shutdown would send FIN before the RST.
+            return Poll::Ready(Ok(()));
+        }
+        self.stream().poll_shutdown(cx)
+    }
+}

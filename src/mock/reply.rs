@@ -1,0 +1,564 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::{Value, json};
+
+/// One scripted answer of the [`MockServer`](super::MockServer): what it
+/// answers one request (one attempt) with.
+///
+/// Generated replies ([`text`](Reply::text), [`tool_call`](Reply::tool_call),
+/// [`api_error`](Reply::api_error)) are rendered in the wire format of the
+/// request that receives them — OpenAI Chat Completions for a path ending in
+/// `/chat/completions`, Anthropic Messages for one ending in `/messages` —
+/// and streamed or not as its `stream` field says. Raw replies
+/// ([`sse`](Reply::sse), [`body`](Reply::body)) are sent as they are.
+///
+/// Faults are placed by a count of *deltas* for generated streams (the events
+/// before the first delta, `message_start` and the like, are always sent) and
+/// of *events* for raw SSE replies. A non-streaming body cut by a fault is cut
+/// in its middle.
+///
+/// ```
+/// use llm_tower::mock::Reply;
+/// use std::time::Duration;
+///
+/// // Three deltas, then the connection is reset.
+/// let r = Reply::text(["a", "b", "c", "d"]).reset_after(3);
+/// // A 429 asking for a 2 s wait.
+/// let r = Reply::api_error(429, "rate_limit_error", "slow down").header("retry-after", "2");
+/// // A slow stream.
+/// let r = Reply::text(["slow", "ly"]).delay(Duration::from_millis(50));
+/// # let _ = r;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub(crate) kind: Kind,
+    pub(crate) status: StatusCode,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) fault: Option<(usize, Fault)>,
+    pub(crate) delay: Duration,
+    pub(crate) chunk_size: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Kind {
+    Text(Vec<String>),
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: Vec<String>,
+    },
+    ApiError {
+        error_type: String,
+        message: String,
+    },
+    Sse(Vec<String>),
+    Body {
+        content_type: String,
+        body: Bytes,
+    },
+    ResetBeforeHeaders,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Fault {
+    Reset,
+    Stall,
+    End,
+    ErrorEvent { error_type: String, message: String },
+}
+
+impl Reply {
+    fn new(kind: Kind, status: StatusCode) -> Self {
+        Reply {
+            kind,
+            status,
+            headers: Vec::new(),
+            fault: None,
+            delay: Duration::ZERO,
+            chunk_size: None,
+        }
+    }
+
+    /// A successful answer made of these text deltas.
+    pub fn text<I, S>(deltas: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Reply::new(Kind::Text(deltas.into_iter().map(Into::into).collect()), StatusCode::OK)
+    }
+
+    /// A successful answer that calls tool `name` (call id `id`), its JSON
+    /// arguments streamed in these fragments.
+    pub fn tool_call<I, S>(id: impl Into<String>, name: impl Into<String>, arguments: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Reply::new(
+            Kind::ToolCall {
+                id: id.into(),
+                name: name.into(),
+                arguments: arguments.into_iter().map(Into::into).collect(),
+            },
+            StatusCode::OK,
+        )
+    }
+
+    /// An error answer with `status` and a body in the provider's error shape
+    /// (`error_type` is OpenAI's `code` and `type`, Anthropic's `error.type`).
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid HTTP status (100–999): a bug in the test.
+    pub fn api_error(status: u16, error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Reply::new(
+            Kind::ApiError {
+                error_type: error_type.into(),
+                message: message.into(),
+            },
+            status_code(status),
+        )
+    }
+
+    /// A 200 `text/event-stream` body made of these events, each written as
+    /// given (end each with a blank line).
+    pub fn sse<I, S>(events: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Reply::new(Kind::Sse(events.into_iter().map(Into::into).collect()), StatusCode::OK)
+    }
+
+    /// Any body, as it is.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid HTTP status (100–999): a bug in the test.
+    pub fn body(status: u16, content_type: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Reply::new(
+            Kind::Body {
+                content_type: content_type.into(),
+                body: body.into(),
+            },
+            status_code(status),
+        )
+    }
+
+    /// The connection is reset before any response head.
+    pub fn reset() -> Self {
+        Reply::new(Kind::ResetBeforeHeaders, StatusCode::OK)
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Resets the connection after `n` deltas (or events).
+    pub fn reset_after(mut self, n: usize) -> Self {
+        self.fault = Some((n, Fault::Reset));
+        self
+    }
+
+    /// Stops sending, with the connection left open, after `n` deltas (or
+    /// events).
+    pub fn stall_after(mut self, n: usize) -> Self {
+        self.fault = Some((n, Fault::Stall));
+        self
+    }
+
+    /// Ends the body cleanly after `n` deltas (or events): a stream without
+    /// its terminator.
+    pub fn truncate_after(mut self, n: usize) -> Self {
+        self.fault = Some((n, Fault::End));
+        self
+    }
+
+    /// Sends a provider error event after `n` deltas (or events) and ends
+    /// the stream: Anthropic `event: error`, an OpenAI chunk carrying `error`.
+    pub fn error_event_after(
+        mut self,
+        n: usize,
+        error_type: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        self.fault = Some((
+            n,
+            Fault::ErrorEvent {
+                error_type: error_type.into(),
+                message: message.into(),
+            },
+        ));
+        self
+    }
+
+    /// Waits this long before each event (or body piece).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Writes the body in pieces of at most `n` bytes, each its own write, to
+    /// put chunk boundaries anywhere (inside a line, inside a UTF-8
+    /// character).
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.chunk_size = Some(n.max(1));
+        self
+    }
+}
+
+fn status_code(status: u16) -> StatusCode {
+    // Documented panic: a test passing an impossible status is a bug in it.
+    StatusCode::from_u16(status).expect("an HTTP status between 100 and 999")
+}
+
+/// Which wire format a request speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+/// What the request asked for, as far as rendering cares.
+#[derive(Debug)]
+pub(crate) struct Asked {
+    pub(crate) dialect: Dialect,
+    pub(crate) stream: bool,
+    pub(crate) model: String,
+    pub(crate) include_usage: bool,
+}
+
+/// What to write, step by step.
+#[derive(Debug)]
+pub(crate) enum Step {
+    Data(Bytes),
+    Reset,
+    Stall,
+}
+
+/// A rendered reply: head and body steps.
+#[derive(Debug)]
+pub(crate) struct Rendered {
+    pub(crate) status: StatusCode,
+    pub(crate) content_type: &'static str,
+    pub(crate) content_type_owned: Option<String>,
+    pub(crate) steps: Vec<Step>,
+}
+
+/// One event of a generated stream; `counted` events are the deltas faults
+/// are placed by.
+struct Frame {
+    text: String,
+    counted: bool,
+}
+
+impl Reply {
+    pub(crate) fn render(&self, asked: &Asked) -> Option<Rendered> {
+        let (content_type, frames, whole): (&'static str, Vec<Frame>, Option<String>) = match &self.kind {
+            Kind::ResetBeforeHeaders => return None,
+            Kind::Text(deltas) => generated(asked, &Content::Text(deltas)),
+            Kind::ToolCall { id, name, arguments } => generated(asked, &Content::Tool { id, name, arguments }),
+            Kind::ApiError { error_type, message } => {
+                let body = error_body(asked.dialect, error_type, message);
+                ("application/json", Vec::new(), Some(body.to_string()))
+            }
+            Kind::Sse(events) => (
+                "text/event-stream",
+                events.iter().map(|e| Frame { text: e.clone(), counted: true }).collect(),
+                None,
+            ),
+            Kind::Body { content_type, body } => {
+                let steps = self.pieces(body.clone());
+                return Some(Rendered {
+                    status: self.status,
+                    content_type: "",
+                    content_type_owned: Some(content_type.clone()),
+                    steps: self.fault_whole(steps, body.len()),
+                });
+            }
+        };
+        let steps = match whole {
+            Some(body) => {
+                let len = body.len();
+                let steps = self.pieces(Bytes::from(body));
+                self.fault_whole(steps, len)
+            }
+            None => self.stream_steps(asked.dialect, frames),
+        };
+        Some(Rendered {
+            status: self.status,
+            content_type,
+            content_type_owned: None,
+            steps,
+        })
+    }
+
+    fn pieces(&self, body: Bytes) -> Vec<Step> {
+        match self.chunk_size {
+            Some(n) => (0..body.len())
+                .step_by(n)
+                .map(|i| Step::Data(body.slice(i..body.len().min(i + n))))
+                .collect(),
+            None => vec![Step::Data(body)],
+        }
+    }
+
+    /// A fault in a non-streaming body cuts it in the middle.
+    fn fault_whole(&self, steps: Vec<Step>, len: usize) -> Vec<Step> {
+        let Some((_, fault)) = &self.fault else {
+            return steps;
+        };
+        let mut bytes = Vec::with_capacity(len);
+        for s in &steps {
+            if let Step::Data(d) = s {
+                bytes.extend_from_slice(d);
+            }
+        }
+        let mut out = self.pieces(Bytes::from(bytes).slice(..len / 2));
+        match fault {
+            Fault::Reset => out.push(Step::Reset),
+            Fault::Stall => out.push(Step::Stall),
+            Fault::End | Fault::ErrorEvent { .. } => {}
+        }
+        out
+    }
+
+    fn stream_steps(&self, dialect: Dialect, frames: Vec<Frame>) -> Vec<Step> {
+        let mut out = Vec::new();
+        let mut counted = 0;
+        let push = |out: &mut Vec<Step>, text: String| {
+            out.extend(self.pieces(Bytes::from(text)));
+        };
+        for frame in frames {
+            if let Some((n, fault)) = &self.fault
+                && frame.counted
+                && counted == *n
+            {
+                match fault {
+                    Fault::Reset => out.push(Step::Reset),
+                    Fault::Stall => out.push(Step::Stall),
+                    Fault::End => {}
+                    Fault::ErrorEvent { error_type, message } => {
+                        let body = error_body(dialect, error_type, message);
+                        let text = match dialect {
+                            Dialect::Anthropic => format!("event: error\ndata: {body}\n\n"),
+                            Dialect::OpenAi => format!("data: {body}\n\n"),
+                        };
+                        push(&mut out, text);
+                    }
+                }
+                return out;
+            }
+            counted += usize::from(frame.counted);
+            push(&mut out, frame.text);
+        }
+        out
+    }
+}
+
+enum Content<'a> {
+    Text(&'a [String]),
+    Tool {
+        id: &'a str,
+        name: &'a str,
+        arguments: &'a [String],
+    },
+}
+
+fn error_body(dialect: Dialect, error_type: &str, message: &str) -> Value {
+    match dialect {
+        Dialect::OpenAi => json!({"error": {"message": message, "type": error_type, "param": null, "code": error_type}}),
+        Dialect::Anthropic => json!({
+            "type": "error",
+            "error": {"type": error_type, "message": message},
+            "request_id": "req_mock",
+        }),
+    }
+}
+
+const MESSAGE_ID: &str = "msg_mock_0001";
+
+/// Renders generated content in the request's dialect: SSE frames when it
+/// streams, one JSON body when it does not.
+fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>, Option<String>) {
+    let output_tokens = match content {
+        Content::Text(d) => d.len(),
+        Content::Tool { arguments, .. } => arguments.len() + 1,
+    } as u64;
+    let input_tokens = 12u64;
+    match (asked.dialect, asked.stream) {
+        (Dialect::OpenAi, true) => ("text/event-stream", openai_frames(asked, content, input_tokens, output_tokens), None),
+        (Dialect::Anthropic, true) => ("text/event-stream", anthropic_frames(asked, content, input_tokens, output_tokens), None),
+        (Dialect::OpenAi, false) => {
+            let mut message = json!({"role": "assistant", "content": null, "refusal": null});
+            let finish = match content {
+                Content::Text(d) => {
+                    message["content"] = d.concat().into();
+                    "stop"
+                }
+                Content::Tool { id, name, arguments } => {
+                    message["tool_calls"] = json!([{
+                        "id": id, "type": "function",
+                        "function": {"name": name, "arguments": arguments.concat()},
+                    }]);
+                    "tool_calls"
+                }
+            };
+            let body = json!({
+                "id": MESSAGE_ID, "object": "chat.completion", "created": 1_700_000_000, "model": asked.model,
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                          "total_tokens": input_tokens + output_tokens},
+            });
+            ("application/json", Vec::new(), Some(body.to_string()))
+        }
+        (Dialect::Anthropic, false) => {
+            let (block, stop) = match content {
+                Content::Text(d) => (json!({"type": "text", "text": d.concat()}), "end_turn"),
+                Content::Tool { id, name, arguments } => {
+                    let input: Value = serde_json::from_str(&arguments.concat()).unwrap_or_else(|_| json!({}));
+                    (json!({"type": "tool_use", "id": id, "name": name, "input": input}), "tool_use")
+                }
+            };
+            let body = json!({
+                "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
+                "content": [block], "stop_reason": stop, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+            });
+            ("application/json", Vec::new(), Some(body.to_string()))
+        }
+    }
+}
+
+fn openai_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, output_tokens: u64) -> Vec<Frame> {
+    let chunk = |delta: Value, finish: Value| {
+        let v = json!({
+            "id": MESSAGE_ID, "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": asked.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "usage": null,
+        });
+        format!("data: {v}\n\n")
+    };
+    let mut frames = Vec::new();
+    let finish = match content {
+        Content::Text(deltas) => {
+            frames.push(Frame {
+                text: chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+                counted: false,
+            });
+            for d in deltas.iter() {
+                frames.push(Frame {
+                    text: chunk(json!({"content": d}), Value::Null),
+                    counted: true,
+                });
+            }
+            "stop"
+        }
+        Content::Tool { id, name, arguments } => {
+            frames.push(Frame {
+                text: chunk(
+                    json!({"role": "assistant", "content": null, "tool_calls": [{
+                        "index": 0, "id": id, "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }]}),
+                    Value::Null,
+                ),
+                counted: false,
+            });
+            for a in arguments.iter() {
+                frames.push(Frame {
+                    text: chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}), Value::Null),
+                    counted: true,
+                });
+            }
+            "tool_calls"
+        }
+    };
+    frames.push(Frame {
+        text: chunk(json!({}), finish.into()),
+        counted: false,
+    });
+    if asked.include_usage {
+        let v = json!({
+            "id": MESSAGE_ID, "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": asked.model, "choices": [],
+            "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                      "total_tokens": input_tokens + output_tokens},
+        });
+        frames.push(Frame {
+            text: format!("data: {v}\n\n"),
+            counted: false,
+        });
+    }
+    frames.push(Frame {
+        text: "data: [DONE]\n\n".into(),
+        counted: false,
+    });
+    frames
+}
+
+fn anthropic_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, output_tokens: u64) -> Vec<Frame> {
+    let event = |name: &str, data: Value| Frame {
+        text: format!("event: {name}\ndata: {data}\n\n"),
+        counted: false,
+    };
+    let mut frames = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }}),
+    )];
+    let stop = match content {
+        Content::Text(deltas) => {
+            frames.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            for d in deltas.iter() {
+                let mut f = event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}}),
+                );
+                f.counted = true;
+                frames.push(f);
+            }
+            "end_turn"
+        }
+        Content::Tool { id, name, arguments } => {
+            frames.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0,
+                       "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            ));
+            for a in arguments.iter() {
+                let mut f = event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0,
+                           "delta": {"type": "input_json_delta", "partial_json": a}}),
+                );
+                f.counted = true;
+                frames.push(f);
+            }
+            "tool_use"
+        }
+    };
+    frames.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    frames.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+               "usage": {"output_tokens": output_tokens}}),
+    ));
+    frames.push(event("message_stop", json!({"type": "message_stop"})));
+    frames
+}

@@ -1,0 +1,631 @@
+//! Anthropic Messages.
+
+use std::borrow::Cow;
+
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{
+    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods, default_transport,
+    provider_service, secret_header, truncated,
+};
+use crate::chat::{ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage};
+use crate::error::Error;
+use crate::sse::Event;
+use crate::transport::ReqwestTransport;
+
+const NAME: &str = "anthropic";
+
+/// Anthropic Messages (`POST {base}/v1/messages`) as a
+/// `Service<ChatRequest, Response = ChatStream, Error = Error>`.
+///
+/// Authenticates with an API key (`x-api-key`) or an OAuth bearer token.
+/// System messages are collected into the top-level `system` field; a request
+/// without `max_tokens` gets the service's default (4096 unless set).
+/// Thinking, its signatures and redacted thinking come through as their own
+/// events; an `event: error` inside the stream ends it with the classified
+/// error.
+pub struct Anthropic<S = ReqwestTransport> {
+    client: Client<AnthropicWire, S>,
+}
+
+provider_service!(Anthropic);
+
+impl Anthropic {
+    /// Configures a service.
+    pub fn builder() -> AnthropicBuilder {
+        AnthropicBuilder {
+            common: CommonBuilder::new("https://api.anthropic.com"),
+            auth: Auth::None,
+            version: "2023-06-01".into(),
+            default_max_tokens: 4096,
+        }
+    }
+}
+
+#[derive(Clone)]
+enum Auth {
+    None,
+    ApiKey(String),
+    Bearer(String),
+}
+
+/// Builds an [`Anthropic`] service.
+#[derive(Clone)]
+pub struct AnthropicBuilder {
+    common: CommonBuilder,
+    auth: Auth,
+    version: String,
+    default_max_tokens: u32,
+}
+
+impl std::fmt::Debug for AnthropicBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match self.auth {
+            Auth::None => "none",
+            Auth::ApiKey(_) => "api key <redacted>",
+            Auth::Bearer(_) => "bearer <redacted>",
+        };
+        f.debug_struct("AnthropicBuilder")
+            .field("common", &self.common)
+            .field("auth", &auth)
+            .field("version", &self.version)
+            .field("default_max_tokens", &self.default_max_tokens)
+            .finish()
+    }
+}
+
+impl AnthropicBuilder {
+    common_builder_methods!();
+
+    /// An API key, sent as `x-api-key`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.auth = Auth::ApiKey(key.into());
+        self
+    }
+
+    /// An OAuth access token, sent as `Authorization: Bearer …` instead of an
+    /// API key.
+    pub fn oauth_token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Auth::Bearer(token.into());
+        self
+    }
+
+    /// The `anthropic-version` header (default `2023-06-01`).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// `max_tokens` for requests that set none (default 4096).
+    pub fn default_max_tokens(mut self, n: u32) -> Self {
+        self.default_max_tokens = n;
+        self
+    }
+
+    /// Builds the service over the default reqwest transport.
+    pub fn build(self) -> Result<Anthropic, Error> {
+        let transport = default_transport(&self.common)?;
+        self.build_with(transport)
+    }
+
+    /// Builds the service over `transport`, any
+    /// `Service<http::Request<RequestBody>>`. The timeouts set here apply to
+    /// the default transport only.
+    pub fn build_with<S>(self, transport: S) -> Result<Anthropic<S>, Error> {
+        let version = HeaderValue::from_str(&self.version)
+            .map_err(|_| Error::config("anthropic: invalid anthropic-version value"))?;
+        let mut auth = vec![(HeaderName::from_static("anthropic-version"), version)];
+        match &self.auth {
+            Auth::None => {}
+            Auth::ApiKey(key) => auth.push((HeaderName::from_static("x-api-key"), secret_header(NAME, key)?)),
+            Auth::Bearer(token) => auth.push((AUTHORIZATION, secret_header(NAME, &format!("Bearer {token}"))?)),
+        }
+        let common = self.common.common(NAME, "/v1/messages", auth)?;
+        Ok(Anthropic {
+            client: Client {
+                wire: std::sync::Arc::new(AnthropicWire {
+                    default_max_tokens: self.default_max_tokens,
+                }),
+                common: std::sync::Arc::new(common),
+                transport,
+            },
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct AnthropicWire {
+    default_max_tokens: u32,
+}
+
+impl Wire for AnthropicWire {
+    const NAME: &'static str = NAME;
+
+    fn encode_body(&self, req: &ChatRequest, model: &str) -> Map<String, Value> {
+        let mut body = Map::new();
+        body.insert("model".into(), model.into());
+        body.insert(
+            "max_tokens".into(),
+            req.max_tokens.unwrap_or(self.default_max_tokens).into(),
+        );
+        let mut system = String::new();
+        let mut messages = Vec::with_capacity(req.messages.len());
+        for m in &req.messages {
+            let role = match m.role {
+                Role::System => {
+                    for p in &m.content {
+                        if let ContentPart::Text(t) = p {
+                            if !system.is_empty() {
+                                system.push_str("\n\n");
+                            }
+                            system.push_str(t);
+                        }
+                    }
+                    continue;
+                }
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            let content: Vec<Value> = m.content.iter().map(encode_part).collect();
+            messages.push(json!({"role": role, "content": content}));
+        }
+        if !system.is_empty() {
+            body.insert("system".into(), system.into());
+        }
+        body.insert("messages".into(), Value::Array(messages));
+        body.insert("stream".into(), req.stream.into());
+        if let Some(t) = req.temperature {
+            body.insert("temperature".into(), t.into());
+        }
+        if let Some(p) = req.top_p {
+            body.insert("top_p".into(), p.into());
+        }
+        if !req.stop.is_empty() {
+            body.insert("stop_sequences".into(), req.stop.clone().into());
+        }
+        if !req.tools.is_empty() {
+            let tools = req
+                .tools
+                .iter()
+                .map(|t| {
+                    let mut v = Map::new();
+                    v.insert("name".into(), t.name.clone().into());
+                    if let Some(d) = &t.description {
+                        v.insert("description".into(), d.clone().into());
+                    }
+                    v.insert("input_schema".into(), t.parameters.clone());
+                    Value::Object(v)
+                })
+                .collect();
+            body.insert("tools".into(), Value::Array(tools));
+        }
+        if let Some(choice) = &req.tool_choice {
+            let v = match choice {
+                ToolChoice::Auto => json!({"type": "auto"}),
+                ToolChoice::None => json!({"type": "none"}),
+                ToolChoice::Required => json!({"type": "any"}),
+                ToolChoice::Tool(name) => json!({"type": "tool", "name": name}),
+            };
+            body.insert("tool_choice".into(), v);
+        }
+        body
+    }
+
+    fn decoder(&self) -> Decoder {
+        Decoder::Anthropic(AnthropicDecoder::default())
+    }
+}
+
+fn encode_part(p: &ContentPart) -> Value {
+    match p {
+        ContentPart::Text(t) => json!({"type": "text", "text": t}),
+        ContentPart::Image(Image::Url(url)) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+        ContentPart::Image(Image::Base64 { media_type, data }) => json!({
+            "type": "image",
+            "source": {"type": "base64", "media_type": media_type, "data": data},
+        }),
+        ContentPart::ToolUse { id, name, arguments } => {
+            json!({"type": "tool_use", "id": id, "name": name, "input": arguments})
+        }
+        ContentPart::ToolResult {
+            tool_call_id,
+            content,
+            is_error,
+        } => json!({
+            "type": "tool_result",
+            "tool_use_id": tool_call_id,
+            "content": content,
+            "is_error": is_error,
+        }),
+        ContentPart::Thinking { text, signature } => {
+            json!({"type": "thinking", "thinking": text, "signature": signature.clone().unwrap_or_default()})
+        }
+        ContentPart::RedactedThinking { data } => json!({"type": "redacted_thinking", "data": data}),
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageStartEvent<'a> {
+    #[serde(borrow)]
+    message: MessageHead<'a>,
+}
+
+#[derive(Deserialize)]
+struct MessageHead<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct BlockStartEvent<'a> {
+    index: usize,
+    #[serde(borrow)]
+    content_block: Block<'a>,
+}
+
+/// A content block, in a `content_block_start` event or a non-streaming body.
+#[derive(Deserialize)]
+struct Block<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default)]
+    input: Option<Box<serde_json::value::RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct BlockDeltaEvent<'a> {
+    index: usize,
+    #[serde(borrow)]
+    delta: BlockDelta<'a>,
+}
+
+#[derive(Deserialize)]
+struct BlockDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    signature: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct MessageDeltaEvent<'a> {
+    #[serde(borrow, default)]
+    delta: Option<MessageDelta<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct MessageDelta<'a> {
+    #[serde(borrow, default)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct FullMessage<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Vec<Block<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct Typed<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+}
+
+/// Anthropic counts input tokens without the cached ones; every field is
+/// optional because `message_delta` repeats only what changed.
+#[derive(Deserialize)]
+struct WireUsage {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BlockKind {
+    Tool(usize),
+    Other,
+}
+
+/// Decodes one Messages response.
+#[derive(Debug, Default)]
+pub(crate) struct AnthropicDecoder {
+    done: bool,
+    stop_reason: Option<StopReason>,
+    /// Kind of each content block, by the block's index.
+    blocks: Vec<BlockKind>,
+    tool_calls: usize,
+    /// Raw counters, merged across `message_start` and `message_delta`.
+    input: u64,
+    output: u64,
+    cache_read: Option<u64>,
+    cache_creation: Option<u64>,
+}
+
+impl AnthropicDecoder {
+    fn merge_usage(&mut self, u: WireUsage) -> StreamEvent {
+        if let Some(n) = u.input_tokens {
+            self.input = n;
+        }
+        if let Some(n) = u.output_tokens {
+            self.output = n;
+        }
+        if u.cache_read_input_tokens.is_some() {
+            self.cache_read = u.cache_read_input_tokens;
+        }
+        if u.cache_creation_input_tokens.is_some() {
+            self.cache_creation = u.cache_creation_input_tokens;
+        }
+        StreamEvent::Usage(Usage {
+            input_tokens: self.input + self.cache_read.unwrap_or(0) + self.cache_creation.unwrap_or(0),
+            output_tokens: self.output,
+            cache_read_input_tokens: self.cache_read,
+            cache_creation_input_tokens: self.cache_creation,
+            reasoning_tokens: None,
+        })
+    }
+
+    fn block(&mut self, index: usize, block: Block<'_>, out: &mut Queue) {
+        let kind = match &*block.kind {
+            "tool_use" => {
+                let ordinal = self.tool_calls;
+                self.tool_calls += 1;
+                out.push_back(Ok(StreamEvent::ToolCallStart {
+                    index: ordinal,
+                    id: block.id.map(Cow::into_owned).unwrap_or_default(),
+                    name: block.name.map(Cow::into_owned).unwrap_or_default(),
+                }));
+                // A streamed block starts with `input: {}` and sends its
+                // arguments as deltas; a whole message has them here.
+                if let Some(input) = block.input.filter(|i| !is_empty_object(i.get())) {
+                    out.push_back(Ok(StreamEvent::ToolCallDelta {
+                        index: ordinal,
+                        arguments: input.get().to_owned(),
+                    }));
+                }
+                BlockKind::Tool(ordinal)
+            }
+            "redacted_thinking" => {
+                if let Some(data) = block.data {
+                    out.push_back(Ok(StreamEvent::RedactedThinking {
+                        data: data.into_owned(),
+                    }));
+                }
+                BlockKind::Other
+            }
+            "thinking" => {
+                push_text(out, block.thinking, |text| StreamEvent::ThinkingDelta { text });
+                if let Some(sig) = block.signature.filter(|s| !s.is_empty()) {
+                    out.push_back(Ok(StreamEvent::ThinkingSignature {
+                        signature: sig.into_owned(),
+                    }));
+                }
+                BlockKind::Other
+            }
+            "text" => {
+                push_text(out, block.text, |text| StreamEvent::TextDelta { text });
+                BlockKind::Other
+            }
+            // Server tools and other block types carry no text this crate
+            // models yet.
+            _ => BlockKind::Other,
+        };
+        if self.blocks.len() <= index {
+            self.blocks.resize(index + 1, BlockKind::Other);
+        }
+        self.blocks[index] = kind;
+    }
+
+    fn delta(&mut self, ev: BlockDeltaEvent<'_>, out: &mut Queue) {
+        let d = ev.delta;
+        match &*d.kind {
+            "text_delta" => push_text(out, d.text, |text| StreamEvent::TextDelta { text }),
+            "thinking_delta" => push_text(out, d.thinking, |text| StreamEvent::ThinkingDelta { text }),
+            "signature_delta" => push_text(out, d.signature, |signature| {
+                StreamEvent::ThinkingSignature { signature }
+            }),
+            "input_json_delta" => match self.blocks.get(ev.index) {
+                Some(BlockKind::Tool(ordinal)) => {
+                    let index = *ordinal;
+                    push_text(out, d.partial_json, |arguments| StreamEvent::ToolCallDelta {
+                        index,
+                        arguments,
+                    });
+                }
+                _ => out.push_back(Err(Error::decode(
+                    NAME,
+                    crate::DecodeError::Protocol(format!(
+                        "input_json_delta for block {} which is not a tool_use block",
+                        ev.index
+                    )),
+                ))),
+            },
+            _ => {}
+        }
+    }
+
+    fn done(&mut self, out: &mut Queue) {
+        self.done = true;
+        out.push_back(Ok(StreamEvent::Done {
+            stop_reason: self.stop_reason.take(),
+        }));
+    }
+}
+
+fn is_empty_object(raw: &str) -> bool {
+    let inner = raw.trim();
+    inner.starts_with('{') && inner.ends_with('}') && inner[1..inner.len() - 1].trim().is_empty()
+}
+
+fn push_text(out: &mut Queue, text: Option<Cow<'_, str>>, make: impl FnOnce(String) -> StreamEvent) {
+    if let Some(t) = text.filter(|t| !t.is_empty()) {
+        out.push_back(Ok(make(t.into_owned())));
+    }
+}
+
+fn parse<'a, T: Deserialize<'a>>(data: &'a str, context: &str, out: &mut Queue) -> Option<T> {
+    match serde_json::from_str(data) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            out.push_back(Err(Error::json(NAME, context, data, e)));
+            None
+        }
+    }
+}
+
+impl WireDecoder for AnthropicDecoder {
+    fn event(&mut self, event: Event<'_>, out: &mut Queue) {
+        // The SSE event name says which struct to parse (serde's internally
+        // tagged enums would buffer every object); streams whose proxy
+        // dropped the names fall back to the data's `type`.
+        let name: Cow<'_, str> = if event.event == "message" {
+            match parse::<Typed<'_>>(event.data, "message", out) {
+                Some(t) => Cow::Owned(t.kind.into_owned()),
+                None => return,
+            }
+        } else {
+            Cow::Borrowed(event.event)
+        };
+        let data = event.data;
+        match &*name {
+            "content_block_delta" => {
+                if let Some(ev) = parse::<BlockDeltaEvent<'_>>(data, &name, out) {
+                    self.delta(ev, out);
+                }
+            }
+            "content_block_start" => {
+                if let Some(ev) = parse::<BlockStartEvent<'_>>(data, &name, out) {
+                    self.block(ev.index, ev.content_block, out);
+                }
+            }
+            "message_start" => {
+                if let Some(ev) = parse::<MessageStartEvent<'_>>(data, &name, out) {
+                    out.push_back(Ok(StreamEvent::MessageStart {
+                        id: ev.message.id.map(Cow::into_owned),
+                        model: ev.message.model.map(Cow::into_owned),
+                    }));
+                    if let Some(u) = ev.message.usage {
+                        let usage = self.merge_usage(u);
+                        out.push_back(Ok(usage));
+                    }
+                }
+            }
+            "message_delta" => {
+                if let Some(ev) = parse::<MessageDeltaEvent<'_>>(data, &name, out) {
+                    if let Some(reason) = ev.delta.and_then(|d| d.stop_reason) {
+                        self.stop_reason = Some(stop_reason(&reason));
+                    }
+                    if let Some(u) = ev.usage {
+                        let usage = self.merge_usage(u);
+                        out.push_back(Ok(usage));
+                    }
+                }
+            }
+            "message_stop" => self.done(out),
+            "error" => out.push_back(Err(match serde_json::from_str::<Value>(data) {
+                Ok(v) => Error::from_event(NAME, &v),
+                Err(e) => Error::json(NAME, "error", data, e),
+            })),
+            // ping, content_block_stop, and events added after this crate.
+            _ => {}
+        }
+    }
+
+    fn body(&mut self, body: &[u8], out: &mut Queue) {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            out.push_back(Err(truncated(NAME)));
+            return;
+        }
+        let Some(kind) = parse::<Typed<'_>>(text, "body", out) else {
+            return;
+        };
+        if kind.kind == "error" {
+            out.push_back(Err(match serde_json::from_str::<Value>(text) {
+                Ok(v) => Error::from_event(NAME, &v),
+                Err(e) => Error::json(NAME, "body", text, e),
+            }));
+            return;
+        }
+        let Some(msg) = parse::<FullMessage<'_>>(text, "body", out) else {
+            return;
+        };
+        out.push_back(Ok(StreamEvent::MessageStart {
+            id: msg.id.map(Cow::into_owned),
+            model: msg.model.map(Cow::into_owned),
+        }));
+        for (index, block) in msg.content.into_iter().enumerate() {
+            self.block(index, block, out);
+        }
+        if let Some(u) = msg.usage {
+            let usage = self.merge_usage(u);
+            out.push_back(Ok(usage));
+        }
+        self.stop_reason = msg.stop_reason.map(|r| stop_reason(&r));
+        self.done(out);
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, out: &mut Queue) {
+        if self.done {
+            return;
+        }
+        // Cut after `message_delta` said why generation stopped: only
+        // `message_stop` is missing, the answer is whole.
+        if self.stop_reason.is_some() {
+            self.done(out);
+        } else {
+            out.push_back(Err(truncated(NAME)));
+        }
+    }
+}
+
+fn stop_reason(reason: &str) -> StopReason {
+    match reason {
+        "end_turn" => StopReason::EndTurn,
+        "max_tokens" => StopReason::MaxTokens,
+        "stop_sequence" => StopReason::StopSequence,
+        "tool_use" => StopReason::ToolUse,
+        "pause_turn" => StopReason::PauseTurn,
+        "refusal" => StopReason::Refusal,
+        other => StopReason::Other(other.to_owned()),
+    }
+}

@@ -1,0 +1,516 @@
+//! OpenAI Chat Completions, and every server that speaks it.
+
+use std::borrow::Cow;
+
+use http::header::AUTHORIZATION;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{
+    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods, default_transport,
+    provider_service, secret_header, truncated,
+};
+use crate::chat::{ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage};
+use crate::error::Error;
+use crate::sse::Event;
+use crate::transport::ReqwestTransport;
+
+const NAME: &str = "openai";
+
+/// OpenAI Chat Completions (`POST {base}/chat/completions`) as a
+/// `Service<ChatRequest, Response = ChatStream, Error = Error>`.
+///
+/// Also the client for OpenAI-compatible servers (vLLM, Ollama, llama.cpp,
+/// gateways): set [`base_url`](OpenAiBuilder::base_url). Streams ask for usage
+/// (`stream_options.include_usage`) unless told not to; reasoning sent as
+/// `reasoning_content` or `reasoning` arrives as
+/// [`StreamEvent::ThinkingDelta`]; only the first choice is decoded (`n > 1`
+/// is not supported).
+pub struct OpenAi<S = ReqwestTransport> {
+    client: Client<OpenAiWire, S>,
+}
+
+provider_service!(OpenAi);
+
+impl OpenAi {
+    /// Configures a service.
+    pub fn builder() -> OpenAiBuilder {
+        OpenAiBuilder {
+            common: CommonBuilder::new("https://api.openai.com/v1"),
+            api_key: None,
+            include_usage: true,
+            max_tokens_field: "max_tokens",
+        }
+    }
+}
+
+/// Builds an [`OpenAi`] service.
+#[derive(Clone)]
+pub struct OpenAiBuilder {
+    common: CommonBuilder,
+    api_key: Option<String>,
+    include_usage: bool,
+    max_tokens_field: &'static str,
+}
+
+impl std::fmt::Debug for OpenAiBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiBuilder")
+            .field("common", &self.common)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("include_usage", &self.include_usage)
+            .finish()
+    }
+}
+
+impl OpenAiBuilder {
+    common_builder_methods!();
+
+    /// The API key, sent as `Authorization: Bearer …`. Local servers often
+    /// need none.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.api_key = (!key.is_empty()).then_some(key);
+        self
+    }
+
+    /// Whether streams ask for a final usage chunk
+    /// (`stream_options.include_usage`, default on). Turn it off for servers
+    /// that reject the field.
+    pub fn include_usage(mut self, on: bool) -> Self {
+        self.include_usage = on;
+        self
+    }
+
+    /// Sends [`ChatRequest::max_tokens`] as `max_completion_tokens` (what
+    /// OpenAI's reasoning models require) instead of `max_tokens` (what most
+    /// compatible servers take, the default).
+    pub fn max_completion_tokens(mut self) -> Self {
+        self.max_tokens_field = "max_completion_tokens";
+        self
+    }
+
+    /// Builds the service over the default reqwest transport.
+    pub fn build(self) -> Result<OpenAi, Error> {
+        let transport = default_transport(&self.common)?;
+        self.build_with(transport)
+    }
+
+    /// Builds the service over `transport`, any
+    /// `Service<http::Request<RequestBody>>` (a stack of `tower-http` layers,
+    /// a test double). The timeouts set here apply to the default transport
+    /// only.
+    pub fn build_with<S>(self, transport: S) -> Result<OpenAi<S>, Error> {
+        let mut auth = Vec::new();
+        if let Some(key) = &self.api_key {
+            auth.push((AUTHORIZATION, secret_header(NAME, &format!("Bearer {key}"))?));
+        }
+        let common = self.common.common(NAME, "/chat/completions", auth)?;
+        Ok(OpenAi {
+            client: Client {
+                wire: std::sync::Arc::new(OpenAiWire {
+                    include_usage: self.include_usage,
+                    max_tokens_field: self.max_tokens_field,
+                }),
+                common: std::sync::Arc::new(common),
+                transport,
+            },
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct OpenAiWire {
+    include_usage: bool,
+    max_tokens_field: &'static str,
+}
+
+impl Wire for OpenAiWire {
+    const NAME: &'static str = NAME;
+
+    fn encode_body(&self, req: &ChatRequest, model: &str) -> Map<String, Value> {
+        let mut body = Map::new();
+        body.insert("model".into(), model.into());
+        body.insert("messages".into(), Value::Array(encode_messages(req)));
+        body.insert("stream".into(), req.stream.into());
+        if req.stream && self.include_usage {
+            body.insert("stream_options".into(), json!({"include_usage": true}));
+        }
+        if let Some(n) = req.max_tokens {
+            body.insert(self.max_tokens_field.into(), n.into());
+        }
+        if let Some(t) = req.temperature {
+            body.insert("temperature".into(), t.into());
+        }
+        if let Some(p) = req.top_p {
+            body.insert("top_p".into(), p.into());
+        }
+        if !req.stop.is_empty() {
+            body.insert("stop".into(), req.stop.clone().into());
+        }
+        if !req.tools.is_empty() {
+            let tools = req
+                .tools
+                .iter()
+                .map(|t| {
+                    let mut f = Map::new();
+                    f.insert("name".into(), t.name.clone().into());
+                    if let Some(d) = &t.description {
+                        f.insert("description".into(), d.clone().into());
+                    }
+                    f.insert("parameters".into(), t.parameters.clone());
+                    json!({"type": "function", "function": f})
+                })
+                .collect();
+            body.insert("tools".into(), Value::Array(tools));
+        }
+        if let Some(choice) = &req.tool_choice {
+            let v = match choice {
+                ToolChoice::Auto => json!("auto"),
+                ToolChoice::None => json!("none"),
+                ToolChoice::Required => json!("required"),
+                ToolChoice::Tool(name) => json!({"type": "function", "function": {"name": name}}),
+            };
+            body.insert("tool_choice".into(), v);
+        }
+        body
+    }
+
+    fn decoder(&self) -> Decoder {
+        Decoder::OpenAi(OpenAiDecoder::default())
+    }
+}
+
+fn encode_messages(req: &ChatRequest) -> Vec<Value> {
+    let mut out = Vec::with_capacity(req.messages.len());
+    for m in &req.messages {
+        match m.role {
+            Role::System => {
+                let text = joined_text(&m.content);
+                out.push(json!({"role": "system", "content": text}));
+            }
+            Role::User => {
+                let mut parts = Vec::new();
+                for p in &m.content {
+                    match p {
+                        ContentPart::ToolResult {
+                            tool_call_id,
+                            content,
+                            ..
+                        } => out.push(json!({"role": "tool", "tool_call_id": tool_call_id, "content": content})),
+                        ContentPart::Text(t) => parts.push(json!({"type": "text", "text": t})),
+                        ContentPart::Image(img) => {
+                            let url = match img {
+                                Image::Url(u) => u.clone(),
+                                Image::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+                            };
+                            parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                        }
+                        _ => {}
+                    }
+                }
+                match parts.as_slice() {
+                    [] => {}
+                    [one] if one["type"] == "text" => {
+                        out.push(json!({"role": "user", "content": one["text"]}));
+                    }
+                    _ => out.push(json!({"role": "user", "content": parts})),
+                }
+            }
+            Role::Assistant => {
+                let text = joined_text(&m.content);
+                let calls: Vec<Value> = m
+                    .content
+                    .iter()
+                    .filter_map(|p| match p {
+                        ContentPart::ToolUse { id, name, arguments } => Some(json!({
+                            "id": id,
+                            "type": "function",
+                            "function": {"name": name, "arguments": arguments.to_string()},
+                        })),
+                        _ => None,
+                    })
+                    .collect();
+                let mut msg = Map::new();
+                msg.insert("role".into(), "assistant".into());
+                msg.insert(
+                    "content".into(),
+                    if text.is_empty() && !calls.is_empty() {
+                        Value::Null
+                    } else {
+                        text.into()
+                    },
+                );
+                if !calls.is_empty() {
+                    msg.insert("tool_calls".into(), Value::Array(calls));
+                }
+                out.push(Value::Object(msg));
+            }
+        }
+    }
+    out
+}
+
+fn joined_text(parts: &[ContentPart]) -> String {
+    let mut text = String::new();
+    for p in parts {
+        if let ContentPart::Text(t) = p {
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Vec<Choice<'a>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default)]
+    index: u32,
+    /// Streaming.
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    /// Non-streaming.
+    #[serde(borrow, default)]
+    message: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct CompletionDetails {
+    #[serde(default)]
+    reasoning_tokens: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+            cache_read_input_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
+            cache_creation_input_tokens: None,
+            reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
+        }
+    }
+}
+
+/// Decodes one Chat Completions response.
+#[derive(Debug, Default)]
+pub(crate) struct OpenAiDecoder {
+    started: bool,
+    done: bool,
+    stop_reason: Option<StopReason>,
+    /// Which tool-call indices have had their `ToolCallStart`.
+    tools_started: Vec<bool>,
+}
+
+impl OpenAiDecoder {
+    fn chunk(&mut self, data: &str, context: &str, out: &mut Queue) {
+        let chunk: Chunk<'_> = match serde_json::from_str(data) {
+            Ok(c) => c,
+            Err(e) => {
+                out.push_back(Err(Error::json(NAME, context, data, e)));
+                return;
+            }
+        };
+        if chunk.error.is_some() {
+            out.push_back(Err(error_event(data)));
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            out.push_back(Ok(StreamEvent::MessageStart {
+                id: chunk.id.map(Cow::into_owned),
+                model: chunk.model.map(Cow::into_owned),
+            }));
+        }
+        for choice in chunk.choices {
+            // Only the first choice: `n > 1` is not supported.
+            if choice.index != 0 {
+                continue;
+            }
+            if let Some(delta) = choice.delta.or(choice.message) {
+                self.delta(delta, out);
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.stop_reason = Some(stop_reason(&reason));
+            }
+        }
+        if let Some(u) = chunk.usage {
+            out.push_back(Ok(StreamEvent::Usage(u.into())));
+        }
+    }
+
+    fn delta(&mut self, delta: Delta<'_>, out: &mut Queue) {
+        let text_event = |text: Option<Cow<'_, str>>, make: fn(String) -> StreamEvent| {
+            text.filter(|t| !t.is_empty()).map(|t| Ok(make(t.into_owned())))
+        };
+        if let Some(e) = text_event(delta.reasoning_content.or(delta.reasoning), |text| {
+            StreamEvent::ThinkingDelta { text }
+        }) {
+            out.push_back(e);
+        }
+        if let Some(e) = text_event(delta.content, |text| StreamEvent::TextDelta { text }) {
+            out.push_back(e);
+        }
+        if let Some(e) = text_event(delta.refusal, |text| StreamEvent::RefusalDelta { text }) {
+            out.push_back(e);
+        }
+        for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+            let index = call.index.unwrap_or(position);
+            let (name, arguments) = match call.function {
+                Some(f) => (f.name, f.arguments),
+                None => (None, None),
+            };
+            if self.tools_started.len() <= index {
+                self.tools_started.resize(index + 1, false);
+            }
+            if !self.tools_started[index] {
+                self.tools_started[index] = true;
+                out.push_back(Ok(StreamEvent::ToolCallStart {
+                    index,
+                    id: call.id.map_or_else(|| format!("call_{index}"), Cow::into_owned),
+                    name: name.map(Cow::into_owned).unwrap_or_default(),
+                }));
+            }
+            if let Some(arguments) = arguments.filter(|a| !a.is_empty()) {
+                out.push_back(Ok(StreamEvent::ToolCallDelta {
+                    index,
+                    arguments: arguments.into_owned(),
+                }));
+            }
+        }
+    }
+
+    fn done(&mut self, out: &mut Queue) {
+        self.done = true;
+        out.push_back(Ok(StreamEvent::Done {
+            stop_reason: self.stop_reason.take(),
+        }));
+    }
+}
+
+impl WireDecoder for OpenAiDecoder {
+    fn event(&mut self, event: Event<'_>, out: &mut Queue) {
+        if event.event == "error" {
+            out.push_back(Err(error_event(event.data)));
+            return;
+        }
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.done(out);
+        } else if !data.is_empty() {
+            self.chunk(data, event.event, out);
+        }
+    }
+
+    fn body(&mut self, body: &[u8], out: &mut Queue) {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            out.push_back(Err(truncated(NAME)));
+            return;
+        }
+        self.chunk(text, "body", out);
+        if out.back().is_some_and(Result::is_ok) {
+            self.done(out);
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn finish(&mut self, out: &mut Queue) {
+        if self.done {
+            return;
+        }
+        // A stream cut after the model said why it stopped lost at most the
+        // usage chunk: the answer is whole.
+        if self.stop_reason.is_some() {
+            self.done(out);
+        } else {
+            out.push_back(Err(truncated(NAME)));
+        }
+    }
+}
+
+fn error_event(data: &str) -> Error {
+    match serde_json::from_str::<Value>(data) {
+        Ok(v) => Error::from_event(NAME, &v),
+        Err(e) => Error::json(NAME, "error", data, e),
+    }
+}
+
+fn stop_reason(reason: &str) -> StopReason {
+    match reason {
+        "stop" => StopReason::EndTurn,
+        "length" => StopReason::MaxTokens,
+        "tool_calls" | "function_call" => StopReason::ToolUse,
+        "content_filter" => StopReason::ContentFilter,
+        other => StopReason::Other(other.to_owned()),
+    }
+}
