@@ -490,7 +490,15 @@ impl Error {
             Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
             _ => None,
         };
-        let class = class_from_type(&api).unwrap_or_else(|| class_from_status(status));
+        // 401, 403 and 429 mean one thing whatever the body says (OpenAI
+        // sends a 401 with type `invalid_request_error`); for other statuses a
+        // code or type names the class more precisely (an `overloaded_error`
+        // with a 500, `token_expired` with a 400).
+        let by_status = class_from_status(status);
+        let class = match status.as_u16() {
+            401 | 403 | 429 => by_status,
+            _ => class_from_type(&api).unwrap_or(by_status),
+        };
         class.build(status, api)
     }
 
@@ -559,23 +567,30 @@ fn class_from_status(status: StatusCode) -> Class {
     }
 }
 
-/// The provider's error type or code, where it names a class more precisely
-/// than the status does (an `overloaded_error` sent with a 500, an
-/// OpenAI-compatible server that says `invalid_api_key` with a 400).
+/// The class the provider's error code, or else its type, names. The code
+/// comes first: it is the more specific of the two.
 fn class_from_type(api: &ApiError) -> Option<Class> {
-    [api.error_type.as_deref(), api.code.as_deref()]
+    [api.code.as_deref(), api.error_type.as_deref()]
         .into_iter()
         .flatten()
         .find_map(|t| match t {
-            "authentication_error" | "invalid_api_key" | "token_expired" | "invalid_token"
+            "authentication_error"
+            | "invalid_api_key"
+            | "token_expired"
+            | "invalid_token"
             | "UNAUTHENTICATED" => Some(Class::Unauthorized),
             "permission_error" | "PERMISSION_DENIED" => Some(Class::Forbidden),
-            "rate_limit_error" | "rate_limit_exceeded" | "insufficient_quota"
+            "rate_limit_error"
+            | "rate_limit_exceeded"
+            | "insufficient_quota"
             | "RESOURCE_EXHAUSTED" => Some(Class::RateLimited),
             "overloaded_error" | "UNAVAILABLE" => Some(Class::Overloaded),
             "api_error" | "server_error" | "INTERNAL" => Some(Class::Server),
-            "invalid_request_error" | "not_found_error" | "request_too_large"
-            | "INVALID_ARGUMENT" | "NOT_FOUND" => Some(Class::InvalidRequest),
+            "invalid_request_error"
+            | "not_found_error"
+            | "request_too_large"
+            | "INVALID_ARGUMENT"
+            | "NOT_FOUND" => Some(Class::InvalidRequest),
             _ => None,
         })
 }
@@ -596,7 +611,8 @@ fn parse_error_body(provider: &'static str, body: &[u8]) -> ApiError {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
             if !text.is_empty() {
-                api.message = Some(html_title(text).map_or_else(|| snippet(text.as_bytes()), str::to_owned));
+                api.message =
+                    Some(html_title(text).map_or_else(|| snippet(text.as_bytes()), str::to_owned));
             }
         }
     }
@@ -687,6 +703,206 @@ mod tests {
     }
 
     #[test]
+    fn classification_table() {
+        // (status, body, headers) -> (kind, retryable)
+        let cases: &[(u16, &str, &[(&'static str, &str)], &str, bool)] = &[
+            (
+                401,
+                r#"{"error":{"message":"Incorrect API key","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+                &[],
+                "unauthorized",
+                false,
+            ),
+            (
+                401,
+                r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
+                &[],
+                "unauthorized",
+                false,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"expired","type":"invalid_request_error","code":"token_expired"}}"#,
+                &[],
+                "unauthorized",
+                false,
+            ),
+            (
+                403,
+                r#"{"type":"error","error":{"type":"permission_error","message":"no"}}"#,
+                &[],
+                "forbidden",
+                false,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"slow","type":"requests","code":"rate_limit_exceeded"}}"#,
+                &[],
+                "rate_limited",
+                true,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"pay","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+                &[],
+                "rate_limited",
+                false,
+            ),
+            (
+                529,
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                &[],
+                "overloaded",
+                true,
+            ),
+            (
+                500,
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                &[],
+                "overloaded",
+                true,
+            ),
+            (503, "", &[], "overloaded", true),
+            (
+                500,
+                r#"{"type":"error","error":{"type":"api_error","message":"boom"}}"#,
+                &[],
+                "server",
+                true,
+            ),
+            (
+                502,
+                "<html><title>502 Bad Gateway</title></html>",
+                &[],
+                "server",
+                true,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"bad","type":"invalid_request_error"}}"#,
+                &[],
+                "invalid_request",
+                false,
+            ),
+            (
+                404,
+                r#"{"type":"error","error":{"type":"not_found_error","message":"model"}}"#,
+                &[],
+                "invalid_request",
+                false,
+            ),
+            (408, "", &[], "invalid_request", true),
+            (409, "", &[], "invalid_request", true),
+            (
+                413,
+                r#"{"type":"error","error":{"type":"request_too_large","message":"big"}}"#,
+                &[],
+                "invalid_request",
+                false,
+            ),
+            (
+                422,
+                "{\"error\": \"unprocessable\"}",
+                &[],
+                "invalid_request",
+                false,
+            ),
+            (500, "", &[("x-should-retry", "false")], "server", false),
+            (
+                400,
+                "",
+                &[("x-should-retry", "true")],
+                "invalid_request",
+                true,
+            ),
+            (
+                429,
+                r#"{"error":{"code":"insufficient_quota"}}"#,
+                &[("x-should-retry", "true")],
+                "rate_limited",
+                true,
+            ),
+            (
+                401,
+                r#"{"error":{"code":401,"message":"API key not valid","status":"UNAUTHENTICATED"}}"#,
+                &[],
+                "unauthorized",
+                false,
+            ),
+            (
+                429,
+                r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#,
+                &[],
+                "rate_limited",
+                true,
+            ),
+        ];
+        for (status, body, hs, kind, retryable) in cases {
+            let e = Error::from_response(
+                "p",
+                StatusCode::from_u16(*status).unwrap(),
+                &headers(hs),
+                body.as_bytes(),
+            );
+            assert_eq!(
+                (e.kind(), e.is_retryable()),
+                (*kind, *retryable),
+                "{status} {body} -> {e:?}"
+            );
+            assert_eq!(e.status().map(|s| s.as_u16()), Some(*status));
+        }
+    }
+
+    #[test]
+    fn error_bodies_keep_what_the_provider_said() {
+        let h = headers(&[("request-id", "req_h"), ("retry-after", "3")]);
+        let e = Error::from_response(
+            "anthropic",
+            StatusCode::TOO_MANY_REQUESTS,
+            &h,
+            br#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"},"request_id":"req_body"}"#,
+        );
+        let api = e.api_error().unwrap();
+        assert_eq!(api.error_type(), Some("rate_limit_error"));
+        assert_eq!(
+            api.request_id(),
+            Some("req_body"),
+            "the body's id wins over the header's"
+        );
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            e.to_string(),
+            "rate limited: anthropic answered 429 Too Many Requests (rate_limit_error): \
+             Number of requests has exceeded your rate limit [request id req_body]"
+        );
+        // A long non-JSON body is cut to a snippet.
+        let e = Error::from_response(
+            "p",
+            StatusCode::BAD_GATEWAY,
+            &HeaderMap::new(),
+            "é".repeat(10_000).as_bytes(),
+        );
+        assert!(e.api_error().unwrap().message().unwrap().len() <= 200);
+    }
+
+    #[test]
+    fn in_stream_errors() {
+        let v: Value = serde_json::from_str(
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        )
+        .unwrap();
+        let e = Error::from_event("anthropic", &v);
+        assert!(matches!(e, Error::Overloaded { .. }));
+        assert_eq!(e.api_error().unwrap().status(), None);
+        let v: Value =
+            serde_json::from_str(r#"{"error":{"code":400,"message":"Token limit reached"}}"#)
+                .unwrap();
+        assert_eq!(Error::from_event("openai", &v).kind(), "invalid_request");
+        let v: Value = serde_json::from_str(r#"{"error":{"message":"mystery"}}"#).unwrap();
+        assert_eq!(Error::from_event("openai", &v).kind(), "server");
+    }
+
+    #[test]
     fn retry_after_forms() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(
@@ -708,18 +924,31 @@ mod tests {
         );
         // retry-after-ms wins over retry-after.
         assert_eq!(
-            parse_retry_after(&headers(&[("retry-after-ms", "10"), ("retry-after", "5")]), now),
+            parse_retry_after(
+                &headers(&[("retry-after-ms", "10"), ("retry-after", "5")]),
+                now
+            ),
             Some(Duration::from_millis(10))
         );
         // An unusable retry-after-ms falls back to retry-after.
         assert_eq!(
-            parse_retry_after(&headers(&[("retry-after-ms", "soon"), ("retry-after", "5")]), now),
+            parse_retry_after(
+                &headers(&[("retry-after-ms", "soon"), ("retry-after", "5")]),
+                now
+            ),
             Some(Duration::from_secs(5))
         );
         for bad in ["0", "-3", "NaN", "inf", "tomorrow", ""] {
-            assert_eq!(parse_retry_after(&headers(&[("retry-after", bad)]), now), None, "{bad}");
+            assert_eq!(
+                parse_retry_after(&headers(&[("retry-after", bad)]), now),
+                None,
+                "{bad}"
+            );
         }
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&headers(&[("retry-after", &past)]), now), None);
+        assert_eq!(
+            parse_retry_after(&headers(&[("retry-after", &past)]), now),
+            None
+        );
     }
 }

@@ -95,8 +95,10 @@ impl SseDecoder {
         SseDecoder::with_max_event_size(DEFAULT_MAX_EVENT_SIZE)
     }
 
-    /// A decoder that reports events (data plus the current line) larger than
-    /// `limit` bytes as [`SseError::EventTooLarge`].
+    /// A decoder that reports an event as [`SseError::EventTooLarge`] when
+    /// the data it has gathered plus the line being read (field name and
+    /// value, any field, comments too) exceed `limit` bytes. Whatever the
+    /// chunking, the same input yields the same events and errors.
     pub fn with_max_event_size(limit: usize) -> Self {
         SseDecoder {
             max_event_size: limit,
@@ -167,7 +169,8 @@ impl SseDecoder {
 
     /// Ends the input: a pending last line is processed and a pending event
     /// is dispatched even without its final blank line. The decoder is then
-    /// ready for a new stream.
+    /// ready for a new stream; like an `EventSource` reconnecting, it keeps
+    /// the last event id and the retry value.
     pub fn finish<F>(&mut self, mut on_event: F)
     where
         F: FnMut(Result<Event<'_>, SseError>),
@@ -185,25 +188,24 @@ impl SseDecoder {
         if !self.skipping {
             self.dispatch(&mut on_event);
         }
-        let limit = self.max_event_size;
-        let (line, data, event, id) = (
-            std::mem::take(&mut self.line),
-            std::mem::take(&mut self.data),
-            std::mem::take(&mut self.event),
-            std::mem::take(&mut self.id),
-        );
-        *self = SseDecoder::with_max_event_size(limit);
-        // Keep the buffers' capacity for the next stream.
-        self.line = reuse(line);
-        self.data = reuse(data);
-        self.event = reuse(event);
-        self.id = reuse(id);
+        self.line.clear();
+        self.data.clear();
+        self.event.clear();
+        self.bom_matched = 0;
+        self.bom_done = false;
+        self.pending_cr = false;
+        self.skipping = false;
+        self.skipped_line_open = false;
     }
 
     fn process<F>(&mut self, chunk: &[u8], on_event: &mut F)
     where
         F: FnMut(Result<Event<'_>, SseError>),
     {
+        if chunk.is_empty() {
+            // An empty chunk between a CR and its LF must not forget the CR.
+            return;
+        }
         let mut pos = 0;
         if self.pending_cr {
             self.pending_cr = false;
@@ -227,10 +229,10 @@ impl SseDecoder {
                     self.data.clear();
                     self.event.clear();
                 }
+            } else if self.data.len() + self.line.len() + i > self.max_event_size {
+                self.start_skipping(on_event);
             } else if self.line.is_empty() {
                 self.handle_line(&chunk[pos..end], on_event);
-            } else if self.line.len() + i > self.max_event_size {
-                self.start_skipping(on_event);
             } else {
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(&chunk[pos..end]);
@@ -278,6 +280,7 @@ impl SseDecoder {
         }));
     }
 
+    /// Handles one complete line that is within the size limit.
     fn handle_line<F>(&mut self, line: &[u8], on_event: &mut F)
     where
         F: FnMut(Result<Event<'_>, SseError>),
@@ -298,11 +301,6 @@ impl SseDecoder {
         };
         match name {
             b"data" => {
-                if self.data.len() + value.len() + 1 > self.max_event_size {
-                    self.start_skipping(on_event);
-                    // The line that overflowed has ended: skip to the blank line.
-                    return;
-                }
                 self.data.extend_from_slice(value);
                 self.data.push(b'\n');
             }
@@ -356,11 +354,6 @@ impl SseDecoder {
     }
 }
 
-fn reuse(mut v: Vec<u8>) -> Vec<u8> {
-    v.clear();
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,16 +387,28 @@ mod tests {
     #[test]
     fn line_endings_and_splits() {
         let want = vec![ev("message", "a"), ev("message", "b"), ev("message", "c")];
-        assert_eq!(decode_chunks(1024, &[b"data: a\n\ndata: b\r\rdata: c\r\n\r\n"]), want);
+        assert_eq!(
+            decode_chunks(1024, &[b"data: a\n\ndata: b\r\rdata: c\r\n\r\n"]),
+            want
+        );
         // CRLF split across chunks: the LF must not become an empty line.
-        assert_eq!(decode_chunks(1024, &[b"data: a\r", b"\ndata: x\r", b"\n\r\n"]), vec![ev("message", "a\nx")]);
+        assert_eq!(
+            decode_chunks(1024, &[b"data: a\r", b"\ndata: x\r", b"\n\r\n"]),
+            vec![ev("message", "a\nx")]
+        );
         // A lone CR at a chunk end followed by a new line.
-        assert_eq!(decode_chunks(1024, &[b"data: a\r", b"\rdata: b"]), vec![ev("message", "a"), ev("message", "b")]);
+        assert_eq!(
+            decode_chunks(1024, &[b"data: a\r", b"\rdata: b"]),
+            vec![ev("message", "a"), ev("message", "b")]
+        );
     }
 
     #[test]
     fn bom_is_dropped_once_even_when_split() {
-        assert_eq!(decode_chunks(64, &[b"\xEF", b"\xBB", b"\xBFdata: x\n\n"]), vec![ev("message", "x")]);
+        assert_eq!(
+            decode_chunks(64, &[b"\xEF", b"\xBB", b"\xBFdata: x\n\n"]),
+            vec![ev("message", "x")]
+        );
         // Only a leading BOM is special; a second one is data.
         assert_eq!(
             decode_chunks(64, &[b"\xEF\xBB\xBF\xEF\xBB\xBFdata: x\n\n"]),
@@ -411,7 +416,10 @@ mod tests {
             "a field named BOM+data is not data"
         );
         // A partial BOM is input.
-        assert_eq!(decode_chunks(64, &[b"\xEF", b"data: x\n\n"]), Vec::<Item>::new());
+        assert_eq!(
+            decode_chunks(64, &[b"\xEF", b"data: x\n\n"]),
+            Vec::<Item>::new()
+        );
         assert_eq!(decode_chunks(64, &[b"\xEF\xBB"]), Vec::<Item>::new());
     }
 
@@ -428,9 +436,13 @@ mod tests {
         assert_eq!(seen, [("add".into(), "\n two spaces".into(), "7".into())]);
         assert_eq!(d.retry(), Some(1500));
         // An id with NUL is ignored; the previous id stays.
-        d.feed(b"id: a\0b\ndata: x\n\n", |e| assert_eq!(e.unwrap().id, "7")).unwrap();
+        d.feed(b"id: a\0b\ndata: x\n\n", |e| assert_eq!(e.unwrap().id, "7"))
+            .unwrap();
         // Data-less events are not dispatched and reset the type.
-        assert_eq!(decode_chunks(64, &[b"event: x\n\ndata: y\n\n"]), vec![ev("message", "y")]);
+        assert_eq!(
+            decode_chunks(64, &[b"event: x\n\ndata: y\n\n"]),
+            vec![ev("message", "y")]
+        );
         // Empty data still dispatches.
         assert_eq!(decode_chunks(64, &[b"data\n\n"]), vec![ev("message", "")]);
     }
@@ -439,9 +451,15 @@ mod tests {
     fn utf8_split_and_invalid() {
         let text = "data: héllo 🌍\n\n".as_bytes();
         for cut in 0..text.len() {
-            assert_eq!(decode_chunks(64, &[&text[..cut], &text[cut..]]), vec![ev("message", "héllo 🌍")]);
+            assert_eq!(
+                decode_chunks(64, &[&text[..cut], &text[cut..]]),
+                vec![ev("message", "héllo 🌍")]
+            );
         }
-        assert_eq!(decode_chunks(64, &[b"data: a\xFFb\xC3\n\n"]), vec![ev("message", "a\u{FFFD}b\u{FFFD}")]);
+        assert_eq!(
+            decode_chunks(64, &[b"data: a\xFFb\xC3\n\n"]),
+            vec![ev("message", "a\u{FFFD}b\u{FFFD}")]
+        );
     }
 
     #[test]
@@ -449,13 +467,22 @@ mod tests {
         let mut big = b"data: ".to_vec();
         big.extend(std::iter::repeat_n(b'x', 100));
         big.extend_from_slice(b"\ndata: more\n\ndata: ok\n\n");
-        assert_eq!(decode_chunks(50, &[&big]), vec![Item::TooLarge, ev("message", "ok")]);
+        assert_eq!(
+            decode_chunks(50, &[&big]),
+            vec![Item::TooLarge, ev("message", "ok")]
+        );
         // The same, arriving a byte at a time.
         let bytes: Vec<&[u8]> = big.chunks(1).collect();
-        assert_eq!(decode_chunks(50, &bytes), vec![Item::TooLarge, ev("message", "ok")]);
+        assert_eq!(
+            decode_chunks(50, &bytes),
+            vec![Item::TooLarge, ev("message", "ok")]
+        );
         // Many small data lines that add up.
         let many = b"data: 0123456789\n".repeat(10);
-        assert_eq!(decode_chunks(50, &[&many, b"\ndata: ok\n\n"]), vec![Item::TooLarge, ev("message", "ok")]);
+        assert_eq!(
+            decode_chunks(50, &[&many, b"\ndata: ok\n\n"]),
+            vec![Item::TooLarge, ev("message", "ok")]
+        );
     }
 
     #[test]

@@ -137,7 +137,8 @@ where
 
 /// The response future of [`ReqwestTransport`].
 pub struct ResponseFuture {
-    inner: Pin<Box<dyn Future<Output = Result<http::Response<reqwest::Body>, reqwest::Error>> + Send>>,
+    inner:
+        Pin<Box<dyn Future<Output = Result<http::Response<reqwest::Body>, reqwest::Error>> + Send>>,
 }
 
 impl std::fmt::Debug for ResponseFuture {

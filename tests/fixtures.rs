@@ -16,7 +16,12 @@ async fn openai(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>) {
         .model("m")
         .build_with(FixtureTransport::sse(fixture(name), chunk))
         .unwrap();
-    drain(svc.oneshot(ChatRequest::new("").message(Message::user("hi"))).await.unwrap()).await
+    drain(
+        svc.oneshot(ChatRequest::new("").message(Message::user("hi")))
+            .await
+            .unwrap(),
+    )
+    .await
 }
 
 async fn anthropic(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>) {
@@ -25,7 +30,12 @@ async fn anthropic(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>
         .model("m")
         .build_with(FixtureTransport::sse(fixture(name), chunk))
         .unwrap();
-    drain(svc.oneshot(ChatRequest::new("").message(Message::user("hi"))).await.unwrap()).await
+    drain(
+        svc.oneshot(ChatRequest::new("").message(Message::user("hi")))
+            .await
+            .unwrap(),
+    )
+    .await
 }
 
 /// The same events whatever the chunking.
@@ -58,7 +68,11 @@ async fn openai_text_with_usage() {
         })
     );
     assert_eq!(texts(&events).concat(), "The tide turns twice daily.");
-    assert_eq!(texts(&events).len(), 6, "the empty first content is not an event");
+    assert_eq!(
+        texts(&events).len(),
+        6,
+        "the empty first content is not an event"
+    );
     let n = events.len();
     assert_eq!(
         events[n - 2],
@@ -70,19 +84,36 @@ async fn openai_text_with_usage() {
             ..Usage::default()
         })
     );
-    assert_eq!(events[n - 1], StreamEvent::Done { stop_reason: Some(StopReason::EndTurn) });
+    assert_eq!(
+        events[n - 1],
+        StreamEvent::Done {
+            stop_reason: Some(StopReason::EndTurn)
+        }
+    );
 }
 
 #[tokio::test]
 async fn openai_parallel_tool_calls_by_index() {
     let svc = OpenAi::builder()
         .model("m")
-        .build_with(FixtureTransport::sse(fixture("openai_parallel_tools.sse"), 5))
+        .build_with(FixtureTransport::sse(
+            fixture("openai_parallel_tools.sse"),
+            5,
+        ))
         .unwrap();
-    let c = svc.oneshot(ChatRequest::new("")).await.unwrap().completion().await.unwrap();
+    let c = svc
+        .oneshot(ChatRequest::new(""))
+        .await
+        .unwrap()
+        .completion()
+        .await
+        .unwrap();
     assert_eq!(c.stop_reason, Some(StopReason::ToolUse));
     assert_eq!(c.tool_calls.len(), 2);
-    assert_eq!((c.tool_calls[0].id.as_str(), c.tool_calls[0].name.as_str()), ("call_tideA", "tide_table"));
+    assert_eq!(
+        (c.tool_calls[0].id.as_str(), c.tool_calls[0].name.as_str()),
+        ("call_tideA", "tide_table")
+    );
     assert_eq!(c.tool_calls[0].arguments, json!({"port": "Brest"}));
     assert_eq!(c.tool_calls[1].id, "call_tideB");
     assert_eq!(c.tool_calls[1].arguments, json!({"port": "Saint-Malo"}));
@@ -101,12 +132,17 @@ async fn openai_refusal() {
         })
         .collect();
     assert_eq!(refusal, "I can't help with that.");
-    assert!(events.iter().all(|e| !matches!(e, StreamEvent::TextDelta { .. })));
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e, StreamEvent::TextDelta { .. }))
+    );
 }
 
 #[tokio::test]
 async fn openai_compatible_reasoning_then_error_chunk() {
-    let (events, err) = each_chunking(|c| openai("openai_compat_reasoning_then_error.sse", c)).await;
+    let (events, err) =
+        each_chunking(|c| openai("openai_compat_reasoning_then_error.sse", c)).await;
     let thinking: String = events
         .iter()
         .filter_map(|e| match e {
@@ -117,11 +153,17 @@ async fn openai_compatible_reasoning_then_error_chunk() {
     assert_eq!(thinking, "Weigh the options. Then answer.");
     assert_eq!(texts(&events), ["Yes"]);
     let err = err.expect("the error chunk ends the stream");
-    assert!(err.contains("502") && err.contains("Upstream provider dropped"), "{err}");
+    assert!(
+        err.contains("502") && err.contains("Upstream provider dropped"),
+        "{err}"
+    );
 
     // The class comes from the chunk's numeric code.
     let (_, err) = openai("openai_compat_reasoning_then_error.sse", 1 << 20).await;
-    assert!(matches!(err, Some(Error::Server { status, .. }) if status == 502), "{err:?}");
+    assert!(
+        matches!(err, Some(Error::Server { status, .. }) if status == 502),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -130,7 +172,11 @@ async fn openai_event_error_is_classified() {
     assert_eq!(texts(&events), ["Par"]);
     let err = err.unwrap();
     assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
-    assert_eq!(err.api_error().unwrap().status(), None, "an in-stream error has no HTTP status");
+    assert_eq!(
+        err.api_error().unwrap().status(),
+        None,
+        "an in-stream error has no HTTP status"
+    );
 }
 
 #[tokio::test]
@@ -149,7 +195,12 @@ async fn anthropic_padded_text_without_final_newline() {
     assert_eq!(usages.last().unwrap().input_tokens, 125);
     assert_eq!(usages.last().unwrap().cache_read_input_tokens, Some(100));
     assert_eq!(usages.last().unwrap().output_tokens, 9);
-    assert_eq!(events.last(), Some(&StreamEvent::Done { stop_reason: Some(StopReason::EndTurn) }));
+    assert_eq!(
+        events.last(),
+        Some(&StreamEvent::Done {
+            stop_reason: Some(StopReason::EndTurn)
+        })
+    );
 }
 
 #[tokio::test]
@@ -161,9 +212,14 @@ async fn anthropic_tool_use_after_text() {
         id: "toolu_01LTtide".into(),
         name: "tide_table".into()
     }));
-    let c = anthropic_completion("anthropic_tool_use.sse").await.unwrap();
+    let c = anthropic_completion("anthropic_tool_use.sse")
+        .await
+        .unwrap();
     assert_eq!(c.text, "Checking the tables.");
-    assert_eq!(c.tool_calls[0].arguments, json!({"port": "Brest", "days": 2}));
+    assert_eq!(
+        c.tool_calls[0].arguments,
+        json!({"port": "Brest", "days": 2})
+    );
     assert_eq!(c.stop_reason, Some(StopReason::ToolUse));
     assert_eq!(c.usage.unwrap().output_tokens, 58);
 }
@@ -178,19 +234,35 @@ async fn anthropic_completion(name: &str) -> Result<llm_tower::Completion, Error
 
 #[tokio::test]
 async fn anthropic_thinking_with_signature() {
-    let c = anthropic_completion("anthropic_thinking.sse").await.unwrap();
+    let c = anthropic_completion("anthropic_thinking.sse")
+        .await
+        .unwrap();
     assert_eq!(c.thinking, "Tides follow the moon.");
-    assert_eq!(c.thinking_signature.as_deref(), Some("EqQBCkgIARABGAIiQLTsigLT=="));
+    assert_eq!(
+        c.thinking_signature.as_deref(),
+        Some("EqQBCkgIARABGAIiQLTsigLT==")
+    );
     assert_eq!(c.text, "Twice a day.");
     // Replaying the answer keeps the signed thinking first.
     let m = c.to_message();
-    assert!(matches!(&m.content[0], llm_tower::ContentPart::Thinking { signature: Some(_), .. }));
+    assert!(matches!(
+        &m.content[0],
+        llm_tower::ContentPart::Thinking {
+            signature: Some(_),
+            ..
+        }
+    ));
 }
 
 #[tokio::test]
 async fn anthropic_redacted_thinking() {
-    let c = anthropic_completion("anthropic_redacted_thinking.sse").await.unwrap();
-    assert_eq!(c.redacted_thinking, ["RTBLTredactedAAAA", "RTBLTredactedBBBB"]);
+    let c = anthropic_completion("anthropic_redacted_thinking.sse")
+        .await
+        .unwrap();
+    assert_eq!(
+        c.redacted_thinking,
+        ["RTBLTredactedAAAA", "RTBLTredactedBBBB"]
+    );
     assert_eq!(c.text, "Done thinking.");
 }
 
@@ -199,19 +271,32 @@ async fn anthropic_overloaded_mid_stream_keeps_the_output() {
     let (events, err) = each_chunking(|c| anthropic("anthropic_overloaded_midstream.sse", c)).await;
     assert_eq!(texts(&events), ["High"]);
     assert!(err.unwrap().starts_with("overloaded"));
-    let err = anthropic_completion("anthropic_overloaded_midstream.sse").await.unwrap_err();
+    let err = anthropic_completion("anthropic_overloaded_midstream.sse")
+        .await
+        .unwrap_err();
     let Error::Interrupted { partial, source } = err else {
         panic!("output was delivered: the error is Interrupted");
     };
     assert_eq!(partial.text, "High");
-    assert!(matches!(*source, Error::Overloaded { retry_after: None, .. }));
+    assert!(matches!(
+        *source,
+        Error::Overloaded {
+            retry_after: None,
+            ..
+        }
+    ));
     assert!(!Error::Interrupted { partial, source }.is_retryable());
 }
 
 #[tokio::test]
 async fn anthropic_tool_arguments_cut_by_max_tokens_are_kept_raw() {
-    let c = anthropic_completion("anthropic_max_tokens_cut_tool.sse").await.unwrap();
+    let c = anthropic_completion("anthropic_max_tokens_cut_tool.sse")
+        .await
+        .unwrap();
     assert_eq!(c.stop_reason, Some(StopReason::MaxTokens));
     assert_eq!(c.tool_calls[0].arguments, serde_json::Value::Null);
-    assert_eq!(c.tool_calls[0].raw_arguments, r#"{"path": "tides.txt", "lines": ["High water 06:12","#);
+    assert_eq!(
+        c.tool_calls[0].raw_arguments,
+        r#"{"path": "tides.txt", "lines": ["High water 06:12","#
+    );
 }

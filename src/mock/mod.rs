@@ -116,7 +116,9 @@ impl MockServer {
         let listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .expect("bind a port on 127.0.0.1");
-        let addr = listener.local_addr().expect("a bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
         let shared = Arc::new(Shared {
             replies: Mutex::new(VecDeque::new()),
             default_reply: Mutex::new(Reply::text(["Hello", " from", " the", " mock", " server."])),
@@ -259,7 +261,11 @@ async fn handle(
     reset: Arc<AtomicBool>,
 ) -> Result<Response<MockBody>, ResetBeforeHeaders> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let recorded = RecordedRequest {
         method: parts.method,
         path: parts
@@ -278,13 +284,18 @@ async fn handle(
     } else if path.ends_with("/messages") {
         Dialect::Anthropic
     } else {
-        let body = format!("{{\"error\":{{\"message\":\"no route for {path}\",\"type\":\"not_found\"}}}}");
+        let body =
+            format!("{{\"error\":{{\"message\":\"no route for {path}\",\"type\":\"not_found\"}}}}");
         return Ok(simple(StatusCode::NOT_FOUND, "application/json", body));
     };
     let asked = Asked {
         dialect,
         stream: json.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        model: json.get("model").and_then(Value::as_str).unwrap_or("mock-model").to_owned(),
+        model: json
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("mock-model")
+            .to_owned(),
         include_usage: json
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
@@ -341,10 +352,15 @@ fn simple(status: StatusCode, content_type: &'static str, body: String) -> Respo
         reset: Arc::new(AtomicBool::new(false)),
     });
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     r
 }
+
+/// How long a body waits, before a scripted reset, for its data to be sent.
+const FLUSH_BEFORE_RESET: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A response body that plays its steps, waiting `delay` before each piece.
 struct MockBody {
@@ -380,6 +396,16 @@ impl http_body::Body for MockBody {
                 None => return Poll::Ready(None),
                 Some(Step::Stall) => return Poll::Pending,
                 Some(Step::Reset) => {
+                    // Pause first: hyper flushes what it buffered when the body
+                    // is pending, so the client receives every event written
+                    // before the reset (an RST discards unsent data).
+                    let flush = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(FLUSH_BEFORE_RESET)));
+                    if flush.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    this.sleep = None;
                     this.reset.store(true, Ordering::SeqCst);
                     this.steps.clear();
                     return Poll::Ready(Some(Err(ScriptedReset)));
@@ -412,7 +438,11 @@ struct ResettableStream {
 impl ResettableStream {
     fn stream(&mut self) -> Pin<&mut TcpStream> {
         // `stream` is only taken in `drop`.
-        Pin::new(self.stream.as_mut().expect("the stream is present until drop"))
+        Pin::new(
+            self.stream
+                .as_mut()
+                .expect("the stream is present until drop"),
+        )
     }
 }
 

@@ -87,7 +87,10 @@ impl Reply {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Reply::new(Kind::Text(deltas.into_iter().map(Into::into).collect()), StatusCode::OK)
+        Reply::new(
+            Kind::Text(deltas.into_iter().map(Into::into).collect()),
+            StatusCode::OK,
+        )
     }
 
     /// A successful answer that calls tool `name` (call id `id`), its JSON
@@ -113,7 +116,11 @@ impl Reply {
     /// # Panics
     ///
     /// If `status` is not a valid HTTP status (100–999): a bug in the test.
-    pub fn api_error(status: u16, error_type: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn api_error(
+        status: u16,
+        error_type: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Reply::new(
             Kind::ApiError {
                 error_type: error_type.into(),
@@ -130,7 +137,10 @@ impl Reply {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Reply::new(Kind::Sse(events.into_iter().map(Into::into).collect()), StatusCode::OK)
+        Reply::new(
+            Kind::Sse(events.into_iter().map(Into::into).collect()),
+            StatusCode::OK,
+        )
     }
 
     /// Any body, as it is.
@@ -259,29 +269,50 @@ struct Frame {
 
 impl Reply {
     pub(crate) fn render(&self, asked: &Asked) -> Option<Rendered> {
-        let (content_type, frames, whole): (&'static str, Vec<Frame>, Option<String>) = match &self.kind {
-            Kind::ResetBeforeHeaders => return None,
-            Kind::Text(deltas) => generated(asked, &Content::Text(deltas)),
-            Kind::ToolCall { id, name, arguments } => generated(asked, &Content::Tool { id, name, arguments }),
-            Kind::ApiError { error_type, message } => {
-                let body = error_body(asked.dialect, error_type, message);
-                ("application/json", Vec::new(), Some(body.to_string()))
-            }
-            Kind::Sse(events) => (
-                "text/event-stream",
-                events.iter().map(|e| Frame { text: e.clone(), counted: true }).collect(),
-                None,
-            ),
-            Kind::Body { content_type, body } => {
-                let steps = self.pieces(body.clone());
-                return Some(Rendered {
-                    status: self.status,
-                    content_type: "",
-                    content_type_owned: Some(content_type.clone()),
-                    steps: self.fault_whole(steps, body.len()),
-                });
-            }
-        };
+        let (content_type, frames, whole): (&'static str, Vec<Frame>, Option<String>) =
+            match &self.kind {
+                Kind::ResetBeforeHeaders => return None,
+                Kind::Text(deltas) => generated(asked, &Content::Text(deltas)),
+                Kind::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => generated(
+                    asked,
+                    &Content::Tool {
+                        id,
+                        name,
+                        arguments,
+                    },
+                ),
+                Kind::ApiError {
+                    error_type,
+                    message,
+                } => {
+                    let body = error_body(asked.dialect, error_type, message);
+                    ("application/json", Vec::new(), Some(body.to_string()))
+                }
+                Kind::Sse(events) => (
+                    "text/event-stream",
+                    events
+                        .iter()
+                        .map(|e| Frame {
+                            text: e.clone(),
+                            counted: true,
+                        })
+                        .collect(),
+                    None,
+                ),
+                Kind::Body { content_type, body } => {
+                    let steps = self.pieces(body.clone());
+                    return Some(Rendered {
+                        status: self.status,
+                        content_type: "",
+                        content_type_owned: Some(content_type.clone()),
+                        steps: self.fault_whole(steps, body.len()),
+                    });
+                }
+            };
         let steps = match whole {
             Some(body) => {
                 let len = body.len();
@@ -343,7 +374,10 @@ impl Reply {
                     Fault::Reset => out.push(Step::Reset),
                     Fault::Stall => out.push(Step::Stall),
                     Fault::End => {}
-                    Fault::ErrorEvent { error_type, message } => {
+                    Fault::ErrorEvent {
+                        error_type,
+                        message,
+                    } => {
                         let body = error_body(dialect, error_type, message);
                         let text = match dialect {
                             Dialect::Anthropic => format!("event: error\ndata: {body}\n\n"),
@@ -372,7 +406,9 @@ enum Content<'a> {
 
 fn error_body(dialect: Dialect, error_type: &str, message: &str) -> Value {
     match dialect {
-        Dialect::OpenAi => json!({"error": {"message": message, "type": error_type, "param": null, "code": error_type}}),
+        Dialect::OpenAi => {
+            json!({"error": {"message": message, "type": error_type, "param": null, "code": error_type}})
+        }
         Dialect::Anthropic => json!({
             "type": "error",
             "error": {"type": error_type, "message": message},
@@ -392,8 +428,16 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
     } as u64;
     let input_tokens = 12u64;
     match (asked.dialect, asked.stream) {
-        (Dialect::OpenAi, true) => ("text/event-stream", openai_frames(asked, content, input_tokens, output_tokens), None),
-        (Dialect::Anthropic, true) => ("text/event-stream", anthropic_frames(asked, content, input_tokens, output_tokens), None),
+        (Dialect::OpenAi, true) => (
+            "text/event-stream",
+            openai_frames(asked, content, input_tokens, output_tokens),
+            None,
+        ),
+        (Dialect::Anthropic, true) => (
+            "text/event-stream",
+            anthropic_frames(asked, content, input_tokens, output_tokens),
+            None,
+        ),
         (Dialect::OpenAi, false) => {
             let mut message = json!({"role": "assistant", "content": null, "refusal": null});
             let finish = match content {
@@ -401,7 +445,11 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
                     message["content"] = d.concat().into();
                     "stop"
                 }
-                Content::Tool { id, name, arguments } => {
+                Content::Tool {
+                    id,
+                    name,
+                    arguments,
+                } => {
                     message["tool_calls"] = json!([{
                         "id": id, "type": "function",
                         "function": {"name": name, "arguments": arguments.concat()},
@@ -420,9 +468,17 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
         (Dialect::Anthropic, false) => {
             let (block, stop) = match content {
                 Content::Text(d) => (json!({"type": "text", "text": d.concat()}), "end_turn"),
-                Content::Tool { id, name, arguments } => {
-                    let input: Value = serde_json::from_str(&arguments.concat()).unwrap_or_else(|_| json!({}));
-                    (json!({"type": "tool_use", "id": id, "name": name, "input": input}), "tool_use")
+                Content::Tool {
+                    id,
+                    name,
+                    arguments,
+                } => {
+                    let input: Value =
+                        serde_json::from_str(&arguments.concat()).unwrap_or_else(|_| json!({}));
+                    (
+                        json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+                        "tool_use",
+                    )
                 }
             };
             let body = json!({
@@ -435,7 +491,12 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
     }
 }
 
-fn openai_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, output_tokens: u64) -> Vec<Frame> {
+fn openai_frames(
+    asked: &Asked,
+    content: &Content<'_>,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Vec<Frame> {
     let chunk = |delta: Value, finish: Value| {
         let v = json!({
             "id": MESSAGE_ID, "object": "chat.completion.chunk", "created": 1_700_000_000,
@@ -460,7 +521,11 @@ fn openai_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, output
             }
             "stop"
         }
-        Content::Tool { id, name, arguments } => {
+        Content::Tool {
+            id,
+            name,
+            arguments,
+        } => {
             frames.push(Frame {
                 text: chunk(
                     json!({"role": "assistant", "content": null, "tool_calls": [{
@@ -473,7 +538,10 @@ fn openai_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, output
             });
             for a in arguments.iter() {
                 frames.push(Frame {
-                    text: chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}), Value::Null),
+                    text: chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]}),
+                        Value::Null,
+                    ),
                     counted: true,
                 });
             }
@@ -503,7 +571,12 @@ fn openai_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, output
     frames
 }
 
-fn anthropic_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, output_tokens: u64) -> Vec<Frame> {
+fn anthropic_frames(
+    asked: &Asked,
+    content: &Content<'_>,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Vec<Frame> {
     let event = |name: &str, data: Value| Frame {
         text: format!("event: {name}\ndata: {data}\n\n"),
         counted: false,
@@ -532,7 +605,11 @@ fn anthropic_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64, out
             }
             "end_turn"
         }
-        Content::Tool { id, name, arguments } => {
+        Content::Tool {
+            id,
+            name,
+            arguments,
+        } => {
             frames.push(event(
                 "content_block_start",
                 json!({"type": "content_block_start", "index": 0,

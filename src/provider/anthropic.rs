@@ -7,10 +7,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods, default_transport,
-    provider_service, secret_header, truncated,
+    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
+    default_transport, provider_service, secret_header, truncated,
 };
-use crate::chat::{ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage};
+use crate::chat::{
+    ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+};
 use crate::error::Error;
 use crate::sse::Event;
 use crate::transport::ReqwestTransport;
@@ -119,8 +121,14 @@ impl AnthropicBuilder {
         let mut auth = vec![(HeaderName::from_static("anthropic-version"), version)];
         match &self.auth {
             Auth::None => {}
-            Auth::ApiKey(key) => auth.push((HeaderName::from_static("x-api-key"), secret_header(NAME, key)?)),
-            Auth::Bearer(token) => auth.push((AUTHORIZATION, secret_header(NAME, &format!("Bearer {token}"))?)),
+            Auth::ApiKey(key) => auth.push((
+                HeaderName::from_static("x-api-key"),
+                secret_header(NAME, key)?,
+            )),
+            Auth::Bearer(token) => auth.push((
+                AUTHORIZATION,
+                secret_header(NAME, &format!("Bearer {token}"))?,
+            )),
         }
         let common = self.common.common(NAME, "/v1/messages", auth)?;
         Ok(Anthropic {
@@ -221,12 +229,18 @@ impl Wire for AnthropicWire {
 fn encode_part(p: &ContentPart) -> Value {
     match p {
         ContentPart::Text(t) => json!({"type": "text", "text": t}),
-        ContentPart::Image(Image::Url(url)) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+        ContentPart::Image(Image::Url(url)) => {
+            json!({"type": "image", "source": {"type": "url", "url": url}})
+        }
         ContentPart::Image(Image::Base64 { media_type, data }) => json!({
             "type": "image",
             "source": {"type": "base64", "media_type": media_type, "data": data},
         }),
-        ContentPart::ToolUse { id, name, arguments } => {
+        ContentPart::ToolUse {
+            id,
+            name,
+            arguments,
+        } => {
             json!({"type": "tool_use", "id": id, "name": name, "input": arguments})
         }
         ContentPart::ToolResult {
@@ -242,7 +256,9 @@ fn encode_part(p: &ContentPart) -> Value {
         ContentPart::Thinking { text, signature } => {
             json!({"type": "thinking", "thinking": text, "signature": signature.clone().unwrap_or_default()})
         }
-        ContentPart::RedactedThinking { data } => json!({"type": "redacted_thinking", "data": data}),
+        ContentPart::RedactedThinking { data } => {
+            json!({"type": "redacted_thinking", "data": data})
+        }
     }
 }
 
@@ -391,7 +407,9 @@ impl AnthropicDecoder {
             self.cache_creation = u.cache_creation_input_tokens;
         }
         StreamEvent::Usage(Usage {
-            input_tokens: self.input + self.cache_read.unwrap_or(0) + self.cache_creation.unwrap_or(0),
+            input_tokens: self.input
+                + self.cache_read.unwrap_or(0)
+                + self.cache_creation.unwrap_or(0),
             output_tokens: self.output,
             cache_read_input_tokens: self.cache_read,
             cache_creation_input_tokens: self.cache_creation,
@@ -428,7 +446,9 @@ impl AnthropicDecoder {
                 BlockKind::Other
             }
             "thinking" => {
-                push_text(out, block.thinking, |text| StreamEvent::ThinkingDelta { text });
+                push_text(out, block.thinking, |text| StreamEvent::ThinkingDelta {
+                    text,
+                });
                 if let Some(sig) = block.signature.filter(|s| !s.is_empty()) {
                     out.push_back(Ok(StreamEvent::ThinkingSignature {
                         signature: sig.into_owned(),
@@ -454,16 +474,17 @@ impl AnthropicDecoder {
         let d = ev.delta;
         match &*d.kind {
             "text_delta" => push_text(out, d.text, |text| StreamEvent::TextDelta { text }),
-            "thinking_delta" => push_text(out, d.thinking, |text| StreamEvent::ThinkingDelta { text }),
+            "thinking_delta" => {
+                push_text(out, d.thinking, |text| StreamEvent::ThinkingDelta { text })
+            }
             "signature_delta" => push_text(out, d.signature, |signature| {
                 StreamEvent::ThinkingSignature { signature }
             }),
             "input_json_delta" => match self.blocks.get(ev.index) {
                 Some(BlockKind::Tool(ordinal)) => {
                     let index = *ordinal;
-                    push_text(out, d.partial_json, |arguments| StreamEvent::ToolCallDelta {
-                        index,
-                        arguments,
+                    push_text(out, d.partial_json, |arguments| {
+                        StreamEvent::ToolCallDelta { index, arguments }
                     });
                 }
                 _ => out.push_back(Err(Error::decode(
@@ -491,7 +512,11 @@ fn is_empty_object(raw: &str) -> bool {
     inner.starts_with('{') && inner.ends_with('}') && inner[1..inner.len() - 1].trim().is_empty()
 }
 
-fn push_text(out: &mut Queue, text: Option<Cow<'_, str>>, make: impl FnOnce(String) -> StreamEvent) {
+fn push_text(
+    out: &mut Queue,
+    text: Option<Cow<'_, str>>,
+    make: impl FnOnce(String) -> StreamEvent,
+) {
     if let Some(t) = text.filter(|t| !t.is_empty()) {
         out.push_back(Ok(make(t.into_owned())));
     }

@@ -47,7 +47,7 @@ use serde_json::{Map, Value};
 use crate::chat::{ChatRequest, ChatStream, ResponseMeta, StreamEvent};
 use crate::error::{BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, snippet};
 use crate::sse::{Event, SseDecoder, SseError};
-use crate::transport::{ReqwestTransport, RequestBody};
+use crate::transport::{RequestBody, ReqwestTransport};
 
 mod anthropic;
 mod openai;
@@ -306,9 +306,9 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
-                    let e = error
-                        .take()
-                        .unwrap_or_else(|| Error::config("response future polled after completion"));
+                    let e = error.take().unwrap_or_else(|| {
+                        Error::config("response future polled after completion")
+                    });
                     this.state.set(State::Done);
                     return Poll::Ready(Err(e));
                 }
@@ -316,13 +316,16 @@ where
                     let result = ready!(future.poll(cx));
                     let Some(ctx) = ctx.take() else {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(Error::config("response future polled after completion")));
+                        return Poll::Ready(Err(Error::config(
+                            "response future polled after completion",
+                        )));
                     };
                     let response = match result {
                         Ok(r) => r,
                         Err(e) => {
                             this.state.set(State::Done);
-                            let e = transport_error(ctx.provider, TransportPhase::Request, e.into());
+                            let e =
+                                transport_error(ctx.provider, TransportPhase::Request, e.into());
                             return Poll::Ready(Err(e));
                         }
                     };
@@ -369,7 +372,9 @@ where
                     }
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err(Error::config("response future polled after completion")));
+                    return Poll::Ready(Err(Error::config(
+                        "response future polled after completion",
+                    )));
                 }
             }
         }
@@ -478,7 +483,14 @@ where
                 Some(Ok(frame)) => {
                     if let Ok(mut data) = frame.into_data() {
                         let bytes = data.copy_to_bytes(data.remaining());
-                        feed(this.mode, this.decoder, this.queue, *this.provider, *this.max_event_size, &bytes);
+                        feed(
+                            this.mode,
+                            this.decoder,
+                            this.queue,
+                            *this.provider,
+                            *this.max_event_size,
+                            &bytes,
+                        );
                     }
                 }
                 Some(Err(e)) => {
@@ -522,7 +534,10 @@ fn feed<D: WireDecoder>(
                     }
                 }
                 Err(SseError::EventTooLarge { limit }) => {
-                    queue.push_back(Err(Error::decode(provider, DecodeError::EventTooLarge { limit })));
+                    queue.push_back(Err(Error::decode(
+                        provider,
+                        DecodeError::EventTooLarge { limit },
+                    )));
                 }
             });
         }
@@ -531,7 +546,9 @@ fn feed<D: WireDecoder>(
                 buf.clear();
                 queue.push_back(Err(Error::decode(
                     provider,
-                    DecodeError::EventTooLarge { limit: max_event_size },
+                    DecodeError::EventTooLarge {
+                        limit: max_event_size,
+                    },
                 )));
             } else {
                 buf.extend_from_slice(bytes);
@@ -546,7 +563,12 @@ fn feed<D: WireDecoder>(
     }
 }
 
-fn finish<D: WireDecoder>(mode: &mut Mode, decoder: &mut D, queue: &mut Queue, provider: &'static str) {
+fn finish<D: WireDecoder>(
+    mode: &mut Mode,
+    decoder: &mut D,
+    queue: &mut Queue,
+    provider: &'static str,
+) {
     match mode {
         Mode::Sse { sse } => {
             sse.finish(|item| {
@@ -562,7 +584,9 @@ fn finish<D: WireDecoder>(mode: &mut Mode, decoder: &mut D, queue: &mut Queue, p
             let body = std::mem::take(buf);
             decoder.body(&body, queue);
         }
-        Mode::Reject { content_type, buf } => queue.push_back(Err(reject(provider, content_type, buf))),
+        Mode::Reject { content_type, buf } => {
+            queue.push_back(Err(reject(provider, content_type, buf)))
+        }
     }
 }
 
@@ -590,7 +614,11 @@ pub(crate) fn truncated(provider: &'static str) -> Error {
 
 /// Classifies a transport failure by what it is (a timeout, a refused
 /// connection), falling back to the phase it happened in.
-pub(crate) fn transport_error(provider: &'static str, phase: TransportPhase, err: BoxError) -> Error {
+pub(crate) fn transport_error(
+    provider: &'static str,
+    phase: TransportPhase,
+    err: BoxError,
+) -> Error {
     let mut connect = false;
     let mut timeout = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
@@ -694,7 +722,10 @@ impl fmt::Debug for CommonBuilder {
         f.debug_struct("CommonBuilder")
             .field("base_url", &self.base_url)
             .field("model", &self.model)
-            .field("headers", &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field(
+                "headers",
+                &self.headers.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
             .field("max_event_size", &self.max_event_size)
             .finish_non_exhaustive()
     }
@@ -728,8 +759,9 @@ impl CommonBuilder {
                 .map_err(|_| Error::config(format!("{provider}: invalid header name {k:?}")))?;
             // Extra headers may carry credentials of a gateway: keep them
             // out of Debug output too.
-            let value = secret_header(provider, v)
-                .map_err(|_| Error::config(format!("{provider}: invalid value for header {k:?}")))?;
+            let value = secret_header(provider, v).map_err(|_| {
+                Error::config(format!("{provider}: invalid value for header {k:?}"))
+            })?;
             headers.insert(name, value);
         }
         Ok(Common {

@@ -7,10 +7,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods, default_transport,
-    provider_service, secret_header, truncated,
+    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
+    default_transport, provider_service, secret_header, truncated,
 };
-use crate::chat::{ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage};
+use crate::chat::{
+    ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+};
 use crate::error::Error;
 use crate::sse::Event;
 use crate::transport::ReqwestTransport;
@@ -103,7 +105,10 @@ impl OpenAiBuilder {
     pub fn build_with<S>(self, transport: S) -> Result<OpenAi<S>, Error> {
         let mut auth = Vec::new();
         if let Some(key) = &self.api_key {
-            auth.push((AUTHORIZATION, secret_header(NAME, &format!("Bearer {key}"))?));
+            auth.push((
+                AUTHORIZATION,
+                secret_header(NAME, &format!("Bearer {key}"))?,
+            ));
         }
         let common = self.common.common(NAME, "/chat/completions", auth)?;
         Ok(OpenAi {
@@ -223,7 +228,11 @@ fn encode_messages(req: &ChatRequest) -> Vec<Value> {
                     .content
                     .iter()
                     .filter_map(|p| match p {
-                        ContentPart::ToolUse { id, name, arguments } => Some(json!({
+                        ContentPart::ToolUse {
+                            id,
+                            name,
+                            arguments,
+                        } => Some(json!({
                             "id": id,
                             "type": "function",
                             "function": {"name": name, "arguments": arguments.to_string()},
@@ -406,7 +415,8 @@ impl OpenAiDecoder {
 
     fn delta(&mut self, delta: Delta<'_>, out: &mut Queue) {
         let text_event = |text: Option<Cow<'_, str>>, make: fn(String) -> StreamEvent| {
-            text.filter(|t| !t.is_empty()).map(|t| Ok(make(t.into_owned())))
+            text.filter(|t| !t.is_empty())
+                .map(|t| Ok(make(t.into_owned())))
         };
         if let Some(e) = text_event(delta.reasoning_content.or(delta.reasoning), |text| {
             StreamEvent::ThinkingDelta { text }
@@ -432,7 +442,9 @@ impl OpenAiDecoder {
                 self.tools_started[index] = true;
                 out.push_back(Ok(StreamEvent::ToolCallStart {
                     index,
-                    id: call.id.map_or_else(|| format!("call_{index}"), Cow::into_owned),
+                    id: call
+                        .id
+                        .map_or_else(|| format!("call_{index}"), Cow::into_owned),
                     name: name.map(Cow::into_owned).unwrap_or_default(),
                 }));
             }

@@ -18,7 +18,8 @@ pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 
-pub type FixtureBody = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+pub type FixtureBody =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 /// An in-process HTTP transport: answers every request with one canned
 /// response whose body arrives in pieces of `chunk` bytes. No socket.
@@ -58,10 +59,18 @@ impl tower::Service<http::Request<RequestBody>> for FixtureTransport {
             .and_then(Result::ok)
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        self.seen.lock().unwrap().push(http::Request::from_parts(parts, body));
+        self.seen
+            .lock()
+            .unwrap()
+            .push(http::Request::from_parts(parts, body));
         let frames: Vec<_> = (0..self.body.len())
             .step_by(self.chunk.max(1))
-            .map(|i| Ok(Frame::data(self.body.slice(i..self.body.len().min(i + self.chunk.max(1))))))
+            .map(|i| {
+                Ok(Frame::data(
+                    self.body
+                        .slice(i..self.body.len().min(i + self.chunk.max(1))),
+                ))
+            })
             .collect();
         let resp = http::Response::builder()
             .status(self.status)
@@ -79,7 +88,10 @@ pub async fn drain(mut stream: ChatStream) -> (Vec<StreamEvent>, Option<Error>) 
         match item {
             Ok(e) => events.push(e),
             Err(e) => {
-                assert!(stream.next().await.is_none(), "a stream ends after its error");
+                assert!(
+                    stream.next().await.is_none(),
+                    "a stream ends after its error"
+                );
                 return (events, Some(e));
             }
         }

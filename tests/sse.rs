@@ -1,0 +1,224 @@
+//! Property tests of the SSE decoder: any chunking of the same bytes yields
+//! the same events, and those events are what a direct, whole-input reading
+//! of the WHATWG rules gives.
+
+use llm_tower::sse::{SseDecoder, SseError};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    Event {
+        event: String,
+        data: String,
+        id: String,
+    },
+    TooLarge,
+}
+
+fn decode(chunks: &[&[u8]], limit: usize) -> (Vec<Item>, Option<u64>) {
+    let mut d = SseDecoder::with_max_event_size(limit);
+    let mut out = Vec::new();
+    let mut push = |r: Result<llm_tower::sse::Event<'_>, SseError>| {
+        out.push(match r {
+            Ok(e) => Item::Event {
+                event: e.event.into(),
+                data: e.data.into(),
+                id: e.id.into(),
+            },
+            Err(_) => Item::TooLarge,
+        })
+    };
+    for c in chunks {
+        let _ = d.feed(c, &mut push);
+    }
+    d.finish(&mut push);
+    (out, d.retry())
+}
+
+/// The standard read literally, on the whole input at once: strip one BOM,
+/// decode UTF-8 lossily, split lines on CRLF, CR or LF, apply the field
+/// rules; at the end, a pending event is dispatched (this crate's one
+/// leniency).
+fn reference(input: &[u8]) -> (Vec<Item>, Option<u64>) {
+    let input = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+    let text = String::from_utf8_lossy(input);
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => {
+                if chars.peek() == Some(&'\n') {
+                    chars.next();
+                }
+                lines.push(std::mem::take(&mut current));
+            }
+            '\n' => lines.push(std::mem::take(&mut current)),
+            c => current.push(c),
+        }
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines.push(String::new());
+
+    let (mut out, mut data, mut event, mut id, mut retry) = (
+        Vec::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        None,
+    );
+    for line in lines {
+        if line.is_empty() {
+            if !data.is_empty() {
+                data.pop();
+                out.push(Item::Event {
+                    event: if event.is_empty() {
+                        "message".into()
+                    } else {
+                        event.clone()
+                    },
+                    data: data.clone(),
+                    id: id.clone(),
+                });
+            }
+            data.clear();
+            event.clear();
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (name, value) = match line.split_once(':') {
+            Some((n, v)) => (n.to_owned(), v.strip_prefix(' ').unwrap_or(v).to_owned()),
+            None => (line.clone(), String::new()),
+        };
+        match name.as_str() {
+            "data" => {
+                data.push_str(&value);
+                data.push('\n');
+            }
+            "event" => event = value,
+            "id" if !value.contains('\0') => id = value,
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(v) = value.parse() {
+                    retry = Some(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    (out, retry)
+}
+
+/// Inputs made of the pieces that matter to the grammar.
+fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
+    let token = prop_oneof![
+        Just(&b"data"[..]),
+        Just(&b"data: "[..]),
+        Just(&b"event: "[..]),
+        Just(&b"id: "[..]),
+        Just(&b"retry: "[..]),
+        Just(&b":"[..]),
+        Just(&b" "[..]),
+        Just(&b"\n"[..]),
+        Just(&b"\n\n"[..]),
+        Just(&b"\r"[..]),
+        Just(&b"\r\n"[..]),
+        Just(&b"x"[..]),
+        Just(&b"12"[..]),
+        Just(&b"\0"[..]),
+        Just("é🌊".as_bytes()),
+        Just(&b"\xFF"[..]),
+        Just(&b"\xC3"[..]),
+        Just(&b"\xEF\xBB\xBF"[..]),
+        Just(&b"{\"a\":1}"[..]),
+    ];
+    prop::collection::vec(token, 0..60).prop_map(|ts| ts.concat())
+}
+
+fn split_at(input: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+    let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+    cuts.sort_unstable();
+    let mut out = Vec::new();
+    let mut start = 0;
+    for c in cuts {
+        out.push(input[start..c].to_vec());
+        start = c;
+    }
+    out.push(input[start..].to_vec());
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn any_chunking_matches_the_reference(input in sse_bytes(), cuts in prop::collection::vec(any::<usize>(), 0..12)) {
+        let chunks = split_at(&input, &cuts);
+        let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        prop_assert_eq!(decode(&refs, usize::MAX), reference(&input));
+    }
+
+    #[test]
+    fn size_limit_is_chunking_independent(
+        input in sse_bytes(),
+        cuts in prop::collection::vec(any::<usize>(), 0..12),
+        limit in 1usize..40,
+    ) {
+        let chunks = split_at(&input, &cuts);
+        let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        let whole = decode(&[&input], limit);
+        prop_assert_eq!(decode(&refs, limit), whole.clone());
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        prop_assert_eq!(decode(&bytes, limit), whole);
+    }
+}
+
+#[test]
+fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
+    let (events, _) = decode(&[b"data: a\r", b"", b"\ndata: b\n\n"], 64);
+    assert_eq!(
+        events,
+        [Item::Event {
+            event: "message".into(),
+            data: "a\nb".into(),
+            id: String::new()
+        }]
+    );
+}
+
+#[test]
+fn a_long_line_costs_linear_time() {
+    // 8 MiB arriving in 1 KiB chunks with no line end: a decoder that rescans
+    // its buffer would do ~32 G byte comparisons here and not finish.
+    let chunk = vec![b'x'; 1024];
+    let mut d = SseDecoder::with_max_event_size(64 << 20);
+    d.feed(b"data: ", |_| {}).unwrap();
+    for _ in 0..8 * 1024 {
+        d.feed(&chunk, |_| panic!("no event yet")).unwrap();
+    }
+    let mut len = 0;
+    d.feed(b"\n\n", |e| len = e.unwrap().data.len()).unwrap();
+    assert_eq!(len, 8 << 20);
+}
+
+#[test]
+fn invalid_utf8_does_not_stall_or_grow() {
+    // Megabytes of garbage with no line end, under a limit: one error, then
+    // decoding resumes at the next event.
+    let mut d = SseDecoder::with_max_event_size(1024);
+    let garbage = vec![0xFFu8; 64 * 1024];
+    let mut errors = 0;
+    for _ in 0..64 {
+        let _ = d.feed(&garbage, |e| {
+            assert!(e.is_err());
+            errors += 1;
+        });
+    }
+    let mut data = String::new();
+    d.feed(b"\n\ndata: ok\n\n", |e| data = e.unwrap().data.to_owned())
+        .unwrap();
+    assert_eq!((errors, data.as_str()), (1, "ok"));
+}
