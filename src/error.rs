@@ -704,8 +704,9 @@ mod tests {
 
     #[test]
     fn classification_table() {
-        // (status, body, headers) -> (kind, retryable)
-        let cases: &[(u16, &str, &[(&'static str, &str)], &str, bool)] = &[
+        /// status, body, headers -> kind, retryable
+        type Case<'a> = (u16, &'a str, &'a [(&'static str, &'a str)], &'a str, bool);
+        let cases: &[Case<'_>] = &[
             (
                 401,
                 r#"{"error":{"message":"Incorrect API key","type":"invalid_request_error","code":"invalid_api_key"}}"#,

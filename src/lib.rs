@@ -58,6 +58,11 @@ pub mod provider;
 pub mod sse;
 pub mod transport;
 
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use chat::{
     ChatRequest, ChatStream, Completion, CompletionBuilder, ContentPart, Image, Message,
     ResponseMeta, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, Usage,

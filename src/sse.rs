@@ -308,18 +308,14 @@ impl SseDecoder {
                 self.event.clear();
                 self.event.extend_from_slice(value);
             }
-            b"id" => {
-                if memchr(0, value).is_none() {
-                    self.id.clear();
-                    self.id.extend_from_slice(value);
-                }
+            b"id" if memchr(0, value).is_none() => {
+                self.id.clear();
+                self.id.extend_from_slice(value);
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // Digits only; a value too large for u64 is ignored.
-                    if let Ok(ms) = std::str::from_utf8(value).unwrap_or("x").parse() {
-                        self.retry = Some(ms);
-                    }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                // Digits only; a value too large for u64 is ignored.
+                if let Ok(ms) = std::str::from_utf8(value).unwrap_or("x").parse() {
+                    self.retry = Some(ms);
                 }
             }
             _ => {}

@@ -487,7 +487,7 @@ where
                             this.mode,
                             this.decoder,
                             this.queue,
-                            *this.provider,
+                            this.provider,
                             *this.max_event_size,
                             &bytes,
                         );
@@ -498,7 +498,7 @@ where
                     this.queue.push_back(Err(e));
                 }
                 None => {
-                    finish(this.mode, this.decoder, this.queue, *this.provider);
+                    finish(this.mode, this.decoder, this.queue, this.provider);
                     *this.finished = true;
                 }
             }

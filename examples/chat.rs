@@ -1,0 +1,199 @@
+//! A command-line client for OpenAI, Anthropic and every OpenAI-compatible
+//! server.
+//!
+//! ```text
+//! cargo run --example chat -- [--provider openai|anthropic] [--base-url URL]
+//!     [--model M] [--no-stream] [--max-retries N] [--api-key-cmd CMD] [--json] PROMPT
+//! ```
+//!
+//! Streams the answer's text to stdout as it arrives. The key comes from
+//! `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`, or from `--api-key-cmd`, a shell
+//! command whose trimmed output is the key. `--json` prints the folded answer
+//! as one JSON object instead. On failure: exit code 1 and one line on stderr
+//! naming the error class.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use futures_util::StreamExt;
+use llm_tower::{
+    Anthropic, ChatRequest, ChatStream, CompletionBuilder, Error, Message, OpenAi, StreamEvent,
+};
+use tower::ServiceExt;
+use tower::util::BoxCloneService;
+
+const USAGE: &str = "usage: chat [--provider openai|anthropic] [--base-url URL] [--model M] \
+[--no-stream] [--max-retries N] [--api-key-cmd CMD] [--json] PROMPT";
+
+#[derive(Debug)]
+struct Args {
+    provider: String,
+    base_url: Option<String>,
+    model: Option<String>,
+    stream: bool,
+    max_retries: usize,
+    api_key_cmd: Option<String>,
+    json: bool,
+    prompt: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        provider: "openai".into(),
+        base_url: None,
+        model: None,
+        stream: true,
+        max_retries: 2,
+        api_key_cmd: None,
+        json: false,
+        prompt: String::new(),
+    };
+    let mut prompt = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--provider" => args.provider = value("--provider")?,
+            "--base-url" => args.base_url = Some(value("--base-url")?),
+            "--model" => args.model = Some(value("--model")?),
+            "--no-stream" => args.stream = false,
+            "--max-retries" => {
+                args.max_retries = value("--max-retries")?
+                    .parse()
+                    .map_err(|_| "--max-retries takes a whole number".to_owned())?;
+            }
+            "--api-key-cmd" => args.api_key_cmd = Some(value("--api-key-cmd")?),
+            "--json" => args.json = true,
+            "-h" | "--help" => return Err(USAGE.into()),
+            "--" => prompt.extend(it.by_ref()),
+            flag if flag.starts_with("--") => {
+                return Err(format!("unknown option {flag}\n{USAGE}"));
+            }
+            word => prompt.push(word.to_owned()),
+        }
+    }
+    args.prompt = prompt.join(" ");
+    if args.prompt.is_empty() {
+        return Err(format!("no prompt\n{USAGE}"));
+    }
+    Ok(args)
+}
+
+/// Runs the key command and returns its trimmed output.
+fn run_key_cmd(cmd: &str) -> Result<String, String> {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map_err(|e| format!("cannot run --api-key-cmd: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("--api-key-cmd exited with {}", out.status));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+type ChatService = BoxCloneService<ChatRequest, ChatStream, Error>;
+
+fn build(args: &Args) -> Result<ChatService, String> {
+    let env_key = |name: &str| std::env::var(name).ok().filter(|k| !k.is_empty());
+    let key = match &args.api_key_cmd {
+        Some(cmd) => Some(run_key_cmd(cmd)?),
+        None => None,
+    };
+    let config_error = |e: Error| e.to_string();
+    let service = match args.provider.as_str() {
+        "openai" => {
+            let mut b = OpenAi::builder().model(args.model.as_deref().unwrap_or("gpt-4o-mini"));
+            if let Some(url) = &args.base_url {
+                b = b.base_url(url);
+            }
+            if let Some(k) = key.or_else(|| env_key("OPENAI_API_KEY")) {
+                b = b.api_key(k);
+            }
+            BoxCloneService::new(b.build().map_err(config_error)?)
+        }
+        "anthropic" => {
+            let mut b =
+                Anthropic::builder().model(args.model.as_deref().unwrap_or("claude-sonnet-4-5"));
+            if let Some(url) = &args.base_url {
+                b = b.base_url(url);
+            }
+            if let Some(k) = key.or_else(|| env_key("ANTHROPIC_API_KEY")) {
+                b = b.api_key(k);
+            }
+            BoxCloneService::new(b.build().map_err(config_error)?)
+        }
+        other => {
+            return Err(format!(
+                "unknown provider {other:?}: use openai or anthropic"
+            ));
+        }
+    };
+    Ok(service)
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let service = build(&args).map_err(|message| Error::Config { message })?;
+    let request = ChatRequest::new("")
+        .message(Message::user(args.prompt.clone()))
+        .stream(args.stream);
+    let mut stream = service.oneshot(request).await?;
+    let attempts = stream.meta().attempts;
+    let mut builder = CompletionBuilder::default();
+    let mut stdout = std::io::stdout().lock();
+    while let Some(item) = stream.next().await {
+        let event = match item {
+            Ok(e) => e,
+            Err(e) => {
+                if !args.json && builder.has_output() {
+                    let _ = writeln!(stdout);
+                }
+                return Err(builder.interrupted(e));
+            }
+        };
+        if !args.json
+            && let StreamEvent::TextDelta { text } = &event
+        {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+        builder.push(&event);
+    }
+    let completion = builder.finish();
+    if args.json {
+        let mut value = serde_json::to_value(&completion).unwrap_or_default();
+        value["attempts"] = attempts.into();
+        let _ = writeln!(stdout, "{value}");
+    } else {
+        let _ = writeln!(stdout);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the class, what happened, and the root cause.
+            let mut line = format!("error: {}: {e}", e.kind());
+            let mut cause: &dyn std::error::Error = &e;
+            while let Some(next) = cause.source() {
+                cause = next;
+            }
+            let root = cause.to_string();
+            if !line.contains(&root) {
+                line = format!("{line}: {root}");
+            }
+            eprintln!("{}", line.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The main job: real calls through the provider services and layers, against
+//! the embedded mock server on loopback, printing what happens.
+//!
+//! ```text
+//! cargo run --example demo
+//! ```
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use llm_tower::mock::{MockServer, Reply};
+use llm_tower::{Anthropic, ChatRequest, ChatStream, Error, Message, OpenAi, StreamEvent, Tool};
+use serde_json::json;
+use tower::ServiceExt;
+
+fn scene(title: &str) {
+    println!("\n== {title}");
+}
+
+fn question() -> ChatRequest {
+    ChatRequest::new("").message(Message::user("When is high tide in Brest?"))
+}
+
+/// Prints the text as it streams; returns the error that ended the stream.
+async fn show(mut stream: ChatStream) -> Option<Error> {
+    print!("   ");
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(StreamEvent::TextDelta { text }) => {
+                print!("{text}");
+                let _ = std::io::stdout().flush();
+            }
+            Ok(StreamEvent::Done { stop_reason }) => println!("   [done: {stop_reason:?}]"),
+            Ok(_) => {}
+            Err(e) => {
+                println!();
+                return Some(e);
+            }
+        }
+    }
+    None
+}
+
+fn outcome(result: Result<llm_tower::Completion, Error>) {
+    match result {
+        Ok(c) => println!("   ok: {:?}", c.text),
+        Err(e) => {
+            println!("   error class: {}", e.kind());
+            println!("   retryable:   {}", e.is_retryable());
+            if let Some(d) = e.retry_after() {
+                println!("   retry after: {d:?}");
+            }
+            if let Some(p) = e.partial() {
+                println!("   kept output: {:?}", p.text);
+            }
+            println!("   message:     {e}");
+        }
+    }
+}
+
+async fn complete(
+    svc: impl tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
+) -> Result<llm_tower::Completion, Error> {
+    svc.oneshot(question()).await?.completion().await
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let server = MockServer::start().await;
+    println!("mock server on {}", server.url());
+    let openai = OpenAi::builder()
+        .base_url(server.openai_url())
+        .api_key("sk-demo")
+        .model("gpt-4o-mini")
+        .build()?;
+    let anthropic = Anthropic::builder()
+        .base_url(server.anthropic_url())
+        .api_key("sk-ant-demo")
+        .model("claude-sonnet-4-5")
+        .build()?;
+
+    scene("OpenAI, streaming: text arrives as it is generated");
+    server.push(
+        Reply::text([
+            "High", " tide", " in", " Brest", " is", " at", " 06:12", ".",
+        ])
+        .delay(Duration::from_millis(40)),
+    );
+    if let Some(e) = show(openai.clone().oneshot(question()).await?).await {
+        println!("   error: {e}");
+    }
+
+    scene("Anthropic, a tool call, streamed and not: the same Completion");
+    let tide = Tool::new(
+        "tide_table",
+        "High and low water times",
+        json!({"type": "object"}),
+    );
+    for stream in [true, false] {
+        server.push(Reply::tool_call(
+            "toolu_1",
+            "tide_table",
+            [r#"{"port": "#, r#""Brest", "#, r#""days": 1}"#],
+        ));
+        let c = anthropic
+            .clone()
+            .oneshot(question().tool(tide.clone()).stream(stream))
+            .await?
+            .completion()
+            .await?;
+        let call = &c.tool_calls[0];
+        println!(
+            "   stream={stream:<5} -> {}({}) stop={:?} usage={:?}",
+            call.name,
+            call.arguments,
+            c.stop_reason,
+            c.usage.map(|u| (u.input_tokens, u.output_tokens))
+        );
+    }
+
+    scene("A 429 with Retry-After: classified, with the wait the server asked for");
+    server.push(
+        Reply::api_error(429, "rate_limit_error", "Number of requests exceeded")
+            .header("retry-after", "2"),
+    );
+    outcome(complete(anthropic.clone()).await);
+
+    scene("A proxy's HTML 502 page instead of JSON: a server error, titled");
+    server.push(Reply::body(
+        502,
+        "text/html",
+        "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>",
+    ));
+    outcome(complete(openai.clone()).await);
+
+    scene("Overloaded mid-stream, after output: the output is kept, not lost");
+    server.push(Reply::text(["High", " tide", " is"]).error_event_after(
+        2,
+        "overloaded_error",
+        "Overloaded",
+    ));
+    outcome(complete(anthropic.clone()).await);
+
+    scene("A connection reset after output");
+    server.push(Reply::text(["High", " tide", " is", " at"]).reset_after(3));
+    outcome(complete(openai.clone()).await);
+
+    scene("A 10 MB line: refused at the size limit, never buffered whole");
+    server
+        .push(Reply::sse([format!("data: {}\n\n", "x".repeat(10_000_000))]).chunk_size(256 * 1024));
+    outcome(complete(openai.clone()).await);
+
+    println!("\nthe mock server saw {} requests", server.request_count());
+    Ok(())
+}

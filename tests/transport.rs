@@ -1,0 +1,119 @@
+//! The HTTP level under a provider is any `Service<http::Request<_>>`:
+//! tower-http and tower layers stack under a provider like over any client.
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use llm_tower::mock::{MockServer, Reply};
+use llm_tower::transport::ReqwestTransport;
+use llm_tower::{Anthropic, ChatRequest, Error, Message, OpenAi, TimeoutPhase};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_http::set_header::SetRequestHeaderLayer;
+use tower_http::trace::TraceLayer;
+
+fn hello() -> ChatRequest {
+    ChatRequest::new("").message(Message::user("hello"))
+}
+
+#[tokio::test]
+async fn tower_http_layers_sit_under_a_provider() {
+    let server = MockServer::start().await;
+    // Sets a header and wraps the response body in tower-http's own type.
+    let transport = ServiceBuilder::new()
+        .layer(SetRequestHeaderLayer::overriding(
+            HeaderName::from_static("x-gateway-route"),
+            HeaderValue::from_static("eu-west"),
+        ))
+        .layer(TraceLayer::new_for_http())
+        .service(ReqwestTransport::new().unwrap());
+    let svc = OpenAi::builder()
+        .base_url(server.openai_url())
+        .model("m")
+        .build_with(transport)
+        .unwrap();
+    let c = svc
+        .oneshot(hello())
+        .await
+        .unwrap()
+        .completion()
+        .await
+        .unwrap();
+    assert_eq!(c.text, "Hello from the mock server.");
+    assert_eq!(
+        server.requests()[0].header("x-gateway-route"),
+        Some("eu-west")
+    );
+}
+
+/// tower's timeout under a provider bounds the response head only: a
+/// stream that stalls after its head is not cut — the gap the LLM-level
+/// stream timeouts close.
+#[tokio::test(start_paused = true)]
+async fn a_tower_timeout_covers_the_head_not_the_stream() {
+    use futures_util::StreamExt;
+    let server = MockServer::start().await;
+    server.push(Reply::text(["never sent"]).stall_after(0));
+    let transport = ServiceBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .service(ReqwestTransport::new().unwrap());
+    let svc = Anthropic::builder()
+        .base_url(server.anthropic_url())
+        .model("m")
+        .build_with(transport)
+        .unwrap();
+    let mut stream = svc.oneshot(hello()).await.unwrap();
+    let mut seen = Vec::new();
+    let waited = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(Ok(e)) = stream.next().await {
+            seen.push(e);
+        }
+    })
+    .await;
+    assert!(
+        waited.is_err(),
+        "still open after 120 s, well past the 30 s timeout"
+    );
+    assert!(
+        !seen.is_empty() && seen.iter().all(|e| !e.is_output()),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn tower_timeout_elapsed_maps_to_timeout_class() {
+    // A transport that never answers: the head waits forever.
+    #[derive(Clone)]
+    struct Never;
+    impl tower::Service<http::Request<llm_tower::transport::RequestBody>> for Never {
+        type Response = http::Response<http_body_util::Empty<bytes::Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Pending<Result<Self::Response, Self::Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Request<llm_tower::transport::RequestBody>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+    let transport = ServiceBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .service(Never);
+    let svc = OpenAi::builder().model("m").build_with(transport).unwrap();
+    let started = tokio::time::Instant::now();
+    let e = svc.oneshot(hello()).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_retryable());
+    assert_eq!(started.elapsed(), Duration::from_secs(30));
+}
