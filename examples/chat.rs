@@ -17,10 +17,11 @@ use std::process::ExitCode;
 
 use futures_util::StreamExt;
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, CompletionBuilder, Error, Message, OpenAi, StreamEvent,
+    Anthropic, ChatRequest, ChatStream, CompletionBuilder, Error, Message, OpenAi, RetryPolicy,
+    StreamEvent, TransportRetryLayer,
 };
-use tower::ServiceExt;
 use tower::util::BoxCloneService;
+use tower::{Layer, ServiceExt};
 
 const USAGE: &str = "usage: chat [--provider openai|anthropic] [--base-url URL] [--model M] \
 [--no-stream] [--max-retries N] [--api-key-cmd CMD] [--json] PROMPT";
@@ -31,7 +32,7 @@ struct Args {
     base_url: Option<String>,
     model: Option<String>,
     stream: bool,
-    max_retries: usize,
+    max_retries: u32,
     api_key_cmd: Option<String>,
     json: bool,
     prompt: String,
@@ -129,7 +130,8 @@ fn build(args: &Args) -> Result<ChatService, String> {
             ));
         }
     };
-    Ok(service)
+    let retry = TransportRetryLayer::new(RetryPolicy::default().max_retries(args.max_retries));
+    Ok(BoxCloneService::new(retry.layer(service)))
 }
 
 async fn run(args: Args) -> Result<(), Error> {

@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use llm_tower::mock::{MockServer, Reply};
-use llm_tower::{Anthropic, ChatRequest, ChatStream, Error, Message, OpenAi, StreamEvent, Tool};
+use llm_tower::{
+    Anthropic, ChatRequest, ChatStream, Error, Message, OpenAi, RetryPolicy, StreamEvent, Tool,
+    TransportRetryLayer,
+};
 use serde_json::json;
-use tower::ServiceExt;
+use tower::{ServiceBuilder, ServiceExt};
 
 fn scene(title: &str) {
     println!("\n== {title}");
@@ -67,6 +70,13 @@ async fn complete(
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    // Retries are tracing events: show them.
+    tracing_subscriber::fmt()
+        .with_target(false)
+        .without_time()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let server = MockServer::start().await;
     println!("mock server on {}", server.url());
     let openai = OpenAi::builder()
@@ -142,9 +152,51 @@ async fn main() -> Result<(), Error> {
     ));
     outcome(complete(anthropic.clone()).await);
 
-    scene("A connection reset after output");
+    // The same provider behind the retry layer.
+    let retrying = ServiceBuilder::new()
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .service(openai.clone());
+
+    scene("Retry: a reset before any output is retried invisibly");
+    server.push(Reply::text(["High", " tide"]).reset_after(0));
+    server.push(Reply::text(["High", " tide", " at", " 06:12."]).delay(Duration::from_millis(40)));
+    let before = server.request_count();
+    let stream = retrying.clone().oneshot(question()).await?;
+    let attempts = stream.meta().attempts;
+    if let Some(e) = show(stream).await {
+        println!("   error: {e}");
+    }
+    println!(
+        "   attempts: {attempts}, requests seen by the server: {}",
+        server.request_count() - before
+    );
+
+    scene("Retry: a reset after output is surfaced, never retried; the output is kept");
     server.push(Reply::text(["High", " tide", " is", " at"]).reset_after(3));
-    outcome(complete(openai.clone()).await);
+    server.push(Reply::text(["this", " would", " be", " a", " duplicate"]));
+    let before = server.request_count();
+    outcome(complete(retrying.clone()).await);
+    println!(
+        "   requests seen by the server: {}",
+        server.request_count() - before
+    );
+    let _ = complete(openai.clone()).await; // the unused reply
+
+    scene("Retry: a 429 with Retry-After: 1 is waited out");
+    server.push(
+        Reply::api_error(429, "rate_limit_exceeded", "Rate limit reached")
+            .header("retry-after", "1"),
+    );
+    server.push(Reply::text(["High", " tide", " at", " 06:12."]));
+    let started = std::time::Instant::now();
+    let stream = retrying.clone().oneshot(question()).await?;
+    let attempts = stream.meta().attempts;
+    let c = stream.completion().await?;
+    println!(
+        "   ok after {:.1} s and {attempts} attempts: {:?}",
+        started.elapsed().as_secs_f64(),
+        c.text
+    );
 
     scene("A 10 MB line: refused at the size limit, never buffered whole");
     server

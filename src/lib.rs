@@ -52,9 +52,11 @@
 
 pub mod chat;
 mod error;
+pub mod guard;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod provider;
+pub mod retry;
 pub mod sse;
 pub mod transport;
 
@@ -70,4 +72,6 @@ pub use chat::{
 pub use error::{
     ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, parse_retry_after,
 };
+pub use guard::Deadline;
 pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};
+pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};

@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -22,6 +23,10 @@ type BoxEventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Se
 /// [`Stream`]. Dropping it cancels the call.
 pub struct ChatStream {
     meta: ResponseMeta,
+    /// Events to deliver before `events`: what a retrying layer held back
+    /// while it could still retry. A queue here, rather than another boxed
+    /// wrapper per layer, keeps each event one virtual call away.
+    prefix: VecDeque<StreamEvent>,
     events: BoxEventStream,
 }
 
@@ -67,6 +72,7 @@ impl ChatStream {
     {
         ChatStream {
             meta,
+            prefix: VecDeque::new(),
             events: Box::pin(events),
         }
     }
@@ -87,6 +93,16 @@ impl ChatStream {
         &mut self.meta
     }
 
+    /// Puts `events` in front of what is left to deliver, in order.
+    pub(crate) fn prepend(
+        &mut self,
+        events: impl IntoIterator<Item = StreamEvent, IntoIter: DoubleEndedIterator>,
+    ) {
+        for e in events.into_iter().rev() {
+            self.prefix.push_front(e);
+        }
+    }
+
     /// Reads every event and folds them into a [`Completion`].
     ///
     /// A failure before any output event returns that error. A failure after
@@ -94,7 +110,7 @@ impl ChatStream {
     /// far, so nothing already generated is lost.
     pub async fn completion(mut self) -> Result<Completion, Error> {
         let mut builder = CompletionBuilder::default();
-        while let Some(item) = self.events.next().await {
+        while let Some(item) = self.next().await {
             match item {
                 Ok(event) => builder.push(&event),
                 Err(source) => return Err(builder.interrupted(source)),
@@ -108,11 +124,16 @@ impl Stream for ChatStream {
     type Item = Result<StreamEvent, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(e) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(e)));
+        }
         self.events.as_mut().poll_next(cx)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.events.size_hint()
+        let (lo, hi) = self.events.size_hint();
+        let n = self.prefix.len();
+        (lo.saturating_add(n), hi.and_then(|h| h.checked_add(n)))
     }
 }
 

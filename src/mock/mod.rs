@@ -84,6 +84,8 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// When it arrived, on tokio's clock (so a paused test clock applies).
+    pub received_at: tokio::time::Instant,
 }
 
 impl RecordedRequest {
@@ -274,6 +276,7 @@ async fn handle(
             .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
         headers: parts.headers,
         body,
+        received_at: tokio::time::Instant::now(),
     };
     let path = recorded.uri_path().to_owned();
     let json = recorded.json();

@@ -224,12 +224,17 @@ where
                 };
             }
         };
+        let attempt = req
+            .extensions
+            .get::<crate::guard::Attempts>()
+            .map_or(1, crate::guard::Attempts::bump);
         ResponseFuture {
             state: State::Waiting {
                 future: self.transport.call(http_req),
                 ctx: Some(CallCtx {
                     provider: W::NAME,
                     model,
+                    attempt,
                     stream: req.stream,
                     max_event_size: self.common.max_event_size,
                     decoder: self.wire.decoder(),
@@ -242,6 +247,8 @@ where
 struct CallCtx {
     provider: &'static str,
     model: String,
+    /// This request's number among the attempts of its logical call.
+    attempt: u32,
     stream: bool,
     max_event_size: usize,
     decoder: Decoder,
@@ -416,7 +423,7 @@ where
         status: parts.status,
         request_id,
         headers: parts.headers,
-        attempts: 1,
+        attempts: ctx.attempt,
     };
     ChatStream::new(
         meta,

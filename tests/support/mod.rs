@@ -109,3 +109,59 @@ pub fn texts(events: &[StreamEvent]) -> Vec<String> {
         })
         .collect()
 }
+
+/// Every tracing event's fields, as `name=value` text, captured on this
+/// thread while the returned guard lives.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<String>>>);
+
+impl Captured {
+    /// Starts capturing on this thread.
+    ///
+    /// tracing caches each callsite's interest process-wide, and while only
+    /// one dispatcher is registered it computes that interest against the
+    /// default of whichever thread reaches the callsite first — a parallel
+    /// test's thread without a subscriber would cache `never` for everyone.
+    /// A second, always-interested dispatcher kept alive meanwhile makes the
+    /// interest the union of both.
+    pub fn start() -> (Captured, Capturing) {
+        use tracing_subscriber::layer::SubscriberExt;
+        let captured = Captured::default();
+        let anchor =
+            tracing::Dispatch::new(tracing_subscriber::registry().with(Captured::default()));
+        let guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+        tracing::callsite::rebuild_interest_cache();
+        (
+            captured,
+            Capturing {
+                _guard: guard,
+                _anchor: anchor,
+            },
+        )
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Capturing lasts as long as this lives.
+pub struct Capturing {
+    _guard: tracing::subscriber::DefaultGuard,
+    _anchor: tracing::Dispatch,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        let mut f = Fields(format!("{} ", event.metadata().level()));
+        event.record(&mut f);
+        self.0.lock().unwrap().push(f.0);
+    }
+}
