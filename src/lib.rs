@@ -41,6 +41,9 @@
 //! - [`provider`]: [`OpenAi`] (and every OpenAI-compatible server) and
 //!   [`Anthropic`], generic over their HTTP transport.
 //! - [`transport`]: the default reqwest transport.
+//! - [`guard`]: the stream guard — retry while, and only while, the caller
+//!   has seen no output — and [`retry`], the [`TransportRetryLayer`] built on
+//!   it.
 //! - [`sse`]: the incremental server-sent-events decoder.
 //! - [`Error`]: one error type whose variants are classes a policy can act on.
 //! - `mock` (feature `mock`): a scriptable server on loopback speaking both
