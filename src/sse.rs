@@ -332,13 +332,13 @@ impl SseDecoder {
         }
         self.data.pop();
         {
-            let data = String::from_utf8_lossy(&self.data);
+            let data = utf8(&self.data);
             let event = if self.event.is_empty() {
                 Cow::Borrowed("message")
             } else {
-                String::from_utf8_lossy(&self.event)
+                utf8(&self.event)
             };
-            let id = String::from_utf8_lossy(&self.id);
+            let id = utf8(&self.id);
             on_event(Ok(Event {
                 event: &event,
                 data: &data,
@@ -347,6 +347,15 @@ impl SseDecoder {
         }
         self.data.clear();
         self.event.clear();
+    }
+}
+
+/// The bytes as text: borrowed when valid (`from_utf8` has an ASCII fast
+/// path `from_utf8_lossy` lacks), with U+FFFD replacements otherwise.
+fn utf8(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
