@@ -8,17 +8,19 @@
 //!
 //! Streams the answer's text to stdout as it arrives. The key comes from
 //! `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`, or from `--api-key-cmd`, a shell
-//! command whose trimmed output is the key. `--json` prints the folded answer
-//! as one JSON object instead. On failure: exit code 1 and one line on stderr
-//! naming the error class.
+//! command whose trimmed output is the key, run again (once per call) when
+//! the provider refuses the key. `--json` prints the folded answer
+//! as one JSON object instead. On failure: exit code 1 and one line on stderr,
+//! `error[CLASS]: message`, CLASS being `Error::kind()` (`unauthorized`,
+//! `rate_limited`, `transport`, …).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use futures_util::StreamExt;
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, CompletionBuilder, Error, Message, OpenAi, RetryPolicy,
-    StreamEvent, TransportRetryLayer,
+    Anthropic, ChatRequest, ChatStream, CompletionBuilder, Credential, Error, Message, OpenAi,
+    RefreshLayer, RetryPolicy, StreamEvent, TransportRetryLayer,
 };
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
@@ -81,11 +83,12 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// Runs the key command and returns its trimmed output.
-fn run_key_cmd(cmd: &str) -> Result<String, String> {
-    let out = std::process::Command::new("sh")
+async fn run_key_cmd(cmd: String) -> Result<String, String> {
+    let out = tokio::process::Command::new("sh")
         .arg("-c")
-        .arg(cmd)
+        .arg(&cmd)
         .output()
+        .await
         .map_err(|e| format!("cannot run --api-key-cmd: {e}"))?;
     if !out.status.success() {
         return Err(format!("--api-key-cmd exited with {}", out.status));
@@ -97,41 +100,55 @@ type ChatService = BoxCloneService<ChatRequest, ChatStream, Error>;
 
 fn build(args: &Args) -> Result<ChatService, String> {
     let env_key = |name: &str| std::env::var(name).ok().filter(|k| !k.is_empty());
-    let key = match &args.api_key_cmd {
-        Some(cmd) => Some(run_key_cmd(cmd)?),
-        None => None,
-    };
     let config_error = |e: Error| e.to_string();
-    let service = match args.provider.as_str() {
-        "openai" => {
-            let mut b = OpenAi::builder().model(args.model.as_deref().unwrap_or("gpt-4o-mini"));
-            if let Some(url) = &args.base_url {
-                b = b.base_url(url);
-            }
-            if let Some(k) = key.or_else(|| env_key("OPENAI_API_KEY")) {
-                b = b.api_key(k);
-            }
-            BoxCloneService::new(b.build().map_err(config_error)?)
-        }
-        "anthropic" => {
-            let mut b =
-                Anthropic::builder().model(args.model.as_deref().unwrap_or("claude-sonnet-4-5"));
-            if let Some(url) = &args.base_url {
-                b = b.base_url(url);
-            }
-            if let Some(k) = key.or_else(|| env_key("ANTHROPIC_API_KEY")) {
-                b = b.api_key(k);
-            }
-            BoxCloneService::new(b.build().map_err(config_error)?)
-        }
+    let anthropic = match args.provider.as_str() {
+        "openai" => false,
+        "anthropic" => true,
         other => {
             return Err(format!(
                 "unknown provider {other:?}: use openai or anthropic"
             ));
         }
     };
+    let service: ChatService = if anthropic {
+        let mut b =
+            Anthropic::builder().model(args.model.as_deref().unwrap_or("claude-sonnet-4-5"));
+        if let Some(url) = &args.base_url {
+            b = b.base_url(url);
+        }
+        if let Some(k) = env_key("ANTHROPIC_API_KEY") {
+            b = b.api_key(k);
+        }
+        BoxCloneService::new(b.build().map_err(config_error)?)
+    } else {
+        let mut b = OpenAi::builder().model(args.model.as_deref().unwrap_or("gpt-4o-mini"));
+        if let Some(url) = &args.base_url {
+            b = b.base_url(url);
+        }
+        if let Some(k) = env_key("OPENAI_API_KEY") {
+            b = b.api_key(k);
+        }
+        BoxCloneService::new(b.build().map_err(config_error)?)
+    };
     let retry = TransportRetryLayer::new(RetryPolicy::default().max_retries(args.max_retries));
-    Ok(BoxCloneService::new(retry.layer(service)))
+    let service = BoxCloneService::new(retry.layer(service));
+    let Some(cmd) = args.api_key_cmd.clone() else {
+        return Ok(service);
+    };
+    // The command gives the key for the first call, and again once if the
+    // provider refuses it.
+    let refresh = RefreshLayer::new(move || {
+        let cmd = cmd.clone();
+        async move {
+            let key = run_key_cmd(cmd).await?;
+            Ok::<_, String>(if anthropic {
+                Credential::api_key(key)
+            } else {
+                Credential::bearer(key)
+            })
+        }
+    });
+    Ok(BoxCloneService::new(refresh.layer(service)))
 }
 
 async fn run(args: Args) -> Result<(), Error> {
@@ -185,7 +202,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the class, what happened, and the root cause.
-            let mut line = format!("error: {}: {e}", e.kind());
+            let mut line = format!("error[{}]: {e}", e.kind());
             let mut cause: &dyn std::error::Error = &e;
             while let Some(next) = cause.source() {
                 cause = next;

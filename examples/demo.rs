@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, Error, Message, OpenAi, RetryPolicy, StreamEvent, Tool,
-    TransportRetryLayer,
+    Anthropic, ChatRequest, ChatStream, Credential, Error, Message, OpenAi, RefreshLayer,
+    RetryPolicy, StreamEvent, Tool, TransportRetryLayer,
 };
 use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
@@ -197,6 +197,49 @@ async fn main() -> Result<(), Error> {
         started.elapsed().as_secs_f64(),
         c.text
     );
+
+    scene("Refresh: a key that expires mid-run is replaced, the call retried once");
+    server.accept_keys(["key-1"]);
+    let fetched = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = fetched.clone();
+    let refresh = RefreshLayer::new(move || {
+        // Stands in for an OAuth refresh or a secrets manager.
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        async move { Ok::<_, std::io::Error>(Credential::bearer(format!("key-{n}"))) }
+    });
+    let managed = ServiceBuilder::new()
+        .layer(refresh.clone())
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .service(openai.clone());
+    let c = complete(managed.clone()).await?;
+    println!(
+        "   with key-1: {:?} (credentials fetched: {})",
+        c.text,
+        refresh.generation()
+    );
+    server.accept_keys(["key-2"]); // key-1 is revoked
+    let stream = managed.clone().oneshot(question()).await?;
+    let attempts = stream.meta().attempts;
+    let c = stream.completion().await?;
+    println!(
+        "   key-1 refused, refreshed to key-{}: {:?} after {attempts} attempts",
+        refresh.generation(),
+        c.text
+    );
+    let keys: Vec<String> = server
+        .requests()
+        .iter()
+        .rev()
+        .take(3)
+        .rev()
+        .map(|r| {
+            r.header("authorization")
+                .unwrap_or("")
+                .replace("Bearer ", "")
+        })
+        .collect();
+    println!("   keys the server saw, in order: {keys:?}");
+    server.accept_any_key();
 
     scene("A 10 MB line: refused at the size limit, never buffered whole");
     server

@@ -531,6 +531,41 @@ impl Error {
     }
 }
 
+/// Converts the boxed errors of tower layers (`Buffer`, `Timeout`, …) at the
+/// boundary back into this crate's error: an `Error` that was boxed comes
+/// back as itself, class intact; tower's `Elapsed` becomes
+/// [`Error::Timeout`]; anything else a [`Error::Transport`] from `"tower"`
+/// with the original as its `source()`.
+///
+/// ```
+/// use llm_tower::Error;
+/// use tower::ServiceBuilder;
+///
+/// # fn stack<S>(s: S) -> impl tower::Service<llm_tower::ChatRequest, Error = Error>
+/// # where S: tower::Service<llm_tower::ChatRequest, Response = llm_tower::ChatStream, Error = Error> + Send + 'static, S::Future: Send {
+/// ServiceBuilder::new()
+///     .map_err(Error::from) // tower::buffer's errors are boxed
+///     .buffer(64)
+///     .service(s)
+/// # }
+/// ```
+impl From<BoxError> for Error {
+    fn from(error: BoxError) -> Self {
+        match error.downcast::<Error>() {
+            Ok(e) => *e,
+            Err(e) if e.is::<tower::timeout::error::Elapsed>() => Error::Timeout {
+                provider: "tower",
+                phase: TimeoutPhase::Total,
+            },
+            Err(e) => Error::Transport {
+                provider: "tower",
+                phase: TransportPhase::Request,
+                source: e,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Class {
     Unauthorized,

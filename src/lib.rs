@@ -43,7 +43,7 @@
 //! - [`transport`]: the default reqwest transport.
 //! - [`guard`]: the stream guard — retry while, and only while, the caller
 //!   has seen no output — and [`retry`], the [`TransportRetryLayer`] built on
-//!   it.
+//!   it; [`refresh`], the [`RefreshLayer`] that renews credentials on 401.
 //! - [`sse`]: the incremental server-sent-events decoder.
 //! - [`Error`]: one error type whose variants are classes a policy can act on.
 //! - `mock` (feature `mock`): a scriptable server on loopback speaking both
@@ -59,6 +59,7 @@ pub mod guard;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod provider;
+pub mod refresh;
 pub mod retry;
 pub mod sse;
 pub mod transport;
@@ -77,4 +78,5 @@ pub use error::{
 };
 pub use guard::Deadline;
 pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};
+pub use refresh::{Credential, Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};

@@ -67,6 +67,8 @@ pub struct MockServer {
 
 struct Shared {
     replies: Mutex<VecDeque<Reply>>,
+    /// When set, requests without one of these keys get a 401.
+    accepted_keys: Mutex<Option<Vec<String>>>,
     default_reply: Mutex<Reply>,
     requests: Mutex<Vec<RecordedRequest>>,
     live_connections: AtomicUsize,
@@ -123,6 +125,7 @@ impl MockServer {
             .expect("a bound listener has an address");
         let shared = Arc::new(Shared {
             replies: Mutex::new(VecDeque::new()),
+            accepted_keys: Mutex::new(None),
             default_reply: Mutex::new(Reply::text(["Hello", " from", " the", " mock", " server."])),
             requests: Mutex::new(Vec::new()),
             live_connections: AtomicUsize::new(0),
@@ -167,6 +170,25 @@ impl MockServer {
     /// The reply for requests when the queue is empty.
     pub fn set_default(&self, reply: Reply) -> &Self {
         *lock(&self.shared.default_reply) = reply;
+        self
+    }
+
+    /// Accepts only requests carrying one of `keys` (as `Authorization:
+    /// Bearer <key>` or `x-api-key: <key>`); others get a 401 in the
+    /// provider's error shape, without using a scripted reply. Call again to
+    /// rotate keys.
+    pub fn accept_keys<I, S>(&self, keys: I) -> &Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        *lock(&self.shared.accepted_keys) = Some(keys.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Stops checking keys (the default).
+    pub fn accept_any_key(&self) -> &Self {
+        *lock(&self.shared.accepted_keys) = None;
         self
     }
 
@@ -279,6 +301,11 @@ async fn handle(
         received_at: tokio::time::Instant::now(),
     };
     let path = recorded.uri_path().to_owned();
+    let presented_key = recorded
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| recorded.header("x-api-key"))
+        .map(str::to_owned);
     let json = recorded.json();
     lock(&shared.requests).push(recorded);
 
@@ -304,7 +331,14 @@ async fn handle(
             .and_then(Value::as_bool)
             .unwrap_or(false),
     };
-    let reply = {
+    let refused = lock(&shared.accepted_keys).as_ref().is_some_and(|keys| {
+        !keys
+            .iter()
+            .any(|k| presented_key.as_deref() == Some(k.as_str()))
+    });
+    let reply = if refused {
+        Reply::api_error(401, "authentication_error", "invalid api key")
+    } else {
         let next = lock(&shared.replies).pop_front();
         next.unwrap_or_else(|| lock(&shared.default_reply).clone())
     };

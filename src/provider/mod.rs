@@ -193,6 +193,20 @@ impl<W: Wire, S> Client<W, S> {
         for (k, v) in &self.common.headers {
             headers.insert(k.clone(), v.clone());
         }
+        // A managed credential (read now, at send time) or one stamped on this
+        // request replaces the configured key.
+        let credential = match req.extensions.get::<crate::refresh::CredentialHandle>() {
+            Some(handle) => handle.header(),
+            None => match req.extensions.get::<crate::refresh::Credential>() {
+                Some(c) => Some(c.header_pair()?),
+                None => None,
+            },
+        };
+        if let Some((name, value)) = credential {
+            headers.remove(http::header::AUTHORIZATION);
+            headers.remove("x-api-key");
+            headers.insert(name, value);
+        }
         Ok((http_req, model))
     }
 }

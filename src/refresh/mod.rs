@@ -1,0 +1,475 @@
+//! Refresh credentials on 401 and retry once, single-flight across callers.
+//!
+//! [`RefreshLayer`] takes a [`CredentialSource`] — a closure returning a
+//! future, or a type implementing the trait — and manages one credential
+//! shared by every service it builds and their clones:
+//!
+//! - every request carries the current credential, read when the request is
+//!   *sent* (not when the call started), so a call that waited in a limiter
+//!   or a buffer never sends a key that was replaced meanwhile; providers
+//!   send it instead of their configured key;
+//! - a credential that says when it expires is refreshed before it does
+//!   (within a configurable margin, default 60 s), so requests never meet the
+//!   401;
+//! - on [`Error::Unauthorized`] before any output (or any error the
+//!   [`refresh_on`](RefreshLayer::refresh_on) predicate selects), the call
+//!   is retried **once** with a fresh credential. Refresh is single-flight
+//!   with a generation counter: callers that failed on the same stale
+//!   credential share one refresh; a caller whose credential was already
+//!   replaced retries with the new one without refreshing again;
+//! - if the refresh fails, the caller gets the original error and the
+//!   refresh error is logged (`tracing::warn!`); if the retried call is
+//!   refused again, the caller gets that second error unchanged.
+//!
+//! It is the [stream guard](crate::guard) with a refresh policy: a 401 sent
+//! as an error event inside a stream is handled like one in the response
+//! head, and nothing is retried after output.
+//!
+//! ```
+//! use llm_tower::mock::{MockServer, Reply};
+//! use llm_tower::refresh::{Credential, RefreshLayer};
+//! use llm_tower::{ChatRequest, Message, OpenAi};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), llm_tower::Error> {
+//! let server = MockServer::start().await;
+//! server.accept_keys(["fresh-token"]);
+//!
+//! let openai = OpenAi::builder().base_url(server.openai_url()).model("m").build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(
+//!         RefreshLayer::new(|| async { Ok::<_, std::io::Error>(Credential::bearer("fresh-token")) })
+//!             .initial(Credential::bearer("stale-token")),
+//!     )
+//!     .service(openai);
+//!
+//! let answer = service.oneshot(ChatRequest::new("").message(Message::user("hi"))).await?;
+//! assert_eq!(answer.meta().attempts, 2); // a 401 with the stale token, then success
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use pin_project_lite::pin_project;
+
+use crate::guard::{Guard, GuardPolicy};
+use crate::{BoxError, ChatRequest, ChatStream, Error};
+
+mod credential;
+
+pub use credential::{AuthScheme, Credential, CredentialFuture, CredentialSource};
+
+type Classifier = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
+
+/// Applies [`Refresh`]. All services it builds, and their clones, share one
+/// credential. See the [module docs](self).
+#[derive(Clone)]
+pub struct RefreshLayer {
+    policy: RefreshPolicy,
+}
+
+impl RefreshLayer {
+    /// Credentials come from `source`; the first call fetches one.
+    pub fn new(source: impl CredentialSource) -> Self {
+        RefreshLayer {
+            policy: RefreshPolicy {
+                store: Arc::new(Store {
+                    source: Box::new(source),
+                    state: Mutex::new(State::default()),
+                    refresh_lock: tokio::sync::Mutex::new(()),
+                }),
+                margin: Duration::from_secs(60),
+                refresh_on: Arc::new(|e| matches!(e, Error::Unauthorized { .. })),
+            },
+        }
+    }
+
+    /// Starts with `credential` (one the host already holds) instead of
+    /// fetching on the first call.
+    pub fn initial(self, credential: Credential) -> Self {
+        match Stamped::new(credential) {
+            Ok(stamped) => self.policy.store.lock().current = Some(Arc::new(stamped)),
+            Err(e) => tracing::warn!(error = %e, "ignoring the initial credential"),
+        }
+        self
+    }
+
+    /// Refreshes a credential that expires within `margin` before sending
+    /// with it (default 60 s).
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.policy.margin = margin;
+        self
+    }
+
+    /// Which failures before output trigger a refresh and one retry (default:
+    /// [`Error::Unauthorized`]). For example, to include 403:
+    ///
+    /// ```
+    /// # use llm_tower::refresh::{Credential, RefreshLayer};
+    /// # use llm_tower::Error;
+    /// # let layer = RefreshLayer::new(|| async { Ok::<_, std::io::Error>(Credential::bearer("t")) });
+    /// let layer = layer.refresh_on(|e| matches!(e, Error::Unauthorized { .. } | Error::Forbidden { .. }));
+    /// ```
+    pub fn refresh_on(
+        mut self,
+        predicate: impl Fn(&Error) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.policy.refresh_on = Arc::new(predicate);
+        self
+    }
+
+    /// How many credentials the source has produced so far.
+    pub fn generation(&self) -> u64 {
+        self.policy.store.lock().generation
+    }
+}
+
+impl fmt::Debug for RefreshLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshLayer")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<S> tower::Layer<S> for RefreshLayer {
+    type Service = Refresh<S>;
+
+    fn layer(&self, inner: S) -> Refresh<S> {
+        Refresh {
+            guard: Guard::new(inner, self.policy.clone()),
+        }
+    }
+}
+
+/// A service whose requests carry a managed credential, refreshed on 401.
+/// See the [module docs](self).
+#[derive(Clone, Debug)]
+pub struct Refresh<S> {
+    guard: Guard<S, RefreshPolicy>,
+}
+
+impl<S> Refresh<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        self.guard.get_ref()
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.guard.get_mut()
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.guard.into_inner()
+    }
+}
+
+impl<S> tower::Service<ChatRequest> for Refresh<S>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = ResponseFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.guard.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        let policy = self.guard.policy();
+        let (usable, seen) = {
+            let state = policy.store.lock();
+            let usable = state
+                .current
+                .as_ref()
+                .is_some_and(|c| !c.credential.expires_within(policy.margin));
+            (usable, state.generation)
+        };
+        if usable {
+            return ResponseFuture {
+                state: FutureState::Calling {
+                    future: self.guard.call(request),
+                },
+            };
+        }
+        // Fetch (or renew) before sending. The instance driven ready makes
+        // the call once the credential is there.
+        let store = policy.store.clone();
+        let clone = self.guard.clone();
+        let guard = std::mem::replace(&mut self.guard, clone);
+        ResponseFuture {
+            state: FutureState::Fetching {
+                fetch: Box::pin(store.refresh(seen)),
+                pending: Some((guard, request)),
+            },
+        }
+    }
+}
+
+type Pending<S> = Option<(Guard<S, RefreshPolicy>, ChatRequest)>;
+
+pin_project! {
+    /// The response future of [`Refresh`].
+    pub struct ResponseFuture<S>
+    where
+        S: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
+        S: Clone,
+    {
+        #[pin]
+        state: FutureState<S>,
+    }
+}
+
+pin_project! {
+    #[project = FutureStateProj]
+    enum FutureState<S>
+    where
+        S: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
+        S: Clone,
+    {
+        Fetching {
+            fetch: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>,
+            pending: Pending<S>,
+        },
+        Calling { #[pin] future: crate::guard::ResponseFuture<S, RefreshPolicy> },
+    }
+}
+
+impl<S> fmt::Debug for ResponseFuture<S>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+{
+    type Output = Result<ChatStream, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                FutureStateProj::Fetching { fetch, pending } => {
+                    let fetched = ready!(fetch.as_mut().poll(cx));
+                    let Some((mut guard, request)) = pending.take() else {
+                        return Poll::Ready(Err(Error::config(
+                            "refresh future polled after completion",
+                        )));
+                    };
+                    if let Err(e) = fetched {
+                        // A credential close to expiry is still worth sending;
+                        // with none at all there is nothing to send.
+                        if guard.policy().store.lock().current.is_none() {
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                    let future = tower::Service::call(&mut guard, request);
+                    this.state.set(FutureState::Calling { future });
+                }
+                FutureStateProj::Calling { future } => return future.poll(cx),
+            }
+        }
+    }
+}
+
+/// The [`GuardPolicy`] of [`Refresh`]: stamp the credential handle, refresh
+/// once on the chosen errors.
+#[derive(Clone)]
+pub struct RefreshPolicy {
+    store: Arc<Store>,
+    margin: Duration,
+    refresh_on: Classifier,
+}
+
+impl fmt::Debug for RefreshPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshPolicy")
+            .field("margin", &self.margin)
+            .field("generation", &self.store.lock().generation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`RefreshPolicy`] remembers for one call.
+#[derive(Debug)]
+pub struct CallState {
+    /// The generation of the credential the last attempt was sent with.
+    used: Arc<AtomicU64>,
+    refreshed: bool,
+}
+
+impl GuardPolicy for RefreshPolicy {
+    type State = CallState;
+    type Wait = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+    fn start(&self, _request: &ChatRequest) -> CallState {
+        CallState {
+            used: Arc::new(AtomicU64::new(NOT_SENT)),
+            refreshed: false,
+        }
+    }
+
+    fn prepare(&self, state: &mut CallState, request: &mut ChatRequest) {
+        request.extensions.insert(CredentialHandle {
+            store: self.store.clone(),
+            used: state.used.clone(),
+        });
+    }
+
+    fn on_failure(&self, state: &mut CallState, error: &Error) -> Option<Self::Wait> {
+        if state.refreshed || !(self.refresh_on)(error) {
+            return None;
+        }
+        state.refreshed = true;
+        let used = match state.used.load(Ordering::Acquire) {
+            // The inner service never read the handle (not one of ours):
+            // treat the current credential as the refused one.
+            NOT_SENT => self.store.lock().generation,
+            g => g,
+        };
+        tracing::info!(
+            reason = error.kind(),
+            generation = used,
+            "credential refused; refreshing and retrying once"
+        );
+        let store = self.store.clone();
+        Some(Box::pin(async move { store.refresh(used).await.is_ok() }))
+    }
+}
+
+const NOT_SENT: u64 = u64::MAX;
+
+/// A credential with its header ready to send.
+struct Stamped {
+    credential: Credential,
+    header: (HeaderName, HeaderValue),
+}
+
+impl Stamped {
+    fn new(credential: Credential) -> Result<Self, Error> {
+        let header = credential.header_pair()?;
+        Ok(Stamped { credential, header })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<Arc<Stamped>>,
+    /// Bumped by every successful refresh.
+    generation: u64,
+    /// Bumped by every refresh attempt, successful or not.
+    attempts: u64,
+    last_error: Option<Arc<BoxError>>,
+}
+
+/// The credential shared by every service of one layer.
+struct Store {
+    source: Box<dyn CredentialSource>,
+    state: Mutex<State>,
+    /// Held while the source runs: the single flight.
+    refresh_lock: tokio::sync::Mutex<()>,
+}
+
+impl Store {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state is plain data, consistent after every statement: a panic
+        // elsewhere while holding the lock leaves nothing half-written.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sure the credential is newer than generation `seen`: refreshes
+    /// unless another caller already did, or already tried and failed while
+    /// this one waited.
+    async fn refresh(self: Arc<Self>, seen: u64) -> Result<(), Error> {
+        let attempts_before = self.lock().attempts;
+        let _flight = self.refresh_lock.lock().await;
+        {
+            let mut state = self.lock();
+            if state.generation != seen {
+                return Ok(());
+            }
+            if state.attempts != attempts_before {
+                let source = state.last_error.clone().map_or_else(
+                    || BoxError::from("a concurrent credential refresh failed"),
+                    |e| Box::new(SharedError(e)) as BoxError,
+                );
+                return Err(Error::Refresh { source });
+            }
+            state.attempts += 1;
+        }
+        let fetched = match self.source.fetch().await {
+            Ok(credential) => Stamped::new(credential).map_err(|e| Box::new(e) as BoxError),
+            Err(e) => Err(e),
+        };
+        let mut state = self.lock();
+        match fetched {
+            Ok(stamped) => {
+                state.current = Some(Arc::new(stamped));
+                state.generation += 1;
+                state.last_error = None;
+                tracing::info!(generation = state.generation, "credential refreshed");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "credential refresh failed");
+                let e = Arc::new(e);
+                state.last_error = Some(e.clone());
+                Err(Error::Refresh {
+                    source: Box::new(SharedError(e)),
+                })
+            }
+        }
+    }
+}
+
+/// A refresh error, shared by the callers that waited on the same refresh.
+#[derive(Debug)]
+struct SharedError(Arc<BoxError>);
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Put in a request's extensions by [`RefreshPolicy`]: providers read the
+/// current credential through it when they send, and it records which
+/// generation they sent.
+#[derive(Clone)]
+pub(crate) struct CredentialHandle {
+    store: Arc<Store>,
+    used: Arc<AtomicU64>,
+}
+
+impl CredentialHandle {
+    /// The header to send now, recording its generation as used.
+    pub(crate) fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+        let state = self.store.lock();
+        let stamped = state.current.as_ref()?;
+        self.used.store(state.generation, Ordering::Release);
+        Some(stamped.header.clone())
+    }
+}
