@@ -13,14 +13,11 @@ use llm_tower::mock::{MockServer, Reply};
 use llm_tower::refresh::{Credential, CredentialSource};
 use llm_tower::transport::{RequestBody, ReqwestTransport};
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, Error, Message, OpenAi, RefreshLayer, RetryPolicy,
-    TransportRetryLayer,
+    Anthropic, ChatRequest, Error, Message, OpenAi, RefreshLayer, RetryPolicy, TransportRetryLayer,
 };
-use support::{Captured, drain, texts};
+use support::{Captured, Svc, drain, texts};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
-
-type Svc = BoxCloneService<ChatRequest, ChatStream, Error>;
 
 /// A source handing out `keys` in turn (the last one forever), counting calls.
 fn source(keys: &[&'static str]) -> (impl CredentialSource + use<>, Arc<AtomicUsize>) {
@@ -56,6 +53,35 @@ fn failing_source() -> (impl CredentialSource + use<>, Arc<AtomicUsize>) {
         async { Err::<Credential, _>(std::io::Error::other("identity provider unreachable")) }
     };
     (source, calls)
+}
+
+/// Each request's key and the layer's generation, taken as it is sent.
+type Sent = Arc<Mutex<Vec<(String, u64)>>>;
+
+/// An OpenAI service whose transport records, as each request is sent, the
+/// key it carries and how many refreshes `layer` had completed. (Tests run
+/// on one thread: nothing runs between reading the credential and this.)
+fn recording_openai(server: &MockServer, layer: &RefreshLayer) -> (Svc, Sent) {
+    let sent = Sent::default();
+    let (log, generation) = (sent.clone(), layer.clone());
+    let transport = ServiceBuilder::new()
+        .map_request(move |req: http::Request<RequestBody>| {
+            let key = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            log.lock().unwrap().push((key, generation.generation()));
+            req
+        })
+        .service(ReqwestTransport::new().unwrap());
+    let provider = OpenAi::builder()
+        .base_url(server.openai_url())
+        .model("m")
+        .build_with(transport)
+        .unwrap();
+    (BoxCloneService::new(provider), sent)
 }
 
 fn openai(server: &MockServer, layer: RefreshLayer) -> Svc {
@@ -239,27 +265,7 @@ async fn a_thousand_callers_on_a_stale_key_share_one_refresh() {
     let (src, calls) = source(&["k2"]);
     let layer = RefreshLayer::new(src).initial(Credential::bearer("k1"));
 
-    // Records, at the moment each request is sent, its key and how many
-    // refreshes had completed. (One thread: nothing runs in between.)
-    let sent: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let (log, generation) = (sent.clone(), layer.clone());
-    let transport = ServiceBuilder::new()
-        .map_request(move |req: http::Request<RequestBody>| {
-            let key = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            log.lock().unwrap().push((key, generation.generation()));
-            req
-        })
-        .service(ReqwestTransport::new().unwrap());
-    let provider = OpenAi::builder()
-        .base_url(server.openai_url())
-        .model("m")
-        .build_with(transport)
-        .unwrap();
+    let (provider, sent) = recording_openai(&server, &layer);
     let svc = ServiceBuilder::new().layer(layer.clone()).service(provider);
 
     let calls_done = futures_util::future::join_all((0..1000).map(|i| {
@@ -304,25 +310,7 @@ async fn queued_calls_send_the_credential_current_when_they_leave() {
     server.accept_keys(["k2"]);
     let (src, calls) = source_taking(&["k2"], Duration::ZERO);
     let layer = RefreshLayer::new(src).initial(Credential::bearer("k1"));
-    let sent: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let (log, generation) = (sent.clone(), layer.clone());
-    let transport = ServiceBuilder::new()
-        .map_request(move |req: http::Request<RequestBody>| {
-            let key = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            log.lock().unwrap().push((key, generation.generation()));
-            req
-        })
-        .service(ReqwestTransport::new().unwrap());
-    let provider = OpenAi::builder()
-        .base_url(server.openai_url())
-        .model("m")
-        .build_with(transport)
-        .unwrap();
+    let (provider, sent) = recording_openai(&server, &layer);
     let svc = ServiceBuilder::new()
         .layer(layer)
         .map_err(Error::from)

@@ -7,40 +7,18 @@ use std::time::Duration;
 
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, Deadline, Error, Message, OpenAi, RetryPolicy, StreamEvent,
-    TransportRetryLayer,
+    ChatRequest, Deadline, Error, Message, RetryPolicy, StreamEvent, TransportRetryLayer,
 };
-use support::{Captured, drain, texts};
+use support::{Captured, Svc, anthropic_at, boxed, drain, openai_at, texts};
 use tokio::time::Instant;
-use tower::util::BoxCloneService;
-use tower::{ServiceBuilder, ServiceExt};
-
-type Svc = BoxCloneService<ChatRequest, ChatStream, Error>;
+use tower::ServiceExt;
 
 fn openai(server: &MockServer, policy: RetryPolicy) -> Svc {
-    let provider = OpenAi::builder()
-        .base_url(server.openai_url())
-        .model("m")
-        .build()
-        .unwrap();
-    BoxCloneService::new(
-        ServiceBuilder::new()
-            .layer(TransportRetryLayer::new(policy))
-            .service(provider),
-    )
+    boxed(TransportRetryLayer::new(policy), openai_at(server))
 }
 
 fn anthropic(server: &MockServer, policy: RetryPolicy) -> Svc {
-    let provider = Anthropic::builder()
-        .base_url(server.anthropic_url())
-        .model("m")
-        .build()
-        .unwrap();
-    BoxCloneService::new(
-        ServiceBuilder::new()
-            .layer(TransportRetryLayer::new(policy))
-            .service(provider),
-    )
+    boxed(TransportRetryLayer::new(policy), anthropic_at(server))
 }
 
 fn both(server: &MockServer, policy: RetryPolicy) -> [(&'static str, Svc); 2] {

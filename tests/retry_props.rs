@@ -5,13 +5,10 @@
 mod support;
 
 use llm_tower::mock::{MockServer, Reply};
-use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, Error, Message, OpenAi, RetryPolicy, TransportRetryLayer,
-};
+use llm_tower::{ChatRequest, Message, RetryPolicy, TransportRetryLayer};
 use proptest::prelude::*;
-use support::{drain, texts};
-use tower::util::BoxCloneService;
-use tower::{ServiceBuilder, ServiceExt};
+use support::{anthropic_at, boxed, drain, openai_at, texts};
+use tower::ServiceExt;
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -110,28 +107,11 @@ async fn run(
         ));
     }
     let policy = RetryPolicy::default().max_retries(max_retries as u32);
-    let svc: BoxCloneService<ChatRequest, ChatStream, Error> = if anthropic {
-        let p = Anthropic::builder()
-            .base_url(server.anthropic_url())
-            .model("m")
-            .build()
-            .unwrap();
-        BoxCloneService::new(
-            ServiceBuilder::new()
-                .layer(TransportRetryLayer::new(policy))
-                .service(p),
-        )
+    let retry = TransportRetryLayer::new(policy);
+    let svc = if anthropic {
+        boxed(retry, anthropic_at(&server))
     } else {
-        let p = OpenAi::builder()
-            .base_url(server.openai_url())
-            .model("m")
-            .build()
-            .unwrap();
-        BoxCloneService::new(
-            ServiceBuilder::new()
-                .layer(TransportRetryLayer::new(policy))
-                .service(p),
-        )
+        boxed(retry, openai_at(&server))
     };
     let req = ChatRequest::new("")
         .message(Message::user("hi"))

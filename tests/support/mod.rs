@@ -9,10 +9,44 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body::Frame;
 use http_body_util::StreamBody;
+use llm_tower::mock::MockServer;
 use llm_tower::transport::RequestBody;
-use llm_tower::{ChatStream, Error, StreamEvent};
+use llm_tower::{Anthropic, ChatRequest, ChatStream, Error, OpenAi, StreamEvent};
+use tower::util::BoxCloneService;
 
-/// Reads a transcript written for these tests (never `../shared`).
+/// An LLM-level service, boxed.
+pub type Svc = BoxCloneService<ChatRequest, ChatStream, Error>;
+
+/// `service` behind `layer`, boxed.
+pub fn boxed<L, S>(layer: L, service: S) -> Svc
+where
+    L: tower::Layer<S>,
+    L::Service:
+        tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone + Send + 'static,
+    <L::Service as tower::Service<ChatRequest>>::Future: Send + 'static,
+{
+    BoxCloneService::new(layer.layer(service))
+}
+
+/// An OpenAI service for the mock server, default model `m`.
+pub fn openai_at(server: &MockServer) -> OpenAi {
+    OpenAi::builder()
+        .base_url(server.openai_url())
+        .model("m")
+        .build()
+        .unwrap()
+}
+
+/// An Anthropic service for the mock server, default model `m`.
+pub fn anthropic_at(server: &MockServer) -> Anthropic {
+    Anthropic::builder()
+        .base_url(server.anthropic_url())
+        .model("m")
+        .build()
+        .unwrap()
+}
+
+/// Reads a transcript written for these tests, from `tests/fixtures`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
