@@ -502,6 +502,15 @@ impl Error {
         class.build(status, api)
     }
 
+    /// Classifies the JSON text of an error that arrived inside a 200
+    /// response; text that is not JSON is a decode error naming `context`.
+    pub(crate) fn from_event_data(provider: &'static str, context: &str, data: &str) -> Self {
+        match serde_json::from_str::<Value>(data) {
+            Ok(v) => Error::from_event(provider, &v),
+            Err(e) => Error::json(provider, context, data, e),
+        }
+    }
+
     /// Classifies an error object that arrived inside a 200 stream (Anthropic
     /// `event: error`, an OpenAI-compatible chunk carrying `error`).
     pub(crate) fn from_event(provider: &'static str, value: &Value) -> Self {

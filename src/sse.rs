@@ -23,11 +23,15 @@
 //!
 //! let mut decoder = SseDecoder::new();
 //! let mut seen = Vec::new();
+//! // A CRLF split across chunks; the last event has no final blank line.
 //! for chunk in [&b"event: ping\nda"[..], b"ta: {}\r", b"\n\r\ndata: last"] {
-//!     decoder.feed(chunk, |e| seen.push((e.unwrap().event.to_owned(), ))).ok();
+//!     decoder.feed(chunk, |e| seen.push(e.map(|e| (e.event.to_owned(), e.data.to_owned())))).ok();
 //! }
-//! decoder.finish(|e| seen.push((e.unwrap().event.to_owned(), )));
-//! assert_eq!(seen, [("ping".to_owned(),), ("message".to_owned(),)]);
+//! decoder.finish(|e| seen.push(e.map(|e| (e.event.to_owned(), e.data.to_owned()))));
+//! assert_eq!(
+//!     seen,
+//!     [Ok(("ping".into(), "{}".into())), Ok(("message".into(), "last".into()))]
+//! );
 //! ```
 
 use std::borrow::Cow;

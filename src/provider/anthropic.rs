@@ -581,10 +581,7 @@ impl WireDecoder for AnthropicDecoder {
                 }
             }
             "message_stop" => self.done(out),
-            "error" => out.push_back(Err(match serde_json::from_str::<Value>(data) {
-                Ok(v) => Error::from_event(NAME, &v),
-                Err(e) => Error::json(NAME, "error", data, e),
-            })),
+            "error" => out.push_back(Err(Error::from_event_data(NAME, "error", data))),
             // ping, content_block_stop, and events added after this crate.
             _ => {}
         }
@@ -601,10 +598,7 @@ impl WireDecoder for AnthropicDecoder {
             return;
         };
         if kind.kind == "error" {
-            out.push_back(Err(match serde_json::from_str::<Value>(text) {
-                Ok(v) => Error::from_event(NAME, &v),
-                Err(e) => Error::json(NAME, "body", text, e),
-            }));
+            out.push_back(Err(Error::from_event_data(NAME, "body", text)));
             return;
         }
         let Some(msg) = parse::<FullMessage<'_>>(text, "body", out) else {

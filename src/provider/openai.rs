@@ -386,7 +386,7 @@ impl OpenAiDecoder {
             }
         };
         if chunk.error.is_some() {
-            out.push_back(Err(error_event(data)));
+            out.push_back(Err(Error::from_event_data(NAME, "error", data)));
             return;
         }
         if !self.started {
@@ -468,7 +468,7 @@ impl OpenAiDecoder {
 impl WireDecoder for OpenAiDecoder {
     fn event(&mut self, event: Event<'_>, out: &mut Queue) {
         if event.event == "error" {
-            out.push_back(Err(error_event(event.data)));
+            out.push_back(Err(Error::from_event_data(NAME, "error", event.data)));
             return;
         }
         let data = event.data.trim();
@@ -507,13 +507,6 @@ impl WireDecoder for OpenAiDecoder {
         } else {
             out.push_back(Err(truncated(NAME)));
         }
-    }
-}
-
-fn error_event(data: &str) -> Error {
-    match serde_json::from_str::<Value>(data) {
-        Ok(v) => Error::from_event(NAME, &v),
-        Err(e) => Error::json(NAME, "error", data, e),
     }
 }
 

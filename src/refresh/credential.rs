@@ -109,11 +109,7 @@ impl Credential {
             AuthScheme::ApiKey => (HeaderName::from_static("x-api-key"), self.secret.clone()),
             AuthScheme::Header(name) => (name.clone(), self.secret.clone()),
         };
-        let mut value = HeaderValue::from_str(&value).map_err(|_| {
-            Error::config("the credential contains characters not allowed in a header")
-        })?;
-        value.set_sensitive(true);
-        Ok((name, value))
+        Ok((name, crate::provider::secret_header("credential", &value)?))
     }
 }
 
