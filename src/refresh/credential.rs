@@ -129,6 +129,9 @@ pub type CredentialFuture = Pin<Box<dyn Future<Output = Result<Credential, BoxEr
 /// Where fresh credentials come from: an OAuth refresh, a secrets manager, a
 /// command. Called only when one is needed, by one caller at a time.
 ///
+/// A failure is logged (`tracing::warn!`) with the error's `Display`: keep
+/// secrets out of your source's error messages.
+///
 /// Any `Fn() -> impl Future<Output = Result<Credential, E>>` is one:
 ///
 /// ```
