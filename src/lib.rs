@@ -62,6 +62,7 @@ pub mod provider;
 pub mod refresh;
 pub mod retry;
 pub mod sse;
+pub mod timeout;
 pub mod transport;
 
 /// The README's examples, compiled as doc tests.
@@ -80,3 +81,4 @@ pub use guard::Deadline;
 pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};
 pub use refresh::{Credential, Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};
+pub use timeout::{StreamTimeout, StreamTimeoutLayer};

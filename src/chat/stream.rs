@@ -93,6 +93,13 @@ impl ChatStream {
         &mut self.meta
     }
 
+    /// Moves the metadata out, for a layer that wraps this stream in a new
+    /// `ChatStream` (this one keeps a placeholder).
+    pub(crate) fn take_meta(&mut self) -> ResponseMeta {
+        let placeholder = ResponseMeta::new(self.meta.provider, String::new());
+        std::mem::replace(&mut self.meta, placeholder)
+    }
+
     /// Puts `events` in front of what is left to deliver, in order.
     pub(crate) fn prepend(
         &mut self,

@@ -1,0 +1,308 @@
+//! Deadlines that cover the stream, not only the response head.
+//!
+//! `tower::timeout` bounds a service's response future; an LLM call lives
+//! on in its stream. [`StreamTimeoutLayer`] bounds three things, each
+//! optional:
+//!
+//! - **first event**: from the call to the first event of the answer;
+//! - **idle**: between one event and the next (events are
+//!   [`StreamEvent`]s: keep-alive comments and `ping`s do not count — a
+//!   server that only says it is still there is not delivering);
+//! - **total**: from the call to the end of the stream.
+//!
+//! An expiry ends the stream with [`Error::Timeout`] naming the phase (or
+//! fails the response future, if it comes before the head). Timeouts are
+//! retryable: with a [`TransportRetryLayer`](crate::TransportRetryLayer)
+//! *outside* this layer, a stream that stalls before any output is cut and
+//! sent again. A total deadline is also put in the request as a
+//! [`Deadline`], so retrying layers *inside* it do not start a wait that
+//! would outlast it.
+//!
+//! ```
+//! use llm_tower::mock::{MockServer, Reply};
+//! use llm_tower::{ChatRequest, Message, OpenAi, RetryPolicy, StreamTimeoutLayer, TransportRetryLayer};
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), llm_tower::Error> {
+//! let server = MockServer::start().await;
+//! server.push(Reply::text(["never"]).stall_after(0)); // stalls before output
+//! server.push(Reply::text(["Hello"]));
+//!
+//! let openai = OpenAi::builder().base_url(server.openai_url()).model("m").build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(TransportRetryLayer::new(RetryPolicy::default()))
+//!     .layer(StreamTimeoutLayer::new().first_event(Duration::from_secs(10)).idle(Duration::from_secs(30)))
+//!     .service(openai);
+//!
+//! let answer = service.oneshot(ChatRequest::new("").message(Message::user("hi"))).await?;
+//! assert_eq!(answer.completion().await?.text, "Hello");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use futures_core::Stream;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::guard::Deadline;
+use crate::{ChatRequest, ChatStream, Error, StreamEvent, TimeoutPhase};
+
+/// Applies [`StreamTimeout`]. See the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamTimeoutLayer {
+    limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    first_event: Option<Duration>,
+    idle: Option<Duration>,
+    total: Option<Duration>,
+}
+
+impl StreamTimeoutLayer {
+    /// A layer with no limit set yet.
+    pub const fn new() -> Self {
+        StreamTimeoutLayer {
+            limits: Limits {
+                first_event: None,
+                idle: None,
+                total: None,
+            },
+        }
+    }
+
+    /// The longest wait from the call to the answer's first event.
+    pub const fn first_event(mut self, timeout: Duration) -> Self {
+        self.limits.first_event = Some(timeout);
+        self
+    }
+
+    /// The longest wait between two events.
+    pub const fn idle(mut self, timeout: Duration) -> Self {
+        self.limits.idle = Some(timeout);
+        self
+    }
+
+    /// The longest a whole call may take, stream included.
+    pub const fn total(mut self, timeout: Duration) -> Self {
+        self.limits.total = Some(timeout);
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for StreamTimeoutLayer {
+    type Service = StreamTimeout<S>;
+
+    fn layer(&self, inner: S) -> StreamTimeout<S> {
+        StreamTimeout {
+            inner,
+            limits: self.limits,
+        }
+    }
+}
+
+/// A service whose answers are cut when they stall. See the [module
+/// docs](self).
+#[derive(Debug, Clone)]
+pub struct StreamTimeout<S> {
+    inner: S,
+    limits: Limits,
+}
+
+impl<S> StreamTimeout<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S> tower::Service<ChatRequest> for StreamTimeout<S>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: ChatRequest) -> Self::Future {
+        let now = Instant::now();
+        let total = self.limits.total.map(|t| now + t);
+        if let Some(at) = total {
+            let earlier = request
+                .extensions
+                .get::<Deadline>()
+                .is_none_or(|d| at < d.0);
+            if earlier {
+                request.extensions.insert(Deadline(at));
+            }
+        }
+        let first = self.limits.first_event.map(|t| now + t);
+        // Before the head, the nearer of the first-event and total deadlines.
+        let head = match (first, total) {
+            (Some(f), Some(t)) if t < f => Some((t, TimeoutPhase::Total)),
+            (Some(f), _) => Some((f, TimeoutPhase::FirstEvent)),
+            (None, Some(t)) => Some((t, TimeoutPhase::Total)),
+            (None, None) => None,
+        };
+        ResponseFuture {
+            future: self.inner.call(request),
+            sleep: head.map(|(at, _)| tokio::time::sleep_until(at)),
+            head_phase: head.map_or(TimeoutPhase::Total, |(_, p)| p),
+            first,
+            total,
+            idle: self.limits.idle,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`StreamTimeout`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        head_phase: TimeoutPhase,
+        first: Option<Instant>,
+        total: Option<Instant>,
+        idle: Option<Duration>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<ChatStream, Error>>,
+{
+    type Output = Result<ChatStream, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.future.poll(cx) {
+            let mut stream = result?;
+            let meta = stream.take_meta();
+            let provider = meta.provider;
+            return Poll::Ready(Ok(ChatStream::new(
+                meta,
+                TimeoutStream {
+                    inner: stream,
+                    next: next_deadline(*this.first, *this.total, None),
+                    sleep: Box::pin(tokio::time::sleep_until(far_future())),
+                    armed: false,
+                    total: *this.total,
+                    idle: *this.idle,
+                    provider,
+                    done: false,
+                },
+            )));
+        }
+        if let Some(sleep) = this.sleep.as_pin_mut() {
+            ready!(sleep.poll(cx));
+            // No head yet: which provider is not known at this level.
+            return Poll::Ready(Err(Error::Timeout {
+                provider: "unknown",
+                phase: *this.head_phase,
+            }));
+        }
+        Poll::Pending
+    }
+}
+
+/// The deadline that applies now, and its phase.
+fn next_deadline(
+    first: Option<Instant>,
+    total: Option<Instant>,
+    idle_from_now: Option<Instant>,
+) -> Option<(Instant, TimeoutPhase)> {
+    let per_event = match idle_from_now {
+        Some(at) => Some((at, TimeoutPhase::Idle)),
+        None => first.map(|at| (at, TimeoutPhase::FirstEvent)),
+    };
+    match (per_event, total) {
+        (Some((at, phase)), Some(t)) if at <= t => Some((at, phase)),
+        (_, Some(t)) => Some((t, TimeoutPhase::Total)),
+        (per_event, None) => per_event,
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+/// The events of an answer, cut at the first deadline that passes.
+struct TimeoutStream {
+    inner: ChatStream,
+    next: Option<(Instant, TimeoutPhase)>,
+    // One timer per stream, moved with `reset` rather than re-created.
+    sleep: Pin<Box<Sleep>>,
+    armed: bool,
+    total: Option<Instant>,
+    idle: Option<Duration>,
+    provider: &'static str,
+    done: bool,
+}
+
+impl Stream for TimeoutStream {
+    type Item = Result<StreamEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(item)) => {
+                let idle = this.idle.map(|d| Instant::now() + d);
+                this.next = next_deadline(None, this.total, idle);
+                this.armed = false;
+                return Poll::Ready(Some(item));
+            }
+            Poll::Ready(None) => {
+                this.done = true;
+                return Poll::Ready(None);
+            }
+            Poll::Pending => {}
+        }
+        let Some((at, phase)) = this.next else {
+            return Poll::Pending;
+        };
+        if !this.armed {
+            this.sleep.as_mut().reset(at);
+            this.armed = true;
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        this.done = true;
+        Poll::Ready(Some(Err(Error::Timeout {
+            provider: this.provider,
+            phase,
+        })))
+    }
+}

@@ -1,0 +1,190 @@
+//! StreamTimeoutLayer: first-event, idle and total deadlines over the stream,
+//! and how they compose with TransportRetryLayer. Paused clock throughout.
+
+mod support;
+
+use std::time::Duration;
+
+use llm_tower::mock::{MockServer, Reply};
+use llm_tower::{
+    ChatRequest, Error, Message, RetryPolicy, StreamTimeoutLayer, TimeoutPhase, TransportRetryLayer,
+};
+use support::{anthropic_at, drain, openai_at, texts};
+use tokio::time::Instant;
+use tower::{ServiceBuilder, ServiceExt};
+
+fn hello() -> ChatRequest {
+    ChatRequest::new("").message(Message::user("hello"))
+}
+
+fn is_timeout(e: &Option<Error>, want: TimeoutPhase) -> bool {
+    matches!(e, Some(Error::Timeout { phase, .. }) if *phase == want)
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_event_at_all_is_a_first_event_timeout() {
+    let server = MockServer::start().await;
+    server.push(Reply::sse(["data: {}\n\n"]).stall_after(0));
+    let svc = StreamTimeoutLayer::new()
+        .first_event(Duration::from_secs(5))
+        .idle(Duration::from_secs(1));
+    let svc = tower::Layer::layer(&svc, openai_at(&server));
+    let started = Instant::now();
+    let (events, err) = drain(svc.oneshot(hello()).await.unwrap()).await;
+    assert!(events.is_empty());
+    assert!(is_timeout(&err, TimeoutPhase::FirstEvent), "{err:?}");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "the idle limit starts after the first event"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_stalls_is_cut_by_the_idle_timeout() {
+    let server = MockServer::start().await;
+    server.push(Reply::text(["one", " two", " three"]).stall_after(2));
+    let layer = StreamTimeoutLayer::new().idle(Duration::from_secs(2));
+    let svc = tower::Layer::layer(&layer, anthropic_at(&server));
+    let started = Instant::now();
+    let err = svc
+        .oneshot(hello())
+        .await
+        .unwrap()
+        .completion()
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    let Error::Interrupted { partial, source } = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(
+        partial.text, "one two",
+        "the output before the stall is kept"
+    );
+    assert!(matches!(
+        *source,
+        Error::Timeout {
+            phase: TimeoutPhase::Idle,
+            provider: "anthropic"
+        }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_but_steady_streams_live_until_the_total_limit() {
+    let server = MockServer::start().await;
+    let words: Vec<String> = (0..20).map(|i| format!("w{i} ")).collect();
+    server.push(Reply::text(words.clone()).delay(Duration::from_secs(1)));
+    let layer = StreamTimeoutLayer::new()
+        .idle(Duration::from_secs(2))
+        .total(Duration::from_secs(10));
+    let svc = tower::Layer::layer(&layer, openai_at(&server));
+    let started = Instant::now();
+    let (events, err) = drain(svc.oneshot(hello()).await.unwrap()).await;
+    assert!(is_timeout(&err, TimeoutPhase::Total), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert!(!texts(&events).is_empty() && texts(&events).len() < words.len());
+
+    // Under the limits, nothing is cut (frames without an event, like the
+    // finish chunk, make a gap of two delays).
+    server.push(Reply::text(["a", "b"]).delay(Duration::from_millis(900)));
+    let (_, err) = drain(
+        tower::Layer::layer(&layer, openai_at(&server))
+            .oneshot(hello())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(err.is_none(), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_before_output_is_cut_and_retried_by_an_outer_retry_layer() {
+    let server = MockServer::start().await;
+    for stream in [true, false] {
+        let before = server.request_count();
+        server.push_all([Reply::text(["late"]).stall_after(0), Reply::text(["fresh"])]);
+        let svc = ServiceBuilder::new()
+            .layer(TransportRetryLayer::new(RetryPolicy::default()))
+            .layer(
+                StreamTimeoutLayer::new()
+                    .first_event(Duration::from_secs(3))
+                    .idle(Duration::from_secs(3)),
+            )
+            .service(openai_at(&server));
+        let s = svc.oneshot(hello().stream(stream)).await.unwrap();
+        assert_eq!(s.meta().attempts, 2);
+        assert_eq!(
+            s.completion().await.unwrap().text,
+            "fresh",
+            "stream={stream}"
+        );
+        assert_eq!(server.request_count() - before, 2);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_total_limit_outside_a_retry_layer_bounds_its_waits() {
+    let server = MockServer::start().await;
+    server.push_all([
+        Reply::api_error(500, "api_error", "boom"),
+        Reply::text(["ok"]),
+    ]);
+    // The backoff (at least 375 ms) would outlast the 200 ms total: the
+    // retry layer inside returns the failure at once.
+    let svc = ServiceBuilder::new()
+        .layer(StreamTimeoutLayer::new().total(Duration::from_millis(200)))
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .service(openai_at(&server));
+    let started = Instant::now();
+    let err = svc.oneshot(hello()).await.unwrap_err();
+    assert!(matches!(err, Error::Server { .. }), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(server.request_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_never_comes_fails_the_call() {
+    #[derive(Clone)]
+    struct Never;
+    impl tower::Service<ChatRequest> for Never {
+        type Response = llm_tower::ChatStream;
+        type Error = Error;
+        type Future = std::future::Pending<Result<llm_tower::ChatStream, Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: ChatRequest) -> Self::Future {
+            std::future::pending()
+        }
+    }
+    for (layer, phase, after) in [
+        (
+            StreamTimeoutLayer::new().first_event(Duration::from_secs(5)),
+            TimeoutPhase::FirstEvent,
+            5,
+        ),
+        (
+            StreamTimeoutLayer::new()
+                .first_event(Duration::from_secs(5))
+                .total(Duration::from_secs(2)),
+            TimeoutPhase::Total,
+            2,
+        ),
+    ] {
+        let started = Instant::now();
+        let err = tower::Layer::layer(&layer, Never)
+            .oneshot(hello())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Timeout { phase: p, .. } if p == phase),
+            "{err:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(after));
+    }
+}
