@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --example chat -- [--provider openai|anthropic] [--base-url URL]
-//!     [--model M] [--no-stream] [--max-retries N] [--api-key-cmd CMD] [--json] PROMPT
+//!     [--model M] [--no-stream] [--max-retries N] [--first-event-timeout SECS]
+//!     [--idle-timeout SECS] [--api-key-cmd CMD] [--json] PROMPT
 //! ```
 //!
 //! Streams the answer's text to stdout as it arrives. The key comes from
@@ -16,17 +17,19 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use llm_tower::{
     Anthropic, ChatRequest, ChatStream, CompletionBuilder, Credential, Error, Message, OpenAi,
-    RefreshLayer, RetryPolicy, StreamEvent, TransportRetryLayer,
+    RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer, TransportRetryLayer,
 };
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 
 const USAGE: &str = "usage: chat [--provider openai|anthropic] [--base-url URL] [--model M] \
-[--no-stream] [--max-retries N] [--api-key-cmd CMD] [--json] PROMPT";
+[--no-stream] [--max-retries N] [--first-event-timeout SECS] [--idle-timeout SECS] \
+[--api-key-cmd CMD] [--json] PROMPT";
 
 #[derive(Debug)]
 struct Args {
@@ -35,6 +38,8 @@ struct Args {
     model: Option<String>,
     stream: bool,
     max_retries: u32,
+    first_event_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
     api_key_cmd: Option<String>,
     json: bool,
     prompt: String,
@@ -47,6 +52,8 @@ fn parse_args() -> Result<Args, String> {
         model: None,
         stream: true,
         max_retries: 2,
+        first_event_timeout: None,
+        idle_timeout: None,
         api_key_cmd: None,
         json: false,
         prompt: String::new(),
@@ -65,6 +72,10 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| "--max-retries takes a whole number".to_owned())?;
             }
+            "--first-event-timeout" => {
+                args.first_event_timeout = Some(seconds(value("--first-event-timeout")?)?)
+            }
+            "--idle-timeout" => args.idle_timeout = Some(seconds(value("--idle-timeout")?)?),
             "--api-key-cmd" => args.api_key_cmd = Some(value("--api-key-cmd")?),
             "--json" => args.json = true,
             "-h" | "--help" => return Err(USAGE.into()),
@@ -80,6 +91,15 @@ fn parse_args() -> Result<Args, String> {
         return Err(format!("no prompt\n{USAGE}"));
     }
     Ok(args)
+}
+
+/// Seconds, fractions allowed, as a duration.
+fn seconds(text: String) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive number of seconds"))
 }
 
 /// Runs the key command and returns its trimmed output.
@@ -130,8 +150,17 @@ fn build(args: &Args) -> Result<ChatService, String> {
         }
         BoxCloneService::new(b.build().map_err(config_error)?)
     };
+    // Timeouts inside the retry layer: a stream that stalls before output is
+    // cut and sent again.
+    let mut timeouts = StreamTimeoutLayer::new();
+    if let Some(t) = args.first_event_timeout {
+        timeouts = timeouts.first_event(t);
+    }
+    if let Some(t) = args.idle_timeout {
+        timeouts = timeouts.idle(t);
+    }
     let retry = TransportRetryLayer::new(RetryPolicy::default().max_retries(args.max_retries));
-    let service = BoxCloneService::new(retry.layer(service));
+    let service = BoxCloneService::new(retry.layer(timeouts.layer(service)));
     let Some(cmd) = args.api_key_cmd.clone() else {
         return Ok(service);
     };
