@@ -56,6 +56,7 @@
 pub mod chat;
 mod error;
 pub mod guard;
+pub mod limit;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod provider;
@@ -78,6 +79,7 @@ pub use error::{
     ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, parse_retry_after,
 };
 pub use guard::Deadline;
+pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
 pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};
 pub use refresh::{Credential, Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};

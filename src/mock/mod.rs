@@ -72,6 +72,8 @@ struct Shared {
     default_reply: Mutex<Reply>,
     requests: Mutex<Vec<RecordedRequest>>,
     live_connections: AtomicUsize,
+    open_responses: AtomicUsize,
+    peak_open_responses: AtomicUsize,
 }
 
 /// A request the mock server received.
@@ -129,6 +131,8 @@ impl MockServer {
             default_reply: Mutex::new(Reply::text(["Hello", " from", " the", " mock", " server."])),
             requests: Mutex::new(Vec::new()),
             live_connections: AtomicUsize::new(0),
+            open_responses: AtomicUsize::new(0),
+            peak_open_responses: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         MockServer { addr, shared, task }
@@ -205,6 +209,16 @@ impl MockServer {
     /// Scripted replies not used yet.
     pub fn pending_replies(&self) -> usize {
         lock(&self.shared.replies).len()
+    }
+
+    /// Responses being sent right now (head sent, body not finished).
+    pub fn open_responses(&self) -> usize {
+        self.shared.open_responses.load(Ordering::SeqCst)
+    }
+
+    /// The most responses that were ever being sent at once.
+    pub fn peak_open_responses(&self) -> usize {
+        self.shared.peak_open_responses.load(Ordering::SeqCst)
     }
 
     /// Connections open right now.
@@ -351,6 +365,7 @@ async fn handle(
         delay: reply.delay,
         sleep: None,
         reset,
+        _open: Some(OpenResponse::new(&shared)),
     });
     *response.status_mut() = rendered.status;
     let content_type = rendered
@@ -387,6 +402,7 @@ fn simple(status: StatusCode, content_type: &'static str, body: String) -> Respo
         delay: std::time::Duration::ZERO,
         sleep: None,
         reset: Arc::new(AtomicBool::new(false)),
+        _open: None,
     });
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -405,6 +421,24 @@ struct MockBody {
     delay: std::time::Duration,
     sleep: Option<Pin<Box<Sleep>>>,
     reset: Arc<AtomicBool>,
+    _open: Option<OpenResponse>,
+}
+
+/// Counts a response as open while its body lives.
+struct OpenResponse(Arc<Shared>);
+
+impl OpenResponse {
+    fn new(shared: &Arc<Shared>) -> Self {
+        let open = shared.open_responses.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.peak_open_responses.fetch_max(open, Ordering::SeqCst);
+        OpenResponse(shared.clone())
+    }
+}
+
+impl Drop for OpenResponse {
+    fn drop(&mut self) {
+        self.0.open_responses.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Ends the connection abortively.
