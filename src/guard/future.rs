@@ -3,12 +3,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{Attempts, GuardPolicy};
-use crate::{ChatRequest, ChatStream, Error, StreamEvent};
+use super::{Attempts, GuardPolicy, Priming};
+use crate::{ChatRequest, ChatStream, Error};
 
 pin_project! {
     /// The response future of a [`Guard`](super::Guard): resolves when an
@@ -27,8 +26,6 @@ pin_project! {
         call: P::State,
         attempts: Attempts,
         guard_attempts: u32,
-        // Metadata of the current attempt, held back until its first output.
-        held: Vec<StreamEvent>,
         // The failure being waited out, returned if the policy gives up.
         failure: Option<Error>,
     }
@@ -38,7 +35,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, W> {
         Calling { #[pin] future: F },
-        Priming { stream: Option<ChatStream> },
+        Priming { priming: Priming },
         Waiting { #[pin] wait: W },
         Readying,
         Done,
@@ -66,7 +63,6 @@ where
             call,
             attempts,
             guard_attempts: 1,
-            held: Vec::new(),
             failure: None,
         }
     }
@@ -97,44 +93,15 @@ where
             let failure = match this.state.as_mut().project() {
                 StateProj::Calling { future } => match ready!(future.poll(cx)) {
                     Ok(stream) => {
-                        this.held.clear();
                         this.state.set(State::Priming {
-                            stream: Some(stream),
+                            priming: Priming::new(stream),
                         });
                         continue;
                     }
                     Err(e) => e,
                 },
-                StateProj::Priming { stream } => {
-                    let Some(s) = stream.as_mut() else {
-                        this.state.set(State::Done);
-                        continue;
-                    };
-                    let failed = match ready!(Pin::new(s).poll_next(cx)) {
-                        Some(Ok(event)) => {
-                            let output = event.is_output();
-                            this.held.push(event);
-                            if !output {
-                                continue;
-                            }
-                            None
-                        }
-                        Some(Err(e)) => Some(e),
-                        // Ended cleanly without output (an empty answer).
-                        None => None,
-                    };
-                    if let Some(e) = failed {
-                        // Nothing was delivered: drop the attempt (and its
-                        // connection) before any wait; it can be redone.
-                        *stream = None;
-                        this.held.clear();
-                        e
-                    } else {
-                        // First output, or a clean end: commit to this attempt.
-                        let Some(mut committed) = stream.take() else {
-                            continue;
-                        };
-                        committed.prepend(this.held.drain(..));
+                StateProj::Priming { priming } => match ready!(priming.poll(cx)) {
+                    Ok(mut committed) => {
                         let meta = committed.meta_mut();
                         meta.attempts = meta
                             .attempts
@@ -143,7 +110,9 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(committed));
                     }
-                }
+                    // Nothing was delivered: the attempt can be redone.
+                    Err(e) => e,
+                },
                 StateProj::Waiting { wait } => {
                     if ready!(wait.poll(cx)) {
                         this.state.set(State::Readying);

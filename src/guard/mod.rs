@@ -33,8 +33,10 @@ use std::task::{Context, Poll};
 use crate::{ChatRequest, ChatStream, Error};
 
 mod future;
+mod prime;
 
 pub use future::ResponseFuture;
+pub(crate) use prime::Priming;
 
 /// What a guard does about a failure that happened before any output.
 pub trait GuardPolicy: Clone + Send + Sync + 'static {

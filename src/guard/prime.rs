@@ -1,0 +1,57 @@
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use futures_core::Stream;
+
+use crate::{ChatStream, Error, StreamEvent};
+
+/// Reads an answer until its first output event, holding the metadata before
+/// it, to find out whether the attempt failed before any output.
+#[derive(Debug)]
+pub(crate) struct Priming {
+    stream: Option<ChatStream>,
+    held: Vec<StreamEvent>,
+}
+
+impl Priming {
+    pub(crate) fn new(stream: ChatStream) -> Self {
+        Priming {
+            stream: Some(stream),
+            held: Vec::new(),
+        }
+    }
+
+    /// `Ok` with the stream, held events put back in front, once an output
+    /// event arrived or the answer ended cleanly; `Err` with the failure that
+    /// ended it before any output (the attempt is dropped, connection and all).
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<ChatStream, Error>> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Poll::Ready(Err(Error::config("priming polled after completion")));
+            };
+            let failed = match ready!(Pin::new(stream).poll_next(cx)) {
+                Some(Ok(event)) => {
+                    let output = event.is_output();
+                    self.held.push(event);
+                    if !output {
+                        continue;
+                    }
+                    None
+                }
+                Some(Err(e)) => Some(e),
+                // Ended cleanly without output (an empty answer).
+                None => None,
+            };
+            let Some(mut stream) = self.stream.take() else {
+                continue;
+            };
+            return Poll::Ready(match failed {
+                Some(e) => Err(e),
+                None => {
+                    stream.prepend(self.held.drain(..));
+                    Ok(stream)
+                }
+            });
+        }
+    }
+}
