@@ -55,6 +55,7 @@
 
 pub mod chat;
 mod error;
+pub mod fallback;
 pub mod guard;
 pub mod limit;
 #[cfg(feature = "mock")]
@@ -78,6 +79,7 @@ pub use chat::{
 pub use error::{
     ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, parse_retry_after,
 };
+pub use fallback::{Fallback, FallbackLayer};
 pub use guard::Deadline;
 pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
 pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};

@@ -1,0 +1,207 @@
+//! Send a call to a second service when the first fails before output.
+//!
+//! [`Fallback`] calls its primary service; when that attempt fails before
+//! any output with an error the predicate selects, it sends the same request
+//! to the secondary — another provider, or API-key auth after OAuth fails —
+//! and the caller sees one stream. After output it never falls back: the
+//! error is passed on.
+//!
+//! ```
+//! use llm_tower::mock::{MockServer, Reply};
+//! use llm_tower::{Anthropic, ChatRequest, Error, FallbackLayer, Message, OpenAi};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Error> {
+//! let server = MockServer::start().await;
+//! server.push(Reply::api_error(529, "overloaded_error", "Overloaded"));
+//! server.push(Reply::text(["Hello from the other one"]));
+//!
+//! let anthropic = Anthropic::builder().base_url(server.anthropic_url()).model("claude").build()?;
+//! let openai = OpenAi::builder().base_url(server.openai_url()).model("gpt").build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(FallbackLayer::new(openai).when(|e| matches!(e, Error::Overloaded { .. })))
+//!     .service(anthropic);
+//!
+//! let answer = service.oneshot(ChatRequest::new("").message(Message::user("hi"))).await?;
+//! assert_eq!(answer.meta().provider, "openai");
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use pin_project_lite::pin_project;
+use tower::ServiceExt;
+use tower::util::Oneshot;
+
+use crate::guard::Priming;
+use crate::{ChatRequest, ChatStream, Error};
+
+type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
+
+/// Applies [`Fallback`] with `secondary` as the second service.
+#[derive(Clone)]
+pub struct FallbackLayer<B> {
+    secondary: B,
+    when: Predicate,
+}
+
+impl<B> FallbackLayer<B> {
+    /// Falls back to `secondary` on failures that [`Error::is_retryable`]
+    /// calls transient (put it outside the primary's retry layer, so the
+    /// primary's own retries come first).
+    pub fn new(secondary: B) -> Self {
+        FallbackLayer {
+            secondary,
+            when: Arc::new(Error::is_retryable),
+        }
+    }
+
+    /// Falls back on the failures `predicate` selects instead.
+    pub fn when(mut self, predicate: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
+        self.when = Arc::new(predicate);
+        self
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for FallbackLayer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackLayer")
+            .field("secondary", &self.secondary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, B: Clone> tower::Layer<A> for FallbackLayer<B> {
+    type Service = Fallback<A, B>;
+
+    fn layer(&self, primary: A) -> Fallback<A, B> {
+        Fallback {
+            primary,
+            secondary: self.secondary.clone(),
+            when: self.when.clone(),
+        }
+    }
+}
+
+/// A primary service with a secondary for failures before output. See the
+/// [module docs](self).
+#[derive(Clone)]
+pub struct Fallback<A, B> {
+    primary: A,
+    secondary: B,
+    when: Predicate,
+}
+
+impl<A: fmt::Debug, B: fmt::Debug> fmt::Debug for Fallback<A, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fallback")
+            .field("primary", &self.primary)
+            .field("secondary", &self.secondary)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, B> tower::Service<ChatRequest> for Fallback<A, B>
+where
+    A: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
+    B: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = ResponseFuture<A::Future, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        // The secondary is driven ready only when it is needed.
+        self.primary.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        let spare = request.clone();
+        ResponseFuture {
+            state: State::Primary {
+                future: self.primary.call(request),
+            },
+            fallback: Some((self.secondary.clone(), spare)),
+            when: self.when.clone(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Fallback`].
+    pub struct ResponseFuture<F, B>
+    where
+        B: tower::Service<ChatRequest>,
+    {
+        #[pin]
+        state: State<F, B>,
+        fallback: Option<(B, ChatRequest)>,
+        when: Predicate,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B>
+    where
+        B: tower::Service<ChatRequest>,
+    {
+        Primary { #[pin] future: F },
+        Priming { priming: Priming },
+        Secondary { #[pin] future: Oneshot<B, ChatRequest> },
+    }
+}
+
+impl<F, B> fmt::Debug for ResponseFuture<F, B>
+where
+    B: tower::Service<ChatRequest>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<ChatStream, Error>>,
+    B: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
+{
+    type Output = Result<ChatStream, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let failure = match this.state.as_mut().project() {
+                StateProj::Primary { future } => match ready!(future.poll(cx)) {
+                    Ok(stream) => {
+                        this.state.set(State::Priming {
+                            priming: Priming::new(stream),
+                        });
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                StateProj::Priming { priming } => match ready!(priming.poll(cx)) {
+                    Ok(stream) => return Poll::Ready(Ok(stream)),
+                    Err(e) => e,
+                },
+                StateProj::Secondary { future } => return future.poll(cx),
+            };
+            // The primary failed before any output.
+            let Some((secondary, request)) = this.fallback.take().filter(|_| (this.when)(&failure))
+            else {
+                return Poll::Ready(Err(failure));
+            };
+            tracing::info!(reason = failure.kind(), error = %failure, "falling back to the secondary service");
+            this.state.set(State::Secondary {
+                future: secondary.oneshot(request),
+            });
+        }
+    }
+}
