@@ -65,6 +65,7 @@ pub mod refresh;
 pub mod retry;
 pub mod sse;
 pub mod timeout;
+pub mod trace;
 pub mod transport;
 
 /// The README's examples, compiled as doc tests.
@@ -86,3 +87,4 @@ pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};
 pub use refresh::{Credential, Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};
 pub use timeout::{StreamTimeout, StreamTimeoutLayer};
+pub use trace::{GenAiTrace, GenAiTraceLayer};
