@@ -1,0 +1,206 @@
+//! Our layers and tower's in one ServiceBuilder, each doing what it says.
+
+mod support;
+
+use std::time::Duration;
+
+use llm_tower::mock::{MockServer, Reply};
+use llm_tower::{
+    ChatRequest, ChatStream, Credential, Error, FallbackLayer, GenAiTraceLayer, Message,
+    RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer, TimeoutPhase,
+    TransportRetryLayer,
+};
+use support::{Captured, anthropic_at, openai_at};
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+
+fn hello() -> ChatRequest {
+    ChatRequest::new("").message(Message::user("hello"))
+}
+
+/// The README's production stack, pointed at the mock server.
+fn production(server: &MockServer) -> BoxCloneService<ChatRequest, ChatStream, Error> {
+    let stack = ServiceBuilder::new()
+        .layer(GenAiTraceLayer::new())
+        .map_request(|mut req: ChatRequest| {
+            req.max_tokens.get_or_insert(1024);
+            req
+        })
+        .layer(StreamTimeoutLayer::new().total(Duration::from_secs(120)))
+        .layer(
+            FallbackLayer::new(anthropic_at(server))
+                .when(|e| matches!(e, Error::Overloaded { .. })),
+        )
+        .layer(
+            RefreshLayer::new(|| async { Ok::<_, std::io::Error>(Credential::bearer("k2")) })
+                .initial(Credential::bearer("k1")),
+        )
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .layer(
+            StreamTimeoutLayer::new()
+                .first_event(Duration::from_secs(30))
+                .idle(Duration::from_secs(20)),
+        )
+        .layer(StreamConcurrencyLimitLayer::new(32))
+        .service(openai_at(server));
+    BoxCloneService::new(stack)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_production_stack_survives_a_bad_day() {
+    let (captured, _capturing) = Captured::start();
+    let server = MockServer::start().await;
+    server.push_all([
+        Reply::reset(),                                      // transport retry
+        Reply::api_error(401, "invalid_api_key", "expired"), // refresh, retry once
+        // After the refresh, a new call through the retry layer: 3 attempts.
+        Reply::text(["stalls"]).stall_after(0), // idle timeout, transport retry
+        Reply::api_error(529, "overloaded_error", "busy"), // transport retry
+        Reply::api_error(529, "overloaded_error", "busy"), // retries spent: fallback
+        Reply::text(["Hello", " from", " the", " backup"]),
+    ]);
+    let svc = production(&server);
+    let started = Instant::now();
+    let stream = svc.clone().oneshot(hello()).await.unwrap();
+    assert_eq!(stream.meta().provider, "anthropic");
+    assert_eq!(
+        stream.completion().await.unwrap().text,
+        "Hello from the backup"
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+
+    let requests = server.requests();
+    let paths: Vec<&str> = requests.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/v1/chat/completions"; 5]
+            .iter()
+            .copied()
+            .chain(["/v1/messages"])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        requests[0].json()["max_tokens"],
+        1024,
+        "per-model defaults via map_request"
+    );
+    let keys: Vec<_> = requests[..5]
+        .iter()
+        .map(|r| r.header("authorization").unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "Bearer k1",
+            "Bearer k1",
+            "Bearer k2",
+            "Bearer k2",
+            "Bearer k2"
+        ]
+    );
+    let closed: Vec<_> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.starts_with("CLOSED chat"))
+        .collect();
+    assert_eq!(closed.len(), 1, "one span for the whole call");
+    assert!(closed[0].contains("gen_ai.system=\"anthropic\""));
+    for event in ["retrying llm call", "credential refreshed", "falling back"] {
+        let e = captured
+            .events()
+            .into_iter()
+            .find(|e| e.contains(event))
+            .unwrap_or_else(|| panic!("{event}"));
+        assert!(e.contains("[in chat]"), "{e}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn towers_timeout_above_our_retry_bounds_the_time_to_first_output() {
+    let server = MockServer::start().await;
+    server.push_all([
+        Reply::api_error(500, "api_error", "boom"),
+        Reply::text(["late"]).stall_after(0),
+    ]);
+    let svc = ServiceBuilder::new()
+        .map_err(Error::from)
+        .timeout(Duration::from_secs(5))
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .service(openai_at(&server));
+    let started = Instant::now();
+    let err = svc.oneshot(hello()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    assert_eq!(
+        server.request_count(),
+        2,
+        "the retry happened inside the bound"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn towers_rate_limit_inside_our_retry_counts_every_attempt() {
+    let server = MockServer::start().await;
+    server.push_all([
+        Reply::api_error(503, "overloaded_error", "busy"),
+        Reply::text(["a"]),
+        Reply::text(["b"]),
+    ]);
+    // tower's RateLimit is not Clone: a buffer makes it shareable.
+    let svc = ServiceBuilder::new()
+        .layer(TransportRetryLayer::new(RetryPolicy::default().jitter(0.0)))
+        .map_err(Error::from)
+        .buffer(16)
+        .rate_limit(2, Duration::from_secs(10))
+        .service(openai_at(&server));
+    let (a, b) = tokio::join!(svc.clone().oneshot(hello()), svc.clone().oneshot(hello()));
+    assert!(a.is_ok() && b.is_ok());
+    let r = server.requests();
+    assert_eq!(r.len(), 3);
+    // Two attempts spent the window; the retry waited for the next one.
+    assert_eq!(r[2].received_at - r[0].received_at, Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_keep_their_class_through_towers_boxed_layers() {
+    let server = MockServer::start().await;
+    server.push(Reply::api_error(429, "rate_limit_exceeded", "slow").header("retry-after", "90"));
+    let svc = ServiceBuilder::new()
+        .map_err(Error::from)
+        .buffer(4)
+        .map_err(Error::from)
+        .concurrency_limit(2)
+        .service(openai_at(&server));
+    let err = svc.oneshot(hello()).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boxed_stack_is_shared_across_tasks() {
+    let server = MockServer::start().await;
+    let svc = production(&server);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.oneshot(hello()).await?.completion().await })
+        })
+        .collect();
+    server.accept_keys(["k1"]);
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap().unwrap().text,
+            "Hello from the mock server."
+        );
+    }
+}
