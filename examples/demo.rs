@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, Credential, Error, Message, OpenAi, RefreshLayer,
-    RetryPolicy, StreamEvent, Tool, TransportRetryLayer,
+    Anthropic, ChatRequest, ChatStream, Credential, Error, FallbackLayer, Message, OpenAi,
+    RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer, Tool, TransportRetryLayer,
 };
 use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
@@ -240,6 +240,52 @@ async fn main() -> Result<(), Error> {
         .collect();
     println!("   keys the server saw, in order: {keys:?}");
     server.accept_any_key();
+
+    scene("Idle timeout: a stream that stalls before output is cut and retried");
+    let guarded = ServiceBuilder::new()
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .layer(StreamTimeoutLayer::new().idle(Duration::from_millis(300)))
+        .service(openai.clone());
+    server.push(Reply::text(["never", " sent"]).stall_after(0));
+    server.push(Reply::text(["High", " tide", " at", " 06:12."]));
+    let started = std::time::Instant::now();
+    let stream = guarded.clone().oneshot(question()).await?;
+    let attempts = stream.meta().attempts;
+    let c = stream.completion().await?;
+    println!(
+        "   ok after {:.1} s and {attempts} attempts: {:?}",
+        started.elapsed().as_secs_f64(),
+        c.text
+    );
+
+    scene("Fallback: Anthropic overloaded, the call goes to OpenAI");
+    let with_backup = ServiceBuilder::new()
+        // Per-model defaults are a map_request away.
+        .map_request(|mut req: ChatRequest| {
+            req.max_tokens.get_or_insert(512);
+            req
+        })
+        .layer(FallbackLayer::new(openai.clone()).when(|e| matches!(e, Error::Overloaded { .. })))
+        .service(anthropic.clone());
+    server.push(Reply::api_error(529, "overloaded_error", "Overloaded"));
+    server.push(Reply::text([
+        "High",
+        " tide",
+        " at",
+        " 06:12",
+        " (from",
+        " the",
+        " backup).",
+    ]));
+    let stream = with_backup.oneshot(question()).await?;
+    let provider = stream.meta().provider;
+    let c = stream.completion().await?;
+    println!("   answered by {provider}: {:?}", c.text);
+    let sent = server.requests();
+    println!(
+        "   max_tokens sent: {} (the default filled in)",
+        sent[sent.len() - 1].json()["max_tokens"]
+    );
 
     scene("A 10 MB line: refused at the size limit, never buffered whole");
     server

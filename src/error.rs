@@ -319,7 +319,12 @@ impl fmt::Debug for ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
-            Some(s) => write!(f, "{} answered {}", self.provider, s)?,
+            Some(s) => {
+                write!(f, "{} answered {}", self.provider, s.as_u16())?;
+                if let Some(reason) = s.canonical_reason() {
+                    write!(f, " {reason}")?;
+                }
+            }
             None => write!(f, "{} sent an error event", self.provider)?,
         }
         match (&self.error_type, &self.code) {
