@@ -44,6 +44,12 @@
 //! - [`guard`]: the stream guard — retry while, and only while, the caller
 //!   has seen no output — and [`retry`], the [`TransportRetryLayer`] built on
 //!   it; [`refresh`], the [`RefreshLayer`] that renews credentials on 401.
+//! - [`timeout`]: first-event, idle and total deadlines over the stream;
+//!   [`limit`]: a concurrency limit held for the life of the stream;
+//!   [`fallback`]: a second service for failures before output; [`trace`]:
+//!   one span per call with OpenTelemetry GenAI attributes.
+//!
+//! The README's "Stacking layers" section gives the recommended order.
 //! - [`sse`]: the incremental server-sent-events decoder.
 //! - [`Error`]: one error type whose variants are classes a policy can act on.
 //! - `mock` (feature `mock`): a scriptable server on loopback speaking both
