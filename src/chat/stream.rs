@@ -93,11 +93,16 @@ impl ChatStream {
         &mut self.meta
     }
 
-    /// Moves the metadata out, for a layer that wraps this stream in a new
-    /// `ChatStream` (this one keeps a placeholder).
-    pub(crate) fn take_meta(&mut self) -> ResponseMeta {
+    /// A stream of the same answer whose events go through `wrap` (a layer's
+    /// stream that watches or cuts them). The metadata moves to the outer
+    /// stream rather than being cloned.
+    pub(crate) fn wrap<S>(mut self, wrap: impl FnOnce(ChatStream) -> S) -> ChatStream
+    where
+        S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
+    {
         let placeholder = ResponseMeta::new(self.meta.provider, String::new());
-        std::mem::replace(&mut self.meta, placeholder)
+        let meta = std::mem::replace(&mut self.meta, placeholder);
+        ChatStream::new(meta, wrap(self))
     }
 
     /// Puts `events` in front of what is left to deliver, in order.

@@ -202,15 +202,9 @@ where
                 "StreamConcurrencyLimit called without poll_ready",
             )));
         };
-        let mut stream = ready!(inner.poll(cx))?;
-        let meta = stream.take_meta();
-        Poll::Ready(Ok(ChatStream::new(
-            meta,
-            PermitStream {
-                inner: stream,
-                permit: this.permit.take(),
-            },
-        )))
+        let stream = ready!(inner.poll(cx))?;
+        let permit = this.permit.take();
+        Poll::Ready(Ok(stream.wrap(|inner| PermitStream { inner, permit })))
     }
 }
 

@@ -207,22 +207,18 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.future.poll(cx) {
-            let mut stream = result?;
-            let meta = stream.take_meta();
-            let provider = meta.provider;
-            return Poll::Ready(Ok(ChatStream::new(
-                meta,
-                TimeoutStream {
-                    inner: stream,
-                    next: next_deadline(*this.first, *this.total, None),
-                    sleep: Box::pin(tokio::time::sleep_until(far_future())),
-                    armed: false,
-                    total: *this.total,
-                    idle: *this.idle,
-                    provider,
-                    done: false,
-                },
-            )));
+            let stream = result?;
+            let provider = stream.meta().provider;
+            return Poll::Ready(Ok(stream.wrap(|inner| TimeoutStream {
+                inner,
+                next: next_deadline(*this.first, *this.total, None),
+                sleep: Box::pin(tokio::time::sleep_until(far_future())),
+                armed: false,
+                total: *this.total,
+                idle: *this.idle,
+                provider,
+                done: false,
+            })));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             ready!(sleep.poll(cx));

@@ -188,21 +188,18 @@ where
             return Poll::Ready(result);
         };
         match result {
-            Ok(mut stream) => {
-                let meta = stream.take_meta();
+            Ok(stream) => {
+                let meta = stream.meta();
                 span.record("gen_ai.system", meta.provider);
                 span.record("gen_ai.request.model", meta.model.as_str());
                 span.record("llm.attempts", meta.attempts);
-                Poll::Ready(Ok(ChatStream::new(
-                    meta,
-                    TracedStream {
-                        inner: stream,
-                        span: Some(span),
-                        started: *this.started,
-                        first_output: false,
-                        completion: this.record_content.then(String::new),
-                    },
-                )))
+                Poll::Ready(Ok(stream.wrap(|inner| TracedStream {
+                    inner,
+                    span: Some(span),
+                    started: *this.started,
+                    first_output: false,
+                    completion: this.record_content.then(String::new),
+                })))
             }
             Err(e) => {
                 span.record("error.type", e.kind());
