@@ -188,3 +188,25 @@ async fn a_head_that_never_comes_fails_the_call() {
         assert_eq!(started.elapsed(), Duration::from_secs(after));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_stream_releases_its_connection_at_once() {
+    use futures_util::StreamExt;
+    let server = MockServer::start().await;
+    server.push(Reply::text(["a", "b"]).stall_after(1));
+    let layer = StreamTimeoutLayer::new().idle(Duration::from_secs(1));
+    let mut stream = tower::Layer::layer(&layer, openai_at(&server))
+        .oneshot(hello())
+        .await
+        .unwrap();
+    while let Some(Ok(_)) = stream.next().await {}
+    // The caller still holds the stream; the stalled response is gone anyway.
+    for _ in 0..100 {
+        if server.open_responses() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.open_responses(), 0);
+    assert!(stream.next().await.is_none());
+}

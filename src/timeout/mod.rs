@@ -210,7 +210,7 @@ where
             let stream = result?;
             let provider = stream.meta().provider;
             return Poll::Ready(Ok(stream.wrap(|inner| TimeoutStream {
-                inner,
+                inner: Some(inner),
                 next: next_deadline(*this.first, *this.total, None),
                 sleep: Box::pin(tokio::time::sleep_until(far_future())),
                 armed: false,
@@ -255,7 +255,8 @@ fn far_future() -> Instant {
 
 /// The events of an answer, cut at the first deadline that passes.
 struct TimeoutStream {
-    inner: ChatStream,
+    /// Dropped, connection and all, when a deadline passes.
+    inner: Option<ChatStream>,
     next: Option<(Instant, TimeoutPhase)>,
     // One timer per stream, moved with `reset` rather than re-created.
     sleep: Pin<Box<Sleep>>,
@@ -271,10 +272,10 @@ impl Stream for TimeoutStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.done {
+        let Some(inner) = this.inner.as_mut().filter(|_| !this.done) else {
             return Poll::Ready(None);
-        }
-        match Pin::new(&mut this.inner).poll_next(cx) {
+        };
+        match Pin::new(inner).poll_next(cx) {
             Poll::Ready(Some(item)) => {
                 let idle = this.idle.map(|d| Instant::now() + d);
                 this.next = next_deadline(None, this.total, idle);
@@ -296,6 +297,7 @@ impl Stream for TimeoutStream {
         }
         ready!(this.sleep.as_mut().poll(cx));
         this.done = true;
+        this.inner = None;
         Poll::Ready(Some(Err(Error::Timeout {
             provider: this.provider,
             phase,
