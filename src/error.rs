@@ -485,9 +485,7 @@ impl Error {
         let mut api = parse_error_body(provider, body);
         api.status = Some(status);
         if api.request_id.is_none() {
-            api.request_id = header_str(headers, "x-request-id")
-                .or_else(|| header_str(headers, "request-id"))
-                .map(str::to_owned);
+            api.request_id = request_id_header(headers).map(str::to_owned);
         }
         api.retry_after = parse_retry_after(headers, SystemTime::now());
         api.should_retry = match header_str(headers, "x-should-retry") {
@@ -709,6 +707,12 @@ pub(crate) fn snippet(bytes: &[u8]) -> String {
         end -= 1;
     }
     text[..end].to_owned()
+}
+
+/// The provider's request id from response headers: OpenAI's
+/// `x-request-id`, else Anthropic's `request-id`.
+pub(crate) fn request_id_header(headers: &HeaderMap) -> Option<&str> {
+    header_str(headers, "x-request-id").or_else(|| header_str(headers, "request-id"))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -45,7 +45,9 @@ use pin_project_lite::pin_project;
 use serde_json::{Map, Value};
 
 use crate::chat::{ChatRequest, ChatStream, ResponseMeta, StreamEvent};
-use crate::error::{BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, snippet};
+use crate::error::{
+    BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, request_id_header, snippet,
+};
 use crate::sse::{Event, SseDecoder, SseError};
 use crate::transport::{RequestBody, ReqwestTransport};
 
@@ -427,10 +429,7 @@ where
             sse: SseDecoder::with_max_event_size(ctx.max_event_size),
         }
     };
-    let request_id = ["x-request-id", "request-id"]
-        .iter()
-        .find_map(|h| parts.headers.get(*h)?.to_str().ok())
-        .map(str::to_owned);
+    let request_id = request_id_header(&parts.headers).map(str::to_owned);
     let meta = ResponseMeta {
         provider: ctx.provider,
         model: ctx.model,
