@@ -368,13 +368,10 @@ async fn handle(
         _open: Some(OpenResponse::new(&shared)),
     });
     *response.status_mut() = rendered.status;
-    let content_type = rendered
-        .content_type_owned
-        .as_deref()
-        .unwrap_or(rendered.content_type);
+    let content_type = rendered.content_type;
     let headers = response.headers_mut();
     if !content_type.is_empty()
-        && let Ok(v) = HeaderValue::from_str(content_type)
+        && let Ok(v) = HeaderValue::from_str(&content_type)
     {
         headers.insert(http::header::CONTENT_TYPE, v);
     }

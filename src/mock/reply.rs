@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -255,8 +256,7 @@ pub(crate) enum Step {
 #[derive(Debug)]
 pub(crate) struct Rendered {
     pub(crate) status: StatusCode,
-    pub(crate) content_type: &'static str,
-    pub(crate) content_type_owned: Option<String>,
+    pub(crate) content_type: Cow<'static, str>,
     pub(crate) steps: Vec<Step>,
 }
 
@@ -304,27 +304,20 @@ impl Reply {
                     None,
                 ),
                 Kind::Body { content_type, body } => {
-                    let steps = self.pieces(body.clone());
                     return Some(Rendered {
                         status: self.status,
-                        content_type: "",
-                        content_type_owned: Some(content_type.clone()),
-                        steps: self.fault_whole(steps, body.len()),
+                        content_type: Cow::Owned(content_type.clone()),
+                        steps: self.whole_body(body.clone()),
                     });
                 }
             };
         let steps = match whole {
-            Some(body) => {
-                let len = body.len();
-                let steps = self.pieces(Bytes::from(body));
-                self.fault_whole(steps, len)
-            }
+            Some(body) => self.whole_body(Bytes::from(body)),
             None => self.stream_steps(asked.dialect, frames),
         };
         Some(Rendered {
             status: self.status,
-            content_type,
-            content_type_owned: None,
+            content_type: Cow::Borrowed(content_type),
             steps,
         })
     }
@@ -339,18 +332,12 @@ impl Reply {
         }
     }
 
-    /// A fault in a non-streaming body cuts it in the middle.
-    fn fault_whole(&self, steps: Vec<Step>, len: usize) -> Vec<Step> {
+    /// A body sent whole; a fault cuts it in the middle.
+    fn whole_body(&self, body: Bytes) -> Vec<Step> {
         let Some((_, fault)) = &self.fault else {
-            return steps;
+            return self.pieces(body);
         };
-        let mut bytes = Vec::with_capacity(len);
-        for s in &steps {
-            if let Step::Data(d) = s {
-                bytes.extend_from_slice(d);
-            }
-        }
-        let mut out = self.pieces(Bytes::from(bytes).slice(..len / 2));
+        let mut out = self.pieces(body.slice(..body.len() / 2));
         match fault {
             Fault::Reset => out.push(Step::Reset),
             Fault::Stall => out.push(Step::Stall),
