@@ -217,7 +217,6 @@ where
                 total: *this.total,
                 idle: *this.idle,
                 provider,
-                done: false,
             })));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
@@ -255,7 +254,7 @@ fn far_future() -> Instant {
 
 /// The events of an answer, cut at the first deadline that passes.
 struct TimeoutStream {
-    /// Dropped, connection and all, when a deadline passes.
+    /// `None` once over: dropped, connection and all, when a deadline passes.
     inner: Option<ChatStream>,
     next: Option<(Instant, TimeoutPhase)>,
     // One timer per stream, moved with `reset` rather than re-created.
@@ -264,7 +263,6 @@ struct TimeoutStream {
     total: Option<Instant>,
     idle: Option<Duration>,
     provider: &'static str,
-    done: bool,
 }
 
 impl Stream for TimeoutStream {
@@ -272,7 +270,7 @@ impl Stream for TimeoutStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(inner) = this.inner.as_mut().filter(|_| !this.done) else {
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_next(cx) {
@@ -283,7 +281,7 @@ impl Stream for TimeoutStream {
                 return Poll::Ready(Some(item));
             }
             Poll::Ready(None) => {
-                this.done = true;
+                this.inner = None;
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
@@ -296,7 +294,6 @@ impl Stream for TimeoutStream {
             this.armed = true;
         }
         ready!(this.sleep.as_mut().poll(cx));
-        this.done = true;
         this.inner = None;
         Poll::Ready(Some(Err(Error::Timeout {
             provider: this.provider,
