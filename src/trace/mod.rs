@@ -263,28 +263,31 @@ impl Stream for TracedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(span) = this.span.clone() else {
+        // Out of the struct while it is used, so `observe` may borrow `this`;
+        // put back unless the call is over (dropping it closes the span).
+        let Some(span) = this.span.take() else {
             return Pin::new(&mut this.inner).poll_next(cx);
         };
         let item = {
             let _entered = span.enter();
-            ready!(Pin::new(&mut this.inner).poll_next(cx))
+            Pin::new(&mut this.inner).poll_next(cx)
         };
         match &item {
-            Some(Ok(event)) => this.observe(&span, event),
-            Some(Err(e)) => {
-                span.record("error.type", e.kind());
-                this.span = None;
+            Poll::Pending => this.span = Some(span),
+            Poll::Ready(Some(Ok(event))) => {
+                this.observe(&span, event);
+                this.span = Some(span);
             }
-            None => {
+            Poll::Ready(Some(Err(e))) => {
+                span.record("error.type", e.kind());
+            }
+            Poll::Ready(None) => {
                 if let Some(text) = this.completion.take() {
                     span.record("gen_ai.completion", text);
                 }
-                // Closing the span: the call is over.
-                this.span = None;
             }
         }
-        Poll::Ready(item)
+        item
     }
 }
 
