@@ -1,21 +1,33 @@
 //! SSE decoding: framing alone, and framing + parsing into `StreamEvent`s
 //! through a provider, on realistic 10,000-event transcripts fed in 1 KiB
-//! chunks and in random 1–4096-byte chunks.
+//! chunks and in random 1–4096-byte chunks — each beside its baseline in the
+//! same group:
+//!
+//! - `framing`: ours, `sse-stream` 0.3 (the fastest framing crate we know of)
+//!   and `eventsource-stream` 0.2 (what `reqwest-eventsource` uses);
+//! - `decode`: ours through the provider into typed `StreamEvent`s, and
+//!   `eventsource-stream` + `serde_json::Value` taking the text out of each
+//!   event (what a `reqwest-eventsource` user writes).
+//!
+//! Throughput is in events; the transcripts' sizes are printed first, so
+//! bytes/s = events/s × bytes/event.
 //!
 //! `cargo bench --bench sse`
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use futures_util::StreamExt;
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
 use http_body::Frame;
 use http_body_util::StreamBody;
 use llm_tower::sse::SseDecoder;
 use llm_tower::transport::RequestBody;
 use llm_tower::{Anthropic, ChatRequest, OpenAi};
+use sse_stream::SseByteStream;
 use tower::ServiceExt;
 
 const EVENTS: usize = 10_000;
@@ -128,17 +140,40 @@ impl tower::Service<http::Request<RequestBody>> for Canned {
     }
 }
 
-fn framing(c: &mut Criterion) {
-    let mut group = c.benchmark_group("framing");
-    group.throughput(Throughput::Elements(EVENTS as u64));
+/// Both transcripts, each cut in 1 KiB chunks and in random ones.
+fn inputs() -> Vec<(&'static str, &'static str, Vec<Bytes>)> {
+    let mut out = Vec::new();
     for (name, body) in [
         ("openai", openai_transcript()),
         ("anthropic", anthropic_transcript()),
     ] {
-        for (split, chunks) in [
-            ("1KiB", fixed_chunks(&body, 1024)),
-            ("random", random_chunks(&body)),
-        ] {
+        out.push((name, "1KiB", fixed_chunks(&body, 1024)));
+        out.push((name, "random", random_chunks(&body)));
+    }
+    out
+}
+
+/// Polls a stream that never waits (its input is in memory) to its end.
+fn drain<S: Stream + Unpin>(mut stream: S, mut each: impl FnMut(S::Item)) {
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        match stream.poll_next_unpin(&mut cx) {
+            Poll::Ready(Some(item)) => each(item),
+            Poll::Ready(None) => return,
+            Poll::Pending => unreachable!("in-memory input never waits"),
+        }
+    }
+}
+
+fn as_stream(chunks: &[Bytes]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
+    futures_util::stream::iter(chunks.iter().cloned().map(Ok))
+}
+
+fn framing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("framing");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    for (name, split, chunks) in inputs() {
+        {
             group.bench_with_input(
                 BenchmarkId::new(format!("llm-tower/{name}"), split),
                 &chunks,
@@ -154,6 +189,32 @@ fn framing(c: &mut Criterion) {
                     })
                 },
             );
+            group.bench_with_input(
+                BenchmarkId::new(format!("sse-stream/{name}"), split),
+                &chunks,
+                |b, chunks| {
+                    b.iter(|| {
+                        let mut n = 0usize;
+                        drain(SseByteStream::new(as_stream(chunks)), |e| {
+                            n += e.map_or(0, |e| e.data.map_or(0, |d| d.len()))
+                        });
+                        black_box(n)
+                    })
+                },
+            );
+            group.bench_with_input(
+                BenchmarkId::new(format!("eventsource-stream/{name}"), split),
+                &chunks,
+                |b, chunks| {
+                    b.iter(|| {
+                        let mut n = 0usize;
+                        drain(as_stream(chunks).eventsource(), |e| {
+                            n += e.map_or(0, |e| e.data.len())
+                        });
+                        black_box(n)
+                    })
+                },
+            );
         }
     }
     group.finish();
@@ -165,27 +226,50 @@ fn decode(c: &mut Criterion) {
         .unwrap();
     let mut group = c.benchmark_group("decode");
     group.throughput(Throughput::Elements(EVENTS as u64));
-    let openai = openai_transcript();
-    let anthropic = anthropic_transcript();
-    for (split, oa, an) in [
-        (
-            "1KiB",
-            fixed_chunks(&openai, 1024),
-            fixed_chunks(&anthropic, 1024),
-        ),
-        ("random", random_chunks(&openai), random_chunks(&anthropic)),
-    ] {
-        let oa_svc = OpenAi::builder().model("m").build_with(Canned(oa)).unwrap();
-        group.bench_function(BenchmarkId::new("llm-tower/openai", split), |b| {
-            b.iter(|| rt.block_on(count(oa_svc.clone().oneshot(ChatRequest::new("")))))
+    for (name, split, chunks) in inputs() {
+        let svc = match name {
+            "openai" => {
+                let svc = OpenAi::builder()
+                    .model("m")
+                    .build_with(Canned(chunks.clone()));
+                tower::util::BoxCloneService::new(svc.unwrap())
+            }
+            _ => {
+                let svc = Anthropic::builder()
+                    .model("m")
+                    .build_with(Canned(chunks.clone()));
+                tower::util::BoxCloneService::new(svc.unwrap())
+            }
+        };
+        group.bench_function(BenchmarkId::new(format!("llm-tower/{name}"), split), |b| {
+            b.iter(|| rt.block_on(count(svc.clone().oneshot(ChatRequest::new("")))))
         });
-        let an_svc = Anthropic::builder()
-            .model("m")
-            .build_with(Canned(an))
-            .unwrap();
-        group.bench_function(BenchmarkId::new("llm-tower/anthropic", split), |b| {
-            b.iter(|| rt.block_on(count(an_svc.clone().oneshot(ChatRequest::new("")))))
-        });
+        // The text pointer of each provider's delta event.
+        let text_at = match name {
+            "openai" => "/choices/0/delta/content",
+            _ => "/delta/text",
+        };
+        group.bench_with_input(
+            BenchmarkId::new(format!("eventsource-stream+serde_json/{name}"), split),
+            &chunks,
+            |b, chunks| {
+                b.iter(|| {
+                    let mut texts = Vec::new();
+                    drain(as_stream(chunks).eventsource(), |e| {
+                        let e = e.unwrap();
+                        if e.data == "[DONE]" {
+                            return;
+                        }
+                        let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+                        if let Some(t) = v.pointer(text_at).and_then(|t| t.as_str()) {
+                            texts.push(t.to_owned());
+                        }
+                    });
+                    assert!(texts.len() >= EVENTS - 4, "{} texts", texts.len());
+                    black_box(texts)
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -203,5 +287,18 @@ async fn count(
     n
 }
 
-criterion_group!(benches, framing, decode);
+fn sizes(_: &mut Criterion) {
+    for (name, body) in [
+        ("openai", openai_transcript()),
+        ("anthropic", anthropic_transcript()),
+    ] {
+        eprintln!(
+            "{name} transcript: {} bytes, {EVENTS} events, {} bytes/event",
+            body.len(),
+            body.len() / EVENTS
+        );
+    }
+}
+
+criterion_group!(benches, sizes, framing, decode);
 criterion_main!(benches);
