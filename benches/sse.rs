@@ -14,7 +14,8 @@
 //!
 //! `cargo bench --bench sse`
 
-use std::convert::Infallible;
+mod common;
+
 use std::hint::black_box;
 use std::task::{Context, Poll, Waker};
 
@@ -22,123 +23,14 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
-use http_body::Frame;
-use http_body_util::StreamBody;
 use llm_tower::sse::SseDecoder;
-use llm_tower::transport::RequestBody;
 use llm_tower::{Anthropic, ChatRequest, OpenAi};
 use sse_stream::SseByteStream;
+
+use common::{
+    Canned, EVENTS, anthropic_transcript, fixed_chunks, openai_transcript, random_chunks,
+};
 use tower::ServiceExt;
-
-const EVENTS: usize = 10_000;
-
-/// A small deterministic generator (xorshift), so every run sees the same input.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() as usize) % (hi - lo + 1)
-    }
-}
-
-const WORDS: [&str; 8] = [
-    " tide", " moon", " harbour", " été", " Brest", " 06:12", " wave", " 🌊",
-];
-
-fn words(rng: &mut Rng, n: usize) -> String {
-    (0..n)
-        .map(|_| WORDS[rng.range(0, WORDS.len() - 1)])
-        .collect()
-}
-
-/// OpenAI chunks of 150–300 bytes, usage null on each, ending in `[DONE]`.
-fn openai_transcript() -> Vec<u8> {
-    let mut rng = Rng(0x5eed);
-    let mut out = String::new();
-    for i in 0..EVENTS {
-        let n = rng.range(1, 8);
-        let text = words(&mut rng, n);
-        let chunk = serde_json::json!({
-            "id": "chatcmpl-BENCH0001", "object": "chat.completion.chunk", "created": 1763000000,
-            "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_bench",
-            "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null,
-                         "finish_reason": if i + 1 == EVENTS { serde_json::json!("stop") } else { serde_json::Value::Null }}],
-            "usage": null,
-        });
-        out.push_str(&format!("data: {chunk}\n\n"));
-    }
-    out.push_str("data: [DONE]\n\n");
-    out.into_bytes()
-}
-
-/// Anthropic `content_block_delta` events of the same size, with the
-/// surrounding protocol events.
-fn anthropic_transcript() -> Vec<u8> {
-    let mut rng = Rng(0xfeed);
-    let mut out = String::from(
-        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n\
-         event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
-    );
-    for _ in 0..EVENTS - 4 {
-        let n = rng.range(4, 14);
-        let text = words(&mut rng, n);
-        let delta = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}});
-        out.push_str(&format!("event: content_block_delta\ndata: {delta}\n\n"));
-    }
-    out.push_str(
-        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
-         event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9000}}\n\n\
-         event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-    );
-    out.into_bytes()
-}
-
-fn fixed_chunks(body: &[u8], size: usize) -> Vec<Bytes> {
-    body.chunks(size).map(Bytes::copy_from_slice).collect()
-}
-
-fn random_chunks(body: &[u8]) -> Vec<Bytes> {
-    let mut rng = Rng(0xc0ffee);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < body.len() {
-        let n = rng.range(1, 4096).min(body.len() - i);
-        out.push(Bytes::copy_from_slice(&body[i..i + n]));
-        i += n;
-    }
-    out
-}
-
-/// Serves canned chunks in-process: the provider's whole decode path, no socket.
-#[derive(Clone)]
-struct Canned(Vec<Bytes>);
-
-type CannedBody =
-    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
-
-impl tower::Service<http::Request<RequestBody>> for Canned {
-    type Response = http::Response<CannedBody>;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-    fn call(&mut self, _: http::Request<RequestBody>) -> Self::Future {
-        let frames: Vec<_> = self.0.iter().cloned().map(|b| Ok(Frame::data(b))).collect();
-        let mut resp = http::Response::new(StreamBody::new(futures_util::stream::iter(frames)));
-        resp.headers_mut().insert(
-            "content-type",
-            http::HeaderValue::from_static("text/event-stream"),
-        );
-        std::future::ready(Ok(resp))
-    }
-}
 
 /// Both transcripts, each cut in 1 KiB chunks and in random ones.
 fn inputs() -> Vec<(&'static str, &'static str, Vec<Bytes>)> {
@@ -231,13 +123,13 @@ fn decode(c: &mut Criterion) {
             "openai" => {
                 let svc = OpenAi::builder()
                     .model("m")
-                    .build_with(Canned(chunks.clone()));
+                    .build_with(Canned::sse(chunks.clone()));
                 tower::util::BoxCloneService::new(svc.unwrap())
             }
             _ => {
                 let svc = Anthropic::builder()
                     .model("m")
-                    .build_with(Canned(chunks.clone()));
+                    .build_with(Canned::sse(chunks.clone()));
                 tower::util::BoxCloneService::new(svc.unwrap())
             }
         };

@@ -1,0 +1,208 @@
+//! What the benchmarks share: deterministic transcripts and an in-process
+//! transport. Not a benchmark target itself (cargo only builds
+//! `benches/*.rs`).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::Frame;
+use http_body_util::StreamBody;
+use llm_tower::transport::RequestBody;
+
+pub const EVENTS: usize = 10_000;
+
+/// A small deterministic generator (xorshift), so every run sees the same input.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() as usize) % (hi - lo + 1)
+    }
+}
+
+const WORDS: [&str; 8] = [
+    " tide", " moon", " harbour", " été", " Brest", " 06:12", " wave", " 🌊",
+];
+
+fn words(rng: &mut Rng, n: usize) -> String {
+    (0..n)
+        .map(|_| WORDS[rng.range(0, WORDS.len() - 1)])
+        .collect()
+}
+
+/// OpenAI chunks of 150–300 bytes, usage null on each, ending in `[DONE]`.
+pub fn openai_transcript() -> Vec<u8> {
+    let mut rng = Rng(0x5eed);
+    let mut out = String::new();
+    for i in 0..EVENTS {
+        let n = rng.range(1, 8);
+        let text = words(&mut rng, n);
+        let chunk = serde_json::json!({
+            "id": "chatcmpl-BENCH0001", "object": "chat.completion.chunk", "created": 1763000000,
+            "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_bench",
+            "choices": [{"index": 0, "delta": {"content": text}, "logprobs": null,
+                         "finish_reason": if i + 1 == EVENTS { serde_json::json!("stop") } else { serde_json::Value::Null }}],
+            "usage": null,
+        });
+        out.push_str(&format!("data: {chunk}\n\n"));
+    }
+    out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// Anthropic `content_block_delta` events of the same size, with the
+/// surrounding protocol events.
+pub fn anthropic_transcript() -> Vec<u8> {
+    let mut rng = Rng(0xfeed);
+    let mut out = String::from(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_bench\",\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":10,\"output_tokens\":1}}}\n\n\
+         event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    );
+    for _ in 0..EVENTS - 4 {
+        let n = rng.range(4, 14);
+        let text = words(&mut rng, n);
+        let delta = serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}});
+        out.push_str(&format!("event: content_block_delta\ndata: {delta}\n\n"));
+    }
+    out.push_str(
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+         event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9000}}\n\n\
+         event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    out.into_bytes()
+}
+
+pub fn fixed_chunks(body: &[u8], size: usize) -> Vec<Bytes> {
+    body.chunks(size).map(Bytes::copy_from_slice).collect()
+}
+
+pub fn random_chunks(body: &[u8]) -> Vec<Bytes> {
+    let mut rng = Rng(0xc0ffee);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < body.len() {
+        let n = rng.range(1, 4096).min(body.len() - i);
+        out.push(Bytes::copy_from_slice(&body[i..i + n]));
+        i += n;
+    }
+    out
+}
+
+/// Serves canned chunks in-process: the provider's whole decode path, no
+/// socket. Each call gets the same body.
+#[derive(Clone)]
+pub struct Canned {
+    chunks: Arc<[Bytes]>,
+    content_type: &'static str,
+}
+
+impl Canned {
+    /// An SSE body in these chunks.
+    pub fn sse(chunks: Vec<Bytes>) -> Canned {
+        Canned {
+            chunks: chunks.into(),
+            content_type: "text/event-stream",
+        }
+    }
+
+    /// A JSON body.
+    pub fn json(body: &str) -> Canned {
+        Canned {
+            chunks: vec![Bytes::copy_from_slice(body.as_bytes())].into(),
+            content_type: "application/json",
+        }
+    }
+}
+
+pub type CannedBody =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+
+impl tower::Service<http::Request<RequestBody>> for Canned {
+    type Response = http::Response<CannedBody>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: http::Request<RequestBody>) -> Self::Future {
+        let frames: Vec<_> = self
+            .chunks
+            .iter()
+            .cloned()
+            .map(|b| Ok(Frame::data(b)))
+            .collect();
+        let mut resp = http::Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+        resp.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static(self.content_type),
+        );
+        std::future::ready(Ok(resp))
+    }
+}
+
+/// Every call and stream type the benchmarks compare, boxed alike so the
+/// comparison sees the layers and nothing else.
+pub type Boxed =
+    tower::util::BoxCloneService<llm_tower::ChatRequest, llm_tower::ChatStream, llm_tower::Error>;
+
+/// The README's recommended stack without its fallback (which only acts on
+/// failures): tracing, a total timeout, refresh, transport retry, first-event
+/// and idle timeouts, the stream-aware concurrency limit.
+pub fn full_stack<S>(provider: S, max_streams: usize) -> Boxed
+where
+    S: tower::Service<
+            llm_tower::ChatRequest,
+            Response = llm_tower::ChatStream,
+            Error = llm_tower::Error,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use std::time::Duration;
+
+    use llm_tower::{
+        Credential, GenAiTraceLayer, RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer,
+        StreamTimeoutLayer, TransportRetryLayer,
+    };
+
+    async fn token() -> Result<Credential, std::io::Error> {
+        Ok(Credential::bearer("sk-bench"))
+    }
+    let stack = tower::ServiceBuilder::new()
+        .layer(GenAiTraceLayer::new())
+        .layer(StreamTimeoutLayer::new().total(Duration::from_secs(120)))
+        .layer(RefreshLayer::new(token).initial(Credential::bearer("sk-bench")))
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .layer(
+            StreamTimeoutLayer::new()
+                .first_event(Duration::from_secs(30))
+                .idle(Duration::from_secs(20)),
+        )
+        .layer(StreamConcurrencyLimitLayer::new(max_streams))
+        .service(provider);
+    tower::util::BoxCloneService::new(stack)
+}
+
+/// Reads a stream to its end; returns how many events it had.
+pub async fn count_events(stream: Result<llm_tower::ChatStream, llm_tower::Error>) -> usize {
+    use futures_util::StreamExt;
+
+    let mut stream = stream.expect("call failed");
+    let mut n = 0;
+    while let Some(e) = stream.next().await {
+        e.expect("stream failed");
+        n += 1;
+    }
+    n
+}

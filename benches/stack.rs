@@ -1,0 +1,75 @@
+//! What the recommended layer stack costs over the bare provider: per call
+//! (a non-streaming answer) and per streamed event (a 10,000-event stream),
+//! both through an in-process transport so no socket noise hides it.
+//!
+//! No tracing subscriber is installed: the span's cost with one is the
+//! subscriber's.
+//!
+//! `cargo bench --bench stack`
+
+mod common;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use llm_tower::{ChatRequest, Message, OpenAi};
+use tower::ServiceExt;
+
+use common::{Boxed, Canned, EVENTS, count_events, fixed_chunks, full_stack, openai_transcript};
+
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1763000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
+
+fn services(transport: Canned) -> [(&'static str, Boxed); 2] {
+    let provider = OpenAi::builder()
+        .model("gpt-4o-mini")
+        .build_with(transport)
+        .expect("valid configuration");
+    [
+        ("bare", Boxed::new(provider.clone())),
+        ("full", full_stack(provider, 64)),
+    ]
+}
+
+fn request(stream: bool) -> ChatRequest {
+    ChatRequest::new("")
+        .message(Message::user("Say hello."))
+        .max_tokens(64)
+        .stream(stream)
+}
+
+fn stack(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+
+    let mut group = c.benchmark_group("stack/unary");
+    group.throughput(Throughput::Elements(1));
+    for (name, svc) in services(Canned::json(ANSWER)) {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let n = count_events(svc.clone().oneshot(request(false)).await).await;
+                    assert_eq!(n, 4, "start, text, usage, done");
+                })
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("stack/stream");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    let chunks = fixed_chunks(&openai_transcript(), 1024);
+    for (name, svc) in services(Canned::sse(chunks)) {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let n = count_events(svc.clone().oneshot(request(true)).await).await;
+                    assert!(n >= EVENTS, "{n} events");
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, stack);
+criterion_main!(benches);
