@@ -210,3 +210,36 @@ async fn an_expired_stream_releases_its_connection_at_once() {
     assert_eq!(server.open_responses(), 0);
     assert!(stream.next().await.is_none());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_wait_starts_when_the_caller_asks_for_the_next_event() {
+    use futures_util::StreamExt;
+    use llm_tower::StreamEvent;
+
+    let server = MockServer::start().await;
+    // Three seconds of silence before each frame, one limit of two.
+    server.push(Reply::text(["a", "b"]).delay(Duration::from_secs(3)));
+    let layer = StreamTimeoutLayer::new().idle(Duration::from_secs(2));
+    let mut stream = tower::Layer::layer(&layer, openai_at(&server))
+        .oneshot(hello())
+        .await
+        .unwrap();
+    let first = stream.next().await;
+    assert!(
+        matches!(first, Some(Ok(StreamEvent::MessageStart { .. }))),
+        "{first:?}"
+    );
+    // The caller spends two seconds on each event, so it waits one second
+    // for the next: never longer than the limit, though the server is
+    // silent for longer.
+    for want in ["a", "b"] {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let asked = Instant::now();
+        let next = stream.next().await;
+        assert!(
+            matches!(&next, Some(Ok(StreamEvent::TextDelta { text })) if text == want),
+            "{next:?}"
+        );
+        assert_eq!(asked.elapsed(), Duration::from_secs(1));
+    }
+}

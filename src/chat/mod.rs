@@ -28,4 +28,5 @@ mod stream;
 
 pub use event::{StopReason, StreamEvent, Usage};
 pub use request::{ChatRequest, ContentPart, Image, Message, Role, Tool, ToolChoice};
+pub(crate) use stream::Events;
 pub use stream::{ChatStream, Completion, CompletionBuilder, ResponseMeta, ToolCall};

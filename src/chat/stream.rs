@@ -23,11 +23,35 @@ type BoxEventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Se
 /// [`Stream`]. Dropping it cancels the call.
 pub struct ChatStream {
     meta: ResponseMeta,
+    events: Events,
+}
+
+/// A [`ChatStream`]'s events without its metadata: what a layer's stream
+/// wraps. Small, so each wrapping layer adds one short hop per event, not a
+/// whole `ChatStream` with placeholder metadata.
+pub(crate) struct Events {
     /// Events to deliver before `events`: what a retrying layer held back
     /// while it could still retry. A queue here, rather than another boxed
     /// wrapper per layer, keeps each event one virtual call away.
     prefix: VecDeque<StreamEvent>,
     events: BoxEventStream,
+}
+
+impl Stream for Events {
+    type Item = Result<StreamEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(e) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(e)));
+        }
+        self.events.as_mut().poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (lo, hi) = self.events.size_hint();
+        let n = self.prefix.len();
+        (lo.saturating_add(n), hi.and_then(|h| h.checked_add(n)))
+    }
 }
 
 /// What is known about an answer besides its events.
@@ -72,8 +96,10 @@ impl ChatStream {
     {
         ChatStream {
             meta,
-            prefix: VecDeque::new(),
-            events: Box::pin(events),
+            events: Events {
+                prefix: VecDeque::new(),
+                events: Box::pin(events),
+            },
         }
     }
 
@@ -94,15 +120,12 @@ impl ChatStream {
     }
 
     /// A stream of the same answer whose events go through `wrap` (a layer's
-    /// stream that watches or cuts them). The metadata moves to the outer
-    /// stream rather than being cloned.
-    pub(crate) fn wrap<S>(mut self, wrap: impl FnOnce(ChatStream) -> S) -> ChatStream
+    /// stream that watches or cuts them); the metadata stays on the outside.
+    pub(crate) fn wrap<S>(self, wrap: impl FnOnce(Events) -> S) -> ChatStream
     where
         S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
     {
-        let placeholder = ResponseMeta::new(self.meta.provider, String::new());
-        let meta = std::mem::replace(&mut self.meta, placeholder);
-        ChatStream::new(meta, wrap(self))
+        ChatStream::new(self.meta, wrap(self.events))
     }
 
     /// Puts `events` in front of what is left to deliver, in order.
@@ -111,7 +134,7 @@ impl ChatStream {
         events: impl IntoIterator<Item = StreamEvent, IntoIter: DoubleEndedIterator>,
     ) {
         for e in events.into_iter().rev() {
-            self.prefix.push_front(e);
+            self.events.prefix.push_front(e);
         }
     }
 
@@ -136,16 +159,11 @@ impl Stream for ChatStream {
     type Item = Result<StreamEvent, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(e) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(e)));
-        }
-        self.events.as_mut().poll_next(cx)
+        Pin::new(&mut self.events).poll_next(cx)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let (lo, hi) = self.events.size_hint();
-        let n = self.prefix.len();
-        (lo.saturating_add(n), hi.and_then(|h| h.checked_add(n)))
+        self.events.size_hint()
     }
 }
 

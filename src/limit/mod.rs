@@ -32,6 +32,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 
+use crate::chat::Events;
 use crate::{ChatRequest, ChatStream, Error, StreamEvent};
 
 /// Applies [`StreamConcurrencyLimit`].
@@ -210,7 +211,7 @@ where
 
 /// A stream holding a permit until it ends or is dropped.
 struct PermitStream {
-    inner: ChatStream,
+    inner: Events,
     permit: Option<OwnedSemaphorePermit>,
 }
 

@@ -5,7 +5,9 @@
 //! optional:
 //!
 //! - **first event**: from the call to the first event of the answer;
-//! - **idle**: between one event and the next (events are
+//! - **idle**: the longest the stream waits for its next event, counted
+//!   from when the caller asks for it, so time the caller spends on an
+//!   event is not charged to the server (events are
 //!   [`StreamEvent`]s: keep-alive comments and `ping`s do not count — a
 //!   server that only says it is still there is not delivering);
 //! - **total**: from the call to the end of the stream.
@@ -45,13 +47,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::chat::Events;
 use crate::guard::Deadline;
 use crate::{ChatRequest, ChatStream, Error, StreamEvent, TimeoutPhase};
 
@@ -86,7 +89,8 @@ impl StreamTimeoutLayer {
         self
     }
 
-    /// The longest wait between two events.
+    /// The longest wait for the next event, from when the caller asks for
+    /// it.
     pub const fn idle(mut self, timeout: Duration) -> Self {
         self.limits.idle = Some(timeout);
         self
@@ -169,7 +173,7 @@ where
         };
         ResponseFuture {
             future: self.inner.call(request),
-            sleep: head.map(|(at, _)| tokio::time::sleep_until(at)),
+            sleep: head.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             head_phase: head.map_or(TimeoutPhase::Total, |(_, p)| p),
             first,
             total,
@@ -183,8 +187,9 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed, to be handed on to the stream: one timer registration per
+        // call, not one for the head and another for the stream.
+        sleep: Option<Pin<Box<Sleep>>>,
         head_phase: TimeoutPhase,
         first: Option<Instant>,
         total: Option<Instant>,
@@ -209,18 +214,28 @@ where
         if let Poll::Ready(result) = this.future.poll(cx) {
             let stream = result?;
             let provider = stream.meta().provider;
+            let deadline = next_deadline(*this.first, *this.total, None);
+            // The head's timer is set for the stream's first deadline (the
+            // nearer of first-event and total) and carries on; a layer with an
+            // idle limit only has its timer made when it first waits.
+            let (sleep, armed_at) = match this.sleep.take() {
+                Some(sleep) => (Some(sleep), deadline.map(|(at, _)| at)),
+                None => (None, None),
+            };
             return Poll::Ready(Ok(stream.wrap(|inner| TimeoutStream {
                 inner: Some(inner),
-                next: next_deadline(*this.first, *this.total, None),
-                sleep: Box::pin(tokio::time::sleep_until(far_future())),
-                armed: false,
+                deadline,
+                delivered: false,
+                sleep,
+                armed_at,
+                timer_waker: None,
                 total: *this.total,
                 idle: *this.idle,
                 provider,
             })));
         }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            ready!(sleep.poll(cx));
+        if let Some(sleep) = this.sleep.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
             // No head yet: which provider is not known at this level.
             return Poll::Ready(Err(Error::Timeout {
                 provider: "unknown",
@@ -248,18 +263,26 @@ fn next_deadline(
     }
 }
 
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86400 * 365)
-}
-
 /// The events of an answer, cut at the first deadline that passes.
+///
+/// The timer is moved lazily: a stream delivering events steadily only
+/// notes when each wait starts, and the timer, still set for an earlier
+/// deadline, is pushed back when it fires early — at most once per idle
+/// period, not once per event.
 struct TimeoutStream {
     /// `None` once over: dropped, connection and all, when a deadline passes.
-    inner: Option<ChatStream>,
-    next: Option<(Instant, TimeoutPhase)>,
-    // One timer per stream, moved with `reset` rather than re-created.
-    sleep: Pin<Box<Sleep>>,
-    armed: bool,
+    inner: Option<Events>,
+    /// The deadline of the current wait, and its phase.
+    deadline: Option<(Instant, TimeoutPhase)>,
+    /// An event was delivered since `deadline` was computed.
+    delivered: bool,
+    // One timer per stream, moved with `reset` rather than re-created;
+    // made when first needed.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Where the timer is set (at or before `deadline`); `None` if unset.
+    armed_at: Option<Instant>,
+    /// The waker the timer holds since it was last polled.
+    timer_waker: Option<Waker>,
     total: Option<Instant>,
     idle: Option<Duration>,
     provider: &'static str,
@@ -275,9 +298,7 @@ impl Stream for TimeoutStream {
         };
         match Pin::new(inner).poll_next(cx) {
             Poll::Ready(Some(item)) => {
-                let idle = this.idle.map(|d| Instant::now() + d);
-                this.next = next_deadline(None, this.total, idle);
-                this.armed = false;
+                this.delivered = true;
                 return Poll::Ready(Some(item));
             }
             Poll::Ready(None) => {
@@ -286,14 +307,52 @@ impl Stream for TimeoutStream {
             }
             Poll::Pending => {}
         }
-        let Some((at, phase)) = this.next else {
+        if this.delivered {
+            // A new wait: the idle period counts from now.
+            this.delivered = false;
+            let idle = this.idle.map(|d| Instant::now() + d);
+            this.deadline = next_deadline(None, this.total, idle);
+        }
+        let Some((at, phase)) = this.deadline else {
             return Poll::Pending;
         };
-        if !this.armed {
-            this.sleep.as_mut().reset(at);
-            this.armed = true;
+        let sleep = match &mut this.sleep {
+            Some(sleep) => sleep,
+            None => {
+                this.armed_at = Some(at);
+                this.sleep.insert(Box::pin(tokio::time::sleep_until(at)))
+            }
+        };
+        loop {
+            match this.armed_at {
+                // Set for this deadline or an earlier one: checked when it fires.
+                Some(armed) if armed <= at => {}
+                _ => {
+                    sleep.as_mut().reset(at);
+                    this.armed_at = Some(at);
+                    this.timer_waker = None;
+                }
+            }
+            // A timer that has not fired and holds a waker for this task has
+            // nothing new to learn: polling it again would only swap wakers.
+            if !sleep.is_elapsed()
+                && this
+                    .timer_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                return Poll::Pending;
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                this.timer_waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if this.armed_at.is_some_and(|armed| armed >= at) {
+                break;
+            }
+            // It fired for an earlier deadline: move it to this one.
+            this.armed_at = None;
         }
-        ready!(this.sleep.as_mut().poll(cx));
         this.inner = None;
         Poll::Ready(Some(Err(Error::Timeout {
             provider: this.provider,

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 use tracing::Span;
 use tracing::field::Empty;
 
+use crate::chat::Events;
 use crate::{ChatRequest, ChatStream, Error, StopReason, StreamEvent};
 
 /// The most completion text recorded with `record_content`, in bytes.
@@ -187,6 +188,11 @@ where
         let Some(span) = this.span.take() else {
             return Poll::Ready(result);
         };
+        if span.is_disabled() {
+            // No subscriber records this span: watching the stream would
+            // cost every event a hop for nothing.
+            return Poll::Ready(result);
+        }
         match result {
             Ok(stream) => {
                 let meta = stream.meta();
@@ -212,7 +218,7 @@ where
 /// The events of an answer, recorded on the call's span, which closes with
 /// the stream.
 struct TracedStream {
-    inner: ChatStream,
+    inner: Events,
     span: Option<Span>,
     started: Instant,
     first_output: bool,
