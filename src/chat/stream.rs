@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -35,6 +35,11 @@ pub(crate) struct Events {
     /// wrapper per layer, keeps each event one virtual call away.
     prefix: VecDeque<StreamEvent>,
     events: BoxEventStream,
+    /// What a layer keeps alive while the answer streams (a concurrency
+    /// slot): released when the stream ends or fails, or is dropped. Held
+    /// here rather than by a wrapping stream, which would cost every event
+    /// another hop.
+    held: Vec<Box<dyn Send>>,
 }
 
 impl Stream for Events {
@@ -44,7 +49,12 @@ impl Stream for Events {
         if let Some(e) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(e)));
         }
-        self.events.as_mut().poll_next(cx)
+        let item = ready!(self.events.as_mut().poll_next(cx));
+        if !matches!(item, Some(Ok(_))) {
+            // Ended, or failed (nothing follows an error).
+            self.held.clear();
+        }
+        Poll::Ready(item)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -99,6 +109,7 @@ impl ChatStream {
             events: Events {
                 prefix: VecDeque::new(),
                 events: Box::pin(events),
+                held: Vec::new(),
             },
         }
     }
@@ -126,6 +137,11 @@ impl ChatStream {
         S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
     {
         ChatStream::new(self.meta, wrap(self.events))
+    }
+
+    /// Keeps `value` alive until the stream ends, fails or is dropped.
+    pub(crate) fn hold(&mut self, value: impl Send + 'static) {
+        self.events.held.push(Box::new(value));
     }
 
     /// Puts `events` in front of what is left to deliver, in order.

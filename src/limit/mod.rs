@@ -27,13 +27,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::PollSemaphore;
 
-use crate::chat::Events;
-use crate::{ChatRequest, ChatStream, Error, StreamEvent};
+use crate::{ChatRequest, ChatStream, Error};
 
 /// Applies [`StreamConcurrencyLimit`].
 #[derive(Debug, Clone)]
@@ -203,28 +201,12 @@ where
                 "StreamConcurrencyLimit called without poll_ready",
             )));
         };
-        let stream = ready!(inner.poll(cx))?;
-        let permit = this.permit.take();
-        Poll::Ready(Ok(stream.wrap(|inner| PermitStream { inner, permit })))
-    }
-}
-
-/// A stream holding a permit until it ends or is dropped.
-struct PermitStream {
-    inner: Events,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Stream for PermitStream {
-    type Item = Result<StreamEvent, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = ready!(Pin::new(&mut self.inner).poll_next(cx));
-        if !matches!(item, Some(Ok(_))) {
-            // Ended or failed (a stream ends after its error): free the slot
-            // now, not when the caller gets round to dropping the stream.
-            self.permit = None;
+        let mut stream = ready!(inner.poll(cx))?;
+        if let Some(permit) = this.permit.take() {
+            // Freed when the stream ends or fails, not when the caller gets
+            // round to dropping it.
+            stream.hold(permit);
         }
-        Poll::Ready(item)
+        Poll::Ready(Ok(stream))
     }
 }
