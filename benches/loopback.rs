@@ -148,7 +148,7 @@ fn paired(_: &mut Criterion) {
     let (rt, _server, clients) = setup();
     let bare = &clients[0].1;
     let full = &clients[1].1;
-    for (concurrency, rounds) in [(1usize, 200), (64, 30)] {
+    for (concurrency, rounds) in [(1usize, 1000), (64, 50)] {
         rt.block_on(round(bare, concurrency)); // warm both up
         rt.block_on(round(full, concurrency));
         let mut ratios: Vec<f64> = (0..rounds)
