@@ -77,4 +77,18 @@ async fn the_permit_returns_when_the_stream_ends_or_is_dropped() {
     drop(stalled);
     let freed = tokio::time::timeout(Duration::from_secs(1), svc.clone().oneshot(hello())).await;
     assert!(freed.is_ok(), "dropping the stream gives the slot back");
+    drop(freed);
+
+    // Failed, but the stream object is still alive: the slot is free.
+    server.push(Reply::text(["x", "y"]).reset_after(1));
+    let mut failed = svc.clone().oneshot(hello()).await.unwrap();
+    let mut saw_error = false;
+    while let Some(item) = failed.next().await {
+        saw_error |= item.is_err();
+    }
+    assert!(saw_error, "the reset ends the stream with an error");
+    let after_error =
+        tokio::time::timeout(Duration::from_secs(1), svc.clone().oneshot(hello())).await;
+    assert!(after_error.is_ok(), "a failed stream gives the slot back");
+    drop(failed);
 }
