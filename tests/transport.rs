@@ -117,3 +117,49 @@ async fn tower_timeout_elapsed_maps_to_timeout_class() {
     assert!(e.is_retryable());
     assert_eq!(started.elapsed(), Duration::from_secs(30));
 }
+
+#[tokio::test]
+async fn a_redirect_to_another_host_is_not_followed_and_carries_no_key() {
+    let origin = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    // Another host name for the same machine: what a redirect off-site looks like.
+    let target = format!(
+        "http://localhost:{}/v1/chat/completions",
+        elsewhere.addr().port()
+    );
+    let openai = OpenAi::builder()
+        .base_url(origin.openai_url())
+        .api_key("sk-secret-openai")
+        .model("m")
+        .build()
+        .unwrap();
+    let anthropic = Anthropic::builder()
+        .base_url(origin.anthropic_url())
+        .api_key("sk-ant-secret")
+        .model("m")
+        .build()
+        .unwrap();
+    // 302 is followed as a GET by clients that follow redirects, 307 with
+    // the method and body kept.
+    for status in [302, 307] {
+        for _ in 0..2 {
+            origin.push(
+                Reply::body(status, "text/plain", "moved").header("location", target.clone()),
+            );
+        }
+        let results = [
+            openai.clone().oneshot(hello()).await.map(drop),
+            anthropic.clone().oneshot(hello()).await.map(drop),
+        ];
+        for result in results {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(err, Error::InvalidRequest { .. })
+                    && err.status().map(|s| s.as_u16()) == Some(status),
+                "{err:?}"
+            );
+        }
+    }
+    assert_eq!(origin.request_count(), 4);
+    assert_eq!(elsewhere.request_count(), 0, "no redirect was followed");
+}
