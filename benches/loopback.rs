@@ -24,7 +24,7 @@ use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{ChatRequest, Message, OpenAi};
 use tower::ServiceExt;
 
-use common::{Boxed, count_events, full_stack};
+use common::{Boxed, OPENAI_TEXT, baseline_text, count_events, full_stack};
 
 /// Text deltas per answer.
 const DELTAS: usize = 1000;
@@ -63,16 +63,7 @@ impl Client {
                 let mut texts = Vec::new();
                 while let Some(e) = events.next().await {
                     let e = e.expect("stream failed");
-                    if e.data == "[DONE]" {
-                        break;
-                    }
-                    let v: serde_json::Value = serde_json::from_str(&e.data).expect("json");
-                    if let Some(t) = v
-                        .pointer("/choices/0/delta/content")
-                        .and_then(|t| t.as_str())
-                    {
-                        texts.push(t.to_owned());
-                    }
+                    texts.extend(baseline_text(&e.data, OPENAI_TEXT));
                 }
                 texts.len()
             }

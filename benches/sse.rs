@@ -28,7 +28,8 @@ use llm_tower::{Anthropic, ChatRequest, OpenAi};
 use sse_stream::SseByteStream;
 
 use common::{
-    Canned, EVENTS, anthropic_transcript, fixed_chunks, openai_transcript, random_chunks,
+    ANTHROPIC_TEXT, Canned, EVENTS, OPENAI_TEXT, anthropic_transcript, baseline_text, fixed_chunks,
+    openai_transcript, random_chunks,
 };
 use tower::ServiceExt;
 
@@ -136,10 +137,9 @@ fn decode(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(format!("llm-tower/{name}"), split), |b| {
             b.iter(|| rt.block_on(count(svc.clone().oneshot(ChatRequest::new("")))))
         });
-        // The text pointer of each provider's delta event.
         let text_at = match name {
-            "openai" => "/choices/0/delta/content",
-            _ => "/delta/text",
+            "openai" => OPENAI_TEXT,
+            _ => ANTHROPIC_TEXT,
         };
         group.bench_with_input(
             BenchmarkId::new(format!("eventsource-stream+serde_json/{name}"), split),
@@ -148,14 +148,7 @@ fn decode(c: &mut Criterion) {
                 b.iter(|| {
                     let mut texts = Vec::new();
                     drain(as_stream(chunks).eventsource(), |e| {
-                        let e = e.unwrap();
-                        if e.data == "[DONE]" {
-                            return;
-                        }
-                        let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
-                        if let Some(t) = v.pointer(text_at).and_then(|t| t.as_str()) {
-                            texts.push(t.to_owned());
-                        }
+                        texts.extend(baseline_text(&e.unwrap().data, text_at));
                     });
                     assert!(texts.len() >= EVENTS - 4, "{} texts", texts.len());
                     black_box(texts)

@@ -206,3 +206,21 @@ pub async fn count_events(stream: Result<llm_tower::ChatStream, llm_tower::Error
     }
     n
 }
+
+/// Where each provider's delta event keeps its text.
+pub const OPENAI_TEXT: &str = "/choices/0/delta/content";
+/// See [`OPENAI_TEXT`].
+pub const ANTHROPIC_TEXT: &str = "/delta/text";
+
+/// What a `reqwest-eventsource` user writes per event: parse the data as a
+/// `serde_json::Value` and take the text out (`None` for `[DONE]` and for
+/// events without text).
+pub fn baseline_text(data: &str, pointer: &str) -> Option<String> {
+    if data == "[DONE]" {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(data).expect("valid JSON");
+    v.pointer(pointer)
+        .and_then(|t| t.as_str())
+        .map(str::to_owned)
+}
