@@ -214,20 +214,14 @@ where
         if let Poll::Ready(result) = this.future.poll(cx) {
             let stream = result?;
             let provider = stream.meta().provider;
-            let deadline = next_deadline(*this.first, *this.total, None);
             // The head's timer is set for the stream's first deadline (the
-            // nearer of first-event and total) and carries on; a layer with an
-            // idle limit only has its timer made when it first waits.
-            let (sleep, armed_at) = match this.sleep.take() {
-                Some(sleep) => (Some(sleep), deadline.map(|(at, _)| at)),
-                None => (None, None),
-            };
+            // nearer of first-event and total) and carries on.
+            let sleep = this.sleep.take();
             return Poll::Ready(Ok(stream.wrap(|inner| TimeoutStream {
                 inner: Some(inner),
-                deadline,
+                deadline: next_deadline(*this.first, *this.total, None),
                 delivered: false,
                 sleep,
-                armed_at,
                 timer_waker: None,
                 total: *this.total,
                 idle: *this.idle,
@@ -277,10 +271,8 @@ struct TimeoutStream {
     /// An event was delivered since `deadline` was computed.
     delivered: bool,
     // One timer per stream, moved with `reset` rather than re-created;
-    // made when first needed.
+    // made when first needed. Set at or before `deadline`.
     sleep: Option<Pin<Box<Sleep>>>,
-    /// Where the timer is set (at or before `deadline`); `None` if unset.
-    armed_at: Option<Instant>,
     /// The waker the timer holds since it was last polled.
     timer_waker: Option<Waker>,
     total: Option<Instant>,
@@ -316,23 +308,16 @@ impl Stream for TimeoutStream {
         let Some((at, phase)) = this.deadline else {
             return Poll::Pending;
         };
-        let sleep = match &mut this.sleep {
-            Some(sleep) => sleep,
-            None => {
-                this.armed_at = Some(at);
-                this.sleep.insert(Box::pin(tokio::time::sleep_until(at)))
-            }
-        };
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if sleep.deadline() > at {
+            // The deadline came nearer (an idle limit shorter than what was
+            // left of the first-event one).
+            sleep.as_mut().reset(at);
+            this.timer_waker = None;
+        }
         loop {
-            match this.armed_at {
-                // Set for this deadline or an earlier one: checked when it fires.
-                Some(armed) if armed <= at => {}
-                _ => {
-                    sleep.as_mut().reset(at);
-                    this.armed_at = Some(at);
-                    this.timer_waker = None;
-                }
-            }
             // A timer that has not fired and holds a waker for this task has
             // nothing new to learn: polling it again would only swap wakers.
             if !sleep.is_elapsed()
@@ -347,11 +332,12 @@ impl Stream for TimeoutStream {
                 this.timer_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
-            if this.armed_at.is_some_and(|armed| armed >= at) {
+            if sleep.deadline() >= at {
                 break;
             }
             // It fired for an earlier deadline: move it to this one.
-            this.armed_at = None;
+            sleep.as_mut().reset(at);
+            this.timer_waker = None;
         }
         this.inner = None;
         Poll::Ready(Some(Err(Error::Timeout {
