@@ -227,6 +227,13 @@ pub enum DecodeError {
     /// The events did not follow the provider's protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The answer sent more metadata before its first output event than a
+    /// retrying layer holds back (see [`guard`](crate::guard)).
+    #[error("more than {limit} bytes of metadata before the first output event")]
+    PreludeTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
 }
 
 /// What a provider said when it refused or failed a call.
@@ -382,8 +389,9 @@ impl Error {
     /// conventions of the providers' official SDKs: an `x-should-retry`
     /// header wins; else 408, 409, 429 and 5xx are retryable, other statuses
     /// are not; connection failures, timeouts and undecodable bodies are
-    /// retryable; a 429 with code `insufficient_quota` is not (it is a
-    /// billing state). [`Error::Interrupted`] never is: output was already
+    /// retryable, but an answer over a size limit is not (sent again, the
+    /// same call would most likely grow as large, at the same cost); a 429
+    /// with code `insufficient_quota` is not (it is a billing state). [`Error::Interrupted`] never is: output was already
     /// delivered.
     pub fn is_retryable(&self) -> bool {
         if let Some(api) = self.api_error()
@@ -401,6 +409,10 @@ impl Error {
             Error::InvalidRequest { status, .. } => {
                 matches!(status.as_u16(), 408 | 409)
             }
+            Error::Decode {
+                source: DecodeError::EventTooLarge { .. } | DecodeError::PreludeTooLarge { .. },
+                ..
+            } => false,
             Error::Transport { .. } | Error::Timeout { .. } | Error::Decode { .. } => true,
             Error::Unauthorized { .. }
             | Error::Forbidden { .. }

@@ -78,6 +78,28 @@ impl StreamEvent {
             StreamEvent::MessageStart { .. } | StreamEvent::Usage(_) | StreamEvent::Done { .. }
         )
     }
+
+    /// About how much memory the event takes while held: its own size and
+    /// its text.
+    pub(crate) fn held_size(&self) -> usize {
+        let text = match self {
+            StreamEvent::MessageStart { id, model } => {
+                id.as_ref().map_or(0, String::len) + model.as_ref().map_or(0, String::len)
+            }
+            StreamEvent::TextDelta { text }
+            | StreamEvent::ThinkingDelta { text }
+            | StreamEvent::RefusalDelta { text } => text.len(),
+            StreamEvent::ThinkingSignature { signature } => signature.len(),
+            StreamEvent::RedactedThinking { data } => data.len(),
+            StreamEvent::ToolCallStart { id, name, .. } => id.len() + name.len(),
+            StreamEvent::ToolCallDelta { arguments, .. } => arguments.len(),
+            StreamEvent::Done {
+                stop_reason: Some(StopReason::Other(other)),
+            } => other.len(),
+            StreamEvent::Usage(_) | StreamEvent::Done { .. } => 0,
+        };
+        std::mem::size_of::<StreamEvent>() + text
+    }
 }
 
 /// Token counts of one answer.

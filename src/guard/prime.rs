@@ -3,7 +3,13 @@ use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
 
-use crate::{ChatStream, Error, StreamEvent};
+use crate::{ChatStream, DecodeError, Error, StreamEvent};
+
+/// The most metadata, in bytes, held back before an answer's first output
+/// event. A real prelude is a few events (`MessageStart`, a `Usage`); a
+/// server that sends metadata without end gets
+/// [`DecodeError::PreludeTooLarge`] instead of the caller's memory.
+pub(crate) const MAX_PRELUDE: usize = 1 << 20;
 
 /// Reads an answer until its first output event, holding the metadata before
 /// it, to find out whether the attempt failed before any output.
@@ -11,6 +17,7 @@ use crate::{ChatStream, Error, StreamEvent};
 pub(crate) struct Priming {
     stream: Option<ChatStream>,
     held: Vec<StreamEvent>,
+    held_bytes: usize,
 }
 
 impl Priming {
@@ -18,6 +25,7 @@ impl Priming {
         Priming {
             stream: Some(stream),
             held: Vec::new(),
+            held_bytes: 0,
         }
     }
 
@@ -29,14 +37,25 @@ impl Priming {
             let Some(stream) = self.stream.as_mut() else {
                 return Poll::Ready(Err(Error::config("priming polled after completion")));
             };
-            let failed = match ready!(Pin::new(stream).poll_next(cx)) {
+            let failed = match ready!(Pin::new(&mut *stream).poll_next(cx)) {
                 Some(Ok(event)) => {
                     let output = event.is_output();
-                    self.held.push(event);
                     if !output {
-                        continue;
+                        self.held_bytes += event.held_size();
+                        if self.held_bytes > MAX_PRELUDE {
+                            let limit = MAX_PRELUDE;
+                            Some(Error::decode(
+                                stream.meta().provider,
+                                DecodeError::PreludeTooLarge { limit },
+                            ))
+                        } else {
+                            self.held.push(event);
+                            continue;
+                        }
+                    } else {
+                        self.held.push(event);
+                        None
                     }
-                    None
                 }
                 Some(Err(e)) => Some(e),
                 // Ended cleanly without output (an empty answer).

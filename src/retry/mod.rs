@@ -4,7 +4,8 @@
 //! [`RetryPolicy`] that follows the official SDKs' conventions: connection
 //! failures, resets, truncated or undecodable bodies, timeouts, 408, 409,
 //! 429 and 5xx are retried (an `x-should-retry` header overrides the status
-//! rule; a 429 with `insufficient_quota` is not retried), at most
+//! rule; a 429 with `insufficient_quota` is not retried, nor an answer over
+//! a size limit), at most
 //! `max_retries` times (default 2), after an exponential backoff with
 //! jitter (0.5 s doubling to 8 s, minus up to 25 %) or the server's
 //! `retry-after-ms` / `retry-after` when it gave one (up to 60 s; longer, and
