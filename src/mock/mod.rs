@@ -4,8 +4,10 @@
 //! A real HTTP/1.1 server on `127.0.0.1` that answers OpenAI Chat Completions
 //! (`…/chat/completions`) and Anthropic Messages (`…/messages`) requests from
 //! a queue of scripted [`Reply`]s — one per request, that is per attempt —
-//! and records every request it receives. Faults are real: a reset is a TCP
-//! RST, a stall keeps the connection open and silent.
+//! or, once the queue is empty, from a default reply or a function of the
+//! request ([`respond_with`](MockServer::respond_with)), and records every
+//! request it receives. Faults are real: a reset is a TCP RST, a stall keeps
+//! the connection open and silent, a bad byte is a bad byte on the wire.
 //!
 //! ```
 //! use llm_tower::mock::{MockServer, Reply};
@@ -69,11 +71,18 @@ struct Shared {
     replies: Mutex<VecDeque<Reply>>,
     /// When set, requests without one of these keys get a 401.
     accepted_keys: Mutex<Option<Vec<String>>>,
-    default_reply: Mutex<Reply>,
+    default_reply: Mutex<Default>,
     requests: Mutex<Vec<RecordedRequest>>,
     live_connections: AtomicUsize,
     open_responses: AtomicUsize,
     peak_open_responses: AtomicUsize,
+}
+
+/// What answers a request when the queue is empty.
+#[derive(Clone)]
+enum Default {
+    Reply(Reply),
+    With(Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>),
 }
 
 /// A request the mock server received.
@@ -128,7 +137,9 @@ impl MockServer {
         let shared = Arc::new(Shared {
             replies: Mutex::new(VecDeque::new()),
             accepted_keys: Mutex::new(None),
-            default_reply: Mutex::new(Reply::text(["Hello", " from", " the", " mock", " server."])),
+            default_reply: Mutex::new(Default::Reply(Reply::text([
+                "Hello", " from", " the", " mock", " server.",
+            ]))),
             requests: Mutex::new(Vec::new()),
             live_connections: AtomicUsize::new(0),
             open_responses: AtomicUsize::new(0),
@@ -173,7 +184,37 @@ impl MockServer {
 
     /// The reply for requests when the queue is empty.
     pub fn set_default(&self, reply: Reply) -> &Self {
-        *lock(&self.shared.default_reply) = reply;
+        *lock(&self.shared.default_reply) = Default::Reply(reply);
+        self
+    }
+
+    /// Answers requests, when the queue is empty, with what `respond`
+    /// returns for each: a script that decides by the request (its path,
+    /// model, messages, headers) rather than by order of arrival, which
+    /// concurrent callers make unpredictable. Replaces the default reply;
+    /// [`set_default`](MockServer::set_default) replaces the function.
+    ///
+    /// `respond` runs on the server's task for every such request, after the
+    /// [key check](MockServer::accept_keys): keep it quick.
+    ///
+    /// ```
+    /// use llm_tower::mock::{MockServer, Reply};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = MockServer::start().await;
+    /// // Overloaded for one model, fine for the rest.
+    /// server.respond_with(|req| match req.json()["model"].as_str() {
+    ///     Some("big") => Reply::api_error(529, "overloaded_error", "busy"),
+    ///     _ => Reply::text(["ok"]),
+    /// });
+    /// # }
+    /// ```
+    pub fn respond_with<F>(&self, respond: F) -> &Self
+    where
+        F: Fn(&RecordedRequest) -> Reply + Send + Sync + 'static,
+    {
+        *lock(&self.shared.default_reply) = Default::With(Arc::new(respond));
         self
     }
 
@@ -321,7 +362,6 @@ async fn handle(
         .or_else(|| recorded.header("x-api-key"))
         .map(str::to_owned);
     let json = recorded.json();
-    lock(&shared.requests).push(recorded);
 
     let dialect = if path.ends_with("/chat/completions") {
         Dialect::OpenAi
@@ -330,6 +370,7 @@ async fn handle(
     } else {
         let body =
             format!("{{\"error\":{{\"message\":\"no route for {path}\",\"type\":\"not_found\"}}}}");
+        lock(&shared.requests).push(recorded);
         return Ok(simple(StatusCode::NOT_FOUND, "application/json", body));
     };
     let asked = Asked {
@@ -354,8 +395,16 @@ async fn handle(
         Reply::api_error(401, "authentication_error", "invalid api key")
     } else {
         let next = lock(&shared.replies).pop_front();
-        next.unwrap_or_else(|| lock(&shared.default_reply).clone())
+        match next {
+            Some(reply) => reply,
+            // Cloned out so that `respond` runs without the lock.
+            None => match lock(&shared.default_reply).clone() {
+                Default::Reply(reply) => reply,
+                Default::With(respond) => respond(&recorded),
+            },
+        }
     };
+    lock(&shared.requests).push(recorded);
     let Some(rendered) = reply.render(&asked) else {
         reset.store(true, Ordering::SeqCst);
         return Err(ResetBeforeHeaders);

@@ -68,6 +68,9 @@ pub(crate) enum Fault {
     Stall,
     End,
     ErrorEvent { error_type: String, message: String },
+    Malformed,
+    InvalidUtf8,
+    Oversized(usize),
 }
 
 impl Reply {
@@ -208,6 +211,31 @@ impl Reply {
         self
     }
 
+    /// Sends an event whose data is cut-off JSON after `n` deltas (or
+    /// events), and ends the stream. A non-streaming body is cut in its
+    /// middle.
+    pub fn malformed_after(mut self, n: usize) -> Self {
+        self.fault = Some((n, Fault::Malformed));
+        self
+    }
+
+    /// Sends one more text delta after `n` deltas (or events), whose text is
+    /// the first two bytes of the three-byte `€` — not UTF-8 — then goes on
+    /// as scripted. A non-streaming text answer has that byte pair after its
+    /// first `n` deltas' text; other bodies, in their middle.
+    pub fn invalid_utf8_after(mut self, n: usize) -> Self {
+        self.fault = Some((n, Fault::InvalidUtf8));
+        self
+    }
+
+    /// Sends one more text delta after `n` deltas (or events), of `bytes`
+    /// bytes of text on one line, then goes on as scripted. A non-streaming
+    /// body gets `bytes` of trailing whitespace: still JSON, but that large.
+    pub fn oversized_after(mut self, n: usize, bytes: usize) -> Self {
+        self.fault = Some((n, Fault::Oversized(bytes)));
+        self
+    }
+
     /// Waits this long before each event (or body piece).
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
@@ -272,7 +300,16 @@ impl Reply {
         let (content_type, frames, whole): (&'static str, Vec<Frame>, Option<String>) =
             match &self.kind {
                 Kind::ResetBeforeHeaders => return None,
-                Kind::Text(deltas) => generated(asked, &Content::Text(deltas)),
+                Kind::Text(deltas) => match &self.fault {
+                    // A whole body gets the bad bytes in its text too: mark
+                    // the place, replaced once rendered.
+                    Some((n, Fault::InvalidUtf8)) if !asked.stream => {
+                        let mut marked = deltas.clone();
+                        marked.insert((*n).min(deltas.len()), MARK.to_owned());
+                        generated(asked, &Content::Text(&marked))
+                    }
+                    _ => generated(asked, &Content::Text(deltas)),
+                },
                 Kind::ToolCall {
                     id,
                     name,
@@ -337,11 +374,27 @@ impl Reply {
         let Some((_, fault)) = &self.fault else {
             return self.pieces(body);
         };
-        let mut out = self.pieces(body.slice(..body.len() / 2));
+        let middle = body.len() / 2;
+        let mut out = match fault {
+            Fault::InvalidUtf8 => {
+                let at = memchr::memmem::find(&body, MARK.as_bytes());
+                let (at, skip) = at.map_or((middle, 0), |at| (at, MARK.len()));
+                let mut bytes = body[..at].to_vec();
+                bytes.extend_from_slice(&NOT_UTF8);
+                bytes.extend_from_slice(&body[at + skip..]);
+                return self.pieces(Bytes::from(bytes));
+            }
+            Fault::Oversized(n) => {
+                let mut bytes = body.to_vec();
+                bytes.resize(body.len() + n, b' ');
+                return self.pieces(Bytes::from(bytes));
+            }
+            _ => self.pieces(body.slice(..middle)),
+        };
         match fault {
             Fault::Reset => out.push(Step::Reset),
             Fault::Stall => out.push(Step::Stall),
-            Fault::End | Fault::ErrorEvent { .. } => {}
+            _ => {}
         }
         out
     }
@@ -349,15 +402,17 @@ impl Reply {
     fn stream_steps(&self, dialect: Dialect, frames: Vec<Frame>) -> Vec<Step> {
         let mut out = Vec::new();
         let mut counted = 0;
-        let push = |out: &mut Vec<Step>, text: String| {
-            out.extend(self.pieces(Bytes::from(text)));
+        let push = |out: &mut Vec<Step>, bytes: Bytes| {
+            out.extend(self.pieces(bytes));
         };
+        let mut fault = self.fault.as_ref();
         for frame in frames {
-            if let Some((n, fault)) = &self.fault
+            if let Some((n, f)) = fault
                 && frame.counted
                 && counted == *n
             {
-                match fault {
+                fault = None;
+                match f {
                     Fault::Reset => out.push(Step::Reset),
                     Fault::Stall => out.push(Step::Stall),
                     Fault::End => {}
@@ -370,16 +425,63 @@ impl Reply {
                             Dialect::Anthropic => format!("event: error\ndata: {body}\n\n"),
                             Dialect::OpenAi => format!("data: {body}\n\n"),
                         };
-                        push(&mut out, text);
+                        push(&mut out, Bytes::from(text));
+                    }
+                    Fault::Malformed => {
+                        let whole = text_delta(dialect, b"cut");
+                        // Cut inside the JSON; keep the blank line that ends
+                        // the event.
+                        let mut cut = whole[..whole.len() / 2].to_vec();
+                        cut.extend_from_slice(b"\n\n");
+                        push(&mut out, Bytes::from(cut));
+                    }
+                    Fault::InvalidUtf8 => {
+                        push(&mut out, text_delta(dialect, &NOT_UTF8));
+                        counted += usize::from(frame.counted);
+                        push(&mut out, Bytes::from(frame.text));
+                        continue;
+                    }
+                    Fault::Oversized(n) => {
+                        push(&mut out, text_delta(dialect, &vec![b'x'; *n]));
+                        counted += usize::from(frame.counted);
+                        push(&mut out, Bytes::from(frame.text));
+                        continue;
                     }
                 }
                 return out;
             }
             counted += usize::from(frame.counted);
-            push(&mut out, frame.text);
+            push(&mut out, Bytes::from(frame.text));
         }
         out
     }
+}
+
+/// The first two bytes of `€` (E2 82 AC): not UTF-8 on their own.
+const NOT_UTF8: [u8; 2] = [0xE2, 0x82];
+
+/// Where in a rendered whole body [`NOT_UTF8`] goes: a noncharacter no
+/// scripted text has.
+const MARK: &str = "\u{10FFFF}";
+
+/// A text delta event whose text is `text`, as raw bytes (which need not be
+/// UTF-8, and are not escaped).
+fn text_delta(dialect: Dialect, text: &[u8]) -> Bytes {
+    let (before, after): (&[u8], &[u8]) = match dialect {
+        Dialect::OpenAi => (
+            b"data: {\"id\":\"msg_mock_0001\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"",
+            b"\"},\"finish_reason\":null}]}\n\n",
+        ),
+        Dialect::Anthropic => (
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"",
+            b"\"}}\n\n",
+        ),
+    };
+    let mut out = Vec::with_capacity(before.len() + text.len() + after.len());
+    out.extend_from_slice(before);
+    out.extend_from_slice(text);
+    out.extend_from_slice(after);
+    Bytes::from(out)
 }
 
 enum Content<'a> {
