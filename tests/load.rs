@@ -1,0 +1,342 @@
+//! Load with faults: 1,000 concurrent calls through the recommended stack
+//! against the mock server, with faults on 10% of requests before output and
+//! 1% after, and the key expiring twice on the way.
+//!
+//! The server decides each request's fate from the call it belongs to and
+//! its attempt number, and logs what it played. A model of the stack's
+//! policies turns each call's log into the outcome it must have (the full
+//! text, or the error class with exactly the text delivered before it) and
+//! the number of requests it must have made; every call is checked against
+//! it. Two worker threads, real time: the timeouts are short and every wait
+//! is bounded, so the test ends by itself.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use llm_tower::mock::{MockServer, RecordedRequest, Reply};
+use llm_tower::{
+    Anthropic, ChatRequest, Credential, GenAiTraceLayer, Message, OpenAi, RefreshLayer,
+    RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
+};
+use support::{Svc, drain, texts};
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+
+const CALLS: usize = 1000;
+/// Per thousand requests.
+const BEFORE_OUTPUT: u64 = 100;
+const AFTER_OUTPUT: u64 = 10;
+/// The key expires when the server has seen this many requests, and again
+/// this many later (once the new key is in use).
+const EXPIRY_EVERY: usize = 400;
+const WORDS: usize = 10;
+/// `RetryPolicy::default()`'s.
+const MAX_RETRIES: u32 = 2;
+
+fn words() -> Vec<String> {
+    (0..WORDS).map(|i| format!("t{i} ")).collect()
+}
+
+/// What the server played for one request.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Played {
+    Healthy,
+    /// 401: the key presented had expired.
+    Expired,
+    /// A fault before any delta, ending in this error class.
+    Before(&'static str),
+    /// A fault after this many deltas, ending in this error class.
+    After(usize, &'static str),
+}
+
+/// What a call must end in.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Text(String),
+    Failed(&'static str),
+    Interrupted(String, &'static str),
+}
+
+/// The stack's policies, applied to what the server played for one call:
+/// the outcome, and how many requests it takes to get there.
+fn model(played: &[Played]) -> (Outcome, usize) {
+    let words = words();
+    let mut refreshed = false;
+    let mut retries = 0;
+    for (i, p) in played.iter().enumerate() {
+        match *p {
+            Played::Healthy => return (Outcome::Text(words.concat()), i + 1),
+            Played::After(n, class) => {
+                return (Outcome::Interrupted(words[..n].concat(), class), i + 1);
+            }
+            // The refresh layer retries once, through a fresh retry layer.
+            Played::Expired if !refreshed => {
+                refreshed = true;
+                retries = 0;
+            }
+            Played::Expired => return (Outcome::Failed("unauthorized"), i + 1),
+            Played::Before(class) if retries == MAX_RETRIES => {
+                return (Outcome::Failed(class), i + 1);
+            }
+            Played::Before(_) => retries += 1,
+        }
+    }
+    (Outcome::Failed("(more requests)"), played.len() + 1)
+}
+
+/// A well-mixed 64-bit hash (splitmix64).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The fate of attempt `attempt` of call `call`.
+fn fate(call: usize, attempt: usize) -> (Reply, Played) {
+    let h = mix(((call as u64) << 16) | attempt as u64);
+    let roll = h % 1000;
+    let pick = (h >> 20) as usize;
+    let text = Reply::text(words());
+    if roll < BEFORE_OUTPUT {
+        let faults: [(Reply, &str); 9] = [
+            (Reply::reset(), "transport"),
+            (Reply::api_error(500, "server_error", "boom"), "server"),
+            (
+                Reply::api_error(429, "rate_limit_error", "slow down").header("retry-after", "1"),
+                "rate_limited",
+            ),
+            (
+                Reply::api_error(529, "overloaded_error", "busy"),
+                "overloaded",
+            ),
+            (
+                Reply::body(502, "text/html", "<h1>Bad Gateway</h1>"),
+                "server",
+            ),
+            (text.clone().reset_after(0), "transport"),
+            (text.clone().truncate_after(0), "transport"),
+            (text.clone().malformed_after(0), "decode"),
+            (text.clone().stall_after(0), "timeout"),
+        ];
+        let (reply, class) = faults[pick % faults.len()].clone();
+        (reply, Played::Before(class))
+    } else if roll < BEFORE_OUTPUT + AFTER_OUTPUT {
+        let n = 1 + (pick >> 8) % (WORDS - 1);
+        let faults: [(Reply, &str); 5] = [
+            (text.clone().reset_after(n), "transport"),
+            (text.clone().truncate_after(n), "transport"),
+            (text.clone().malformed_after(n), "decode"),
+            (
+                text.clone()
+                    .error_event_after(n, "overloaded_error", "busy"),
+                "overloaded",
+            ),
+            (text.clone().stall_after(n), "timeout"),
+        ];
+        let (reply, class) = faults[pick % faults.len()].clone();
+        (reply, Played::After(n, class))
+    } else {
+        (text, Played::Healthy)
+    }
+}
+
+/// The server's side: the valid key, and what it played to each call.
+#[derive(Default)]
+struct Script {
+    requests: usize,
+    /// The valid key is `key-{generation}`.
+    generation: usize,
+    /// When the current key was first presented, in requests.
+    in_use_since: Option<usize>,
+    played: HashMap<usize, Vec<Played>>,
+}
+
+fn key(generation: usize) -> String {
+    format!("key-{generation}")
+}
+
+fn respond(script: &Mutex<Script>, req: &RecordedRequest) -> Reply {
+    let body = String::from_utf8_lossy(&req.body);
+    let call: usize = body
+        .split("call-")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("every request names its call");
+    let presented = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| req.header("x-api-key"))
+        .unwrap_or("")
+        .to_owned();
+    let mut s = script.lock().unwrap();
+    s.requests += 1;
+    let current = key(s.generation);
+    if presented == current && s.in_use_since.is_none() {
+        s.in_use_since = Some(s.requests);
+    }
+    // The key expires every EXPIRY_EVERY requests of its use.
+    if s.in_use_since
+        .is_some_and(|since| s.requests >= since + EXPIRY_EVERY)
+    {
+        s.generation += 1;
+        s.in_use_since = None;
+    }
+    let attempt = s.played.get(&call).map_or(0, Vec::len);
+    let (reply, played) = if presented != key(s.generation) {
+        (
+            Reply::api_error(401, "authentication_error", "expired key"),
+            Played::Expired,
+        )
+    } else {
+        fate(call, attempt)
+    };
+    s.played.entry(call).or_default().push(played);
+    reply
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Provider {
+    OpenAi,
+    Anthropic,
+}
+
+fn stack(
+    provider: Provider,
+    server: &MockServer,
+    script: Arc<Mutex<Script>>,
+    refreshes: Arc<AtomicUsize>,
+) -> Svc {
+    let inner: Svc = match provider {
+        Provider::OpenAi => BoxCloneService::new(
+            OpenAi::builder()
+                .base_url(server.openai_url())
+                .model("m")
+                .build()
+                .unwrap(),
+        ),
+        Provider::Anthropic => BoxCloneService::new(
+            Anthropic::builder()
+                .base_url(server.anthropic_url())
+                .model("m")
+                .build()
+                .unwrap(),
+        ),
+    };
+    let credential = move |secret: String| match provider {
+        Provider::OpenAi => Credential::bearer(secret),
+        Provider::Anthropic => Credential::api_key(secret),
+    };
+    let refresh = RefreshLayer::new(move || {
+        refreshes.fetch_add(1, Ordering::SeqCst);
+        // Reads the key now valid, as a secrets store would hand it out.
+        let secret = key(script.lock().unwrap().generation);
+        async move { Ok::<_, std::io::Error>(credential(secret)) }
+    })
+    .initial(credential(key(0)));
+    BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(GenAiTraceLayer::new())
+            .layer(StreamTimeoutLayer::new().total(Duration::from_secs(30)))
+            .layer(refresh)
+            .layer(TransportRetryLayer::new(RetryPolicy::default()))
+            .layer(
+                StreamTimeoutLayer::new()
+                    .first_event(Duration::from_secs(3))
+                    .idle(Duration::from_secs(3)),
+            )
+            .layer(StreamConcurrencyLimitLayer::new(100))
+            .service(inner),
+    )
+}
+
+async fn load(provider: Provider) {
+    let server = MockServer::start().await;
+    let script = Arc::new(Mutex::new(Script::default()));
+    let responder = script.clone();
+    server.respond_with(move |req| respond(&responder, req));
+    let refreshes = Arc::new(AtomicUsize::new(0));
+    let svc = stack(provider, &server, script.clone(), refreshes.clone());
+
+    let calls: Vec<_> = (0..CALLS)
+        .map(|call| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let request = ChatRequest::new("").message(Message::user(format!("call-{call}")));
+                match svc.oneshot(request).await {
+                    Ok(stream) => drain(stream).await,
+                    Err(e) => (Vec::new(), Some(e)),
+                }
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(CALLS);
+    for call in calls {
+        results.push(call.await.unwrap());
+    }
+
+    let script = script.lock().unwrap();
+    let mut tally: HashMap<String, usize> = HashMap::new();
+    let mut requests = 0;
+    for (call, (events, error)) in results.into_iter().enumerate() {
+        let played = &script.played[&call];
+        let (want, needed) = model(played);
+        assert_eq!(
+            played.len(),
+            needed,
+            "{provider:?} call {call}: the server saw {played:?}"
+        );
+        requests += played.len();
+        let deltas = texts(&events);
+        let got = match &error {
+            None => Outcome::Text(deltas.concat()),
+            Some(e) if deltas.is_empty() => Outcome::Failed(e.kind()),
+            Some(e) => Outcome::Interrupted(deltas.concat(), e.kind()),
+        };
+        assert_eq!(
+            got, want,
+            "{provider:?} call {call}: played {played:?}, got {error:?}"
+        );
+        // Not only the same text: the same deltas, each once, in order.
+        assert_eq!(deltas, words()[..deltas.len()], "{provider:?} call {call}");
+        let label = match &got {
+            Outcome::Text(_) => "complete".to_owned(),
+            Outcome::Failed(k) => format!("failed: {k}"),
+            Outcome::Interrupted(_, k) => format!("interrupted: {k}"),
+        };
+        *tally.entry(label).or_default() += 1;
+    }
+    assert_eq!(requests, server.request_count());
+    let expiries = script.generation;
+    assert!(expiries >= 1, "the key expired during the load");
+    assert_eq!(
+        refreshes.load(Ordering::SeqCst),
+        expiries,
+        "exactly one refresh per expiry"
+    );
+    let mut tally: Vec<_> = tally.into_iter().collect();
+    tally.sort();
+    println!(
+        "{provider:?}: {CALLS} calls, {requests} requests, {expiries} key expiries, \
+         peak {} open responses; {tally:?}",
+        server.peak_open_responses()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_calls_with_faults_lose_nothing_and_repeat_nothing() {
+    let started = std::time::Instant::now();
+    let run = async {
+        load(Provider::OpenAi).await;
+        load(Provider::Anthropic).await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the load finishes within a minute");
+    println!("took {:?}", started.elapsed());
+}
