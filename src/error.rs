@@ -499,7 +499,8 @@ impl Error {
         if api.request_id.is_none() {
             api.request_id = request_id_header(headers).map(str::to_owned);
         }
-        api.retry_after = parse_retry_after(headers, SystemTime::now());
+        // The headers win over a delay the body gave (Gemini's `RetryInfo`).
+        api.retry_after = parse_retry_after(headers, SystemTime::now()).or(api.retry_after);
         api.should_retry = match header_str(headers, "x-should-retry") {
             Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
             Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
@@ -540,6 +541,8 @@ impl Error {
             .and_then(Value::as_u64)
             .and_then(|c| u16::try_from(c).ok())
             .and_then(|c| StatusCode::from_u16(c).ok());
+        // A status the event names (Gemini's `code`) is the answer's status.
+        api.status = numeric;
         let class = class_from_type(&api)
             .or_else(|| numeric.map(class_from_status))
             .unwrap_or(Class::Server);
@@ -637,7 +640,8 @@ fn class_from_type(api: &ApiError) -> Option<Class> {
             | "invalid_api_key"
             | "token_expired"
             | "invalid_token"
-            | "UNAUTHENTICATED" => Some(Class::Unauthorized),
+            | "UNAUTHENTICATED"
+            | "API_KEY_INVALID" => Some(Class::Unauthorized),
             "permission_error" | "PERMISSION_DENIED" => Some(Class::Forbidden),
             "rate_limit_error"
             | "rate_limit_exceeded"
@@ -686,11 +690,28 @@ fn fill_from_value(api: &mut ApiError, v: &Value) {
     };
     match v.get("error") {
         Some(Value::Object(e)) => {
-            api.error_type = e.get("type").and_then(as_string);
-            api.code = e
-                .get("code")
+            // Gemini (Google's APIs) name the class in `status` and give the
+            // HTTP status as a number in `code`; the reason of an
+            // `ErrorInfo` detail (`API_KEY_INVALID`) is the most specific.
+            api.error_type = e
+                .get("type")
                 .and_then(as_string)
                 .or_else(|| e.get("status").and_then(as_string));
+            let details = e.get("details").and_then(Value::as_array);
+            let detail = |kind: &str, field: &str| {
+                details?
+                    .iter()
+                    .filter(|d| {
+                        d.get("@type")
+                            .and_then(Value::as_str)
+                            .is_some_and(|t| t.ends_with(kind))
+                    })
+                    .find_map(|d| d.get(field).and_then(Value::as_str))
+            };
+            api.code = detail("ErrorInfo", "reason")
+                .map(str::to_owned)
+                .or_else(|| e.get("code").and_then(as_string));
+            api.retry_after = detail("RetryInfo", "retryDelay").and_then(parse_proto_duration);
             api.message = e.get("message").and_then(as_string);
         }
         Some(Value::String(s)) => api.message = Some(s.clone()),
@@ -699,6 +720,13 @@ fn fill_from_value(api: &mut ApiError, v: &Value) {
     if let Some(id) = v.get("request_id").and_then(as_string) {
         api.request_id = Some(id);
     }
+}
+
+/// A protobuf `Duration` in its JSON form: seconds with an `s`, as in `"37s"`
+/// or `"1.5s"`.
+fn parse_proto_duration(text: &str) -> Option<Duration> {
+    let seconds: f64 = text.strip_suffix('s')?.parse().ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
 }
 
 /// The `<title>` of an HTML page, which says more than its first bytes.

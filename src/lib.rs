@@ -89,7 +89,7 @@ pub use error::{
 pub use fallback::{Fallback, FallbackLayer};
 pub use guard::Deadline;
 pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
-pub use provider::{Anthropic, AnthropicBuilder, OpenAi, OpenAiBuilder};
+pub use provider::{Anthropic, AnthropicBuilder, Gemini, GeminiBuilder, OpenAi, OpenAiBuilder};
 pub use refresh::{Credential, Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};
 pub use timeout::{StreamTimeout, StreamTimeoutLayer};

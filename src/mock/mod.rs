@@ -2,7 +2,8 @@
 //! `mock`).
 //!
 //! A real HTTP/1.1 server on `127.0.0.1` that answers OpenAI Chat Completions
-//! (`…/chat/completions`) and Anthropic Messages (`…/messages`) requests from
+//! (`…/chat/completions`), Anthropic Messages (`…/messages`) and Gemini
+//! (`…/models/{model}:generateContent`, `:streamGenerateContent`) requests from
 //! a queue of scripted [`Reply`]s — one per request, that is per attempt —
 //! or, once the queue is empty, from a default reply or a function of the
 //! request ([`respond_with`](MockServer::respond_with)), and records every
@@ -170,6 +171,11 @@ impl MockServer {
         self.url()
     }
 
+    /// The base URL for [`Gemini`](crate::Gemini): `http://127.0.0.1:PORT`.
+    pub fn gemini_url(&self) -> String {
+        self.url()
+    }
+
     /// Queues a reply for the next request that has none yet.
     pub fn push(&self, reply: Reply) -> &Self {
         lock(&self.shared.replies).push_back(reply);
@@ -219,7 +225,8 @@ impl MockServer {
     }
 
     /// Accepts only requests carrying one of `keys` (as `Authorization:
-    /// Bearer <key>` or `x-api-key: <key>`); others get a 401 in the
+    /// Bearer <key>`, `x-api-key: <key>` or `x-goog-api-key: <key>`); others
+    /// get a 401 in the
     /// provider's error shape, without using a scripted reply. Call again to
     /// rotate keys.
     pub fn accept_keys<I, S>(&self, keys: I) -> &Self
@@ -360,27 +367,45 @@ async fn handle(
         .header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| recorded.header("x-api-key"))
+        .or_else(|| recorded.header("x-goog-api-key"))
         .map(str::to_owned);
     let json = recorded.json();
 
+    // Gemini names the model and the mode in the path.
+    let gemini = path.rsplit_once(':').and_then(|(resource, method)| {
+        let stream = match method {
+            "generateContent" => false,
+            "streamGenerateContent" => true,
+            _ => return None,
+        };
+        let model = resource.rsplit('/').next().unwrap_or("mock-model");
+        Some((stream, model.to_owned()))
+    });
     let dialect = if path.ends_with("/chat/completions") {
         Dialect::OpenAi
     } else if path.ends_with("/messages") {
         Dialect::Anthropic
+    } else if gemini.is_some() {
+        Dialect::Gemini
     } else {
         let body =
             format!("{{\"error\":{{\"message\":\"no route for {path}\",\"type\":\"not_found\"}}}}");
         lock(&shared.requests).push(recorded);
         return Ok(simple(StatusCode::NOT_FOUND, "application/json", body));
     };
+    let (stream, model) = gemini.unwrap_or_else(|| {
+        (
+            json.get("stream").and_then(Value::as_bool).unwrap_or(false),
+            json.get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("mock-model")
+                .to_owned(),
+        )
+    });
     let asked = Asked {
         dialect,
-        stream: json.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        model: json
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("mock-model")
-            .to_owned(),
+        stream,
+        model,
         include_usage: json
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)

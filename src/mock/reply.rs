@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 /// Generated replies ([`text`](Reply::text), [`tool_call`](Reply::tool_call),
 /// [`api_error`](Reply::api_error)) are rendered in the wire format of the
 /// request that receives them — OpenAI Chat Completions for a path ending in
-/// `/chat/completions`, Anthropic Messages for one ending in `/messages` —
-/// and streamed or not as its `stream` field says. Raw replies
+/// `/chat/completions`, Anthropic Messages for one ending in `/messages`,
+/// Gemini for `…:generateContent` and `…:streamGenerateContent` — and
+/// streamed or not as its `stream` field (Gemini: its path) says. Raw replies
 /// ([`sse`](Reply::sse), [`body`](Reply::body)) are sent as they are.
 ///
 /// Faults are placed by a count of *deltas* for generated streams (the events
@@ -115,7 +116,9 @@ impl Reply {
     }
 
     /// An error answer with `status` and a body in the provider's error shape
-    /// (`error_type` is OpenAI's `code` and `type`, Anthropic's `error.type`).
+    /// (`error_type` is OpenAI's `code` and `type`, Anthropic's `error.type`;
+    /// Gemini gets its `status` name for it, `RESOURCE_EXHAUSTED` for
+    /// `rate_limit_error` and so on, or `error_type` itself).
     ///
     /// # Panics
     ///
@@ -261,6 +264,7 @@ fn status_code(status: u16) -> StatusCode {
 pub(crate) enum Dialect {
     OpenAi,
     Anthropic,
+    Gemini,
 }
 
 /// What the request asked for, as far as rendering cares.
@@ -326,7 +330,7 @@ impl Reply {
                     error_type,
                     message,
                 } => {
-                    let body = error_body(asked.dialect, error_type, message);
+                    let body = error_body(asked.dialect, self.status, error_type, message);
                     ("application/json", Vec::new(), Some(body.to_string()))
                 }
                 Kind::Sse(events) => (
@@ -420,10 +424,11 @@ impl Reply {
                         error_type,
                         message,
                     } => {
-                        let body = error_body(dialect, error_type, message);
+                        let status = gemini_status_code(gemini_status(error_type));
+                        let body = error_body(dialect, status, error_type, message);
                         let text = match dialect {
                             Dialect::Anthropic => format!("event: error\ndata: {body}\n\n"),
-                            Dialect::OpenAi => format!("data: {body}\n\n"),
+                            Dialect::OpenAi | Dialect::Gemini => format!("data: {body}\n\n"),
                         };
                         push(&mut out, Bytes::from(text));
                     }
@@ -476,6 +481,10 @@ fn text_delta(dialect: Dialect, text: &[u8]) -> Bytes {
             b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"",
             b"\"}}\n\n",
         ),
+        Dialect::Gemini => (
+            b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"",
+            b"\"}],\"role\":\"model\"},\"index\":0}]}\n\n",
+        ),
     };
     let mut out = Vec::with_capacity(before.len() + text.len() + after.len());
     out.extend_from_slice(before);
@@ -493,8 +502,39 @@ enum Content<'a> {
     },
 }
 
-fn error_body(dialect: Dialect, error_type: &str, message: &str) -> Value {
+/// Gemini's status name for an error type given in OpenAI's or Anthropic's
+/// words; a name in Gemini's own words is kept.
+fn gemini_status(error_type: &str) -> &str {
+    match error_type {
+        "rate_limit_error" | "rate_limit_exceeded" | "insufficient_quota" => "RESOURCE_EXHAUSTED",
+        "overloaded_error" => "UNAVAILABLE",
+        "authentication_error" | "invalid_api_key" => "UNAUTHENTICATED",
+        "permission_error" => "PERMISSION_DENIED",
+        "server_error" | "api_error" => "INTERNAL",
+        "invalid_request_error" => "INVALID_ARGUMENT",
+        "not_found_error" => "NOT_FOUND",
+        other => other,
+    }
+}
+
+/// The HTTP status Gemini pairs with a status name.
+fn gemini_status_code(status: &str) -> StatusCode {
+    match status {
+        "RESOURCE_EXHAUSTED" => StatusCode::TOO_MANY_REQUESTS,
+        "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
+        "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+        "PERMISSION_DENIED" => StatusCode::FORBIDDEN,
+        "INVALID_ARGUMENT" => StatusCode::BAD_REQUEST,
+        "NOT_FOUND" => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error_body(dialect: Dialect, status: StatusCode, error_type: &str, message: &str) -> Value {
     match dialect {
+        Dialect::Gemini => json!({"error": {
+            "code": status.as_u16(), "message": message, "status": gemini_status(error_type),
+        }}),
         Dialect::OpenAi => {
             json!({"error": {"message": message, "type": error_type, "param": null, "code": error_type}})
         }
@@ -527,6 +567,30 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
             anthropic_frames(asked, content, input_tokens, output_tokens),
             None,
         ),
+        (Dialect::Gemini, true) => (
+            "text/event-stream",
+            gemini_frames(asked, content, input_tokens),
+            None,
+        ),
+        (Dialect::Gemini, false) => {
+            let part = match content {
+                Content::Text(d) => json!({"text": d.concat()}),
+                Content::Tool {
+                    id,
+                    name,
+                    arguments,
+                } => json!({"functionCall": {
+                    "id": id, "name": name, "args": tool_args(arguments),
+                }}),
+            };
+            let body = gemini_response(
+                asked,
+                part,
+                Some("STOP"),
+                gemini_usage(input_tokens, output_tokens),
+            );
+            ("application/json", Vec::new(), Some(body.to_string()))
+        }
         (Dialect::OpenAi, false) => {
             let mut message = json!({"role": "assistant", "content": null, "refusal": null});
             let finish = match content {
@@ -561,14 +625,10 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
                     id,
                     name,
                     arguments,
-                } => {
-                    let input: Value =
-                        serde_json::from_str(&arguments.concat()).unwrap_or_else(|_| json!({}));
-                    (
-                        json!({"type": "tool_use", "id": id, "name": name, "input": input}),
-                        "tool_use",
-                    )
-                }
+                } => (
+                    json!({"type": "tool_use", "id": id, "name": name, "input": tool_args(arguments)}),
+                    "tool_use",
+                ),
             };
             let body = json!({
                 "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
@@ -578,6 +638,66 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
             ("application/json", Vec::new(), Some(body.to_string()))
         }
     }
+}
+
+/// A tool call's streamed argument fragments, as one JSON value.
+fn tool_args(arguments: &[String]) -> Value {
+    serde_json::from_str(&arguments.concat()).unwrap_or_else(|_| json!({}))
+}
+
+fn gemini_usage(input_tokens: u64, output_tokens: u64) -> Value {
+    json!({"promptTokenCount": input_tokens, "candidatesTokenCount": output_tokens,
+           "totalTokenCount": input_tokens + output_tokens})
+}
+
+/// One `GenerateContentResponse` with one part.
+fn gemini_response(asked: &Asked, part: Value, finish: Option<&str>, usage: Value) -> Value {
+    let mut candidate = json!({"content": {"parts": [part], "role": "model"}, "index": 0});
+    if let Some(finish) = finish {
+        candidate["finishReason"] = finish.into();
+    }
+    json!({"candidates": [candidate], "usageMetadata": usage,
+           "modelVersion": asked.model, "responseId": MESSAGE_ID})
+}
+
+/// Gemini streams: one chunk per delta (a function call comes whole, in one
+/// chunk), then one with the finish reason; no terminator after it.
+fn gemini_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64) -> Vec<Frame> {
+    let chunk = |v: Value, counted: bool| Frame {
+        text: format!("data: {v}\n\n"),
+        counted,
+    };
+    let mut frames = Vec::new();
+    let mut output = 0;
+    match content {
+        Content::Text(deltas) => {
+            for d in deltas.iter() {
+                output += 1;
+                let usage = gemini_usage(input_tokens, output);
+                frames.push(chunk(
+                    gemini_response(asked, json!({"text": d}), None, usage),
+                    true,
+                ));
+            }
+        }
+        Content::Tool {
+            id,
+            name,
+            arguments,
+        } => {
+            output = arguments.len() as u64 + 1;
+            let part =
+                json!({"functionCall": {"id": id, "name": name, "args": tool_args(arguments)}});
+            let usage = gemini_usage(input_tokens, output);
+            frames.push(chunk(gemini_response(asked, part, None, usage), true));
+        }
+    }
+    let usage = gemini_usage(input_tokens, output);
+    frames.push(chunk(
+        gemini_response(asked, json!({"text": ""}), Some("STOP"), usage),
+        false,
+    ));
+    frames
 }
 
 fn openai_frames(

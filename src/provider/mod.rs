@@ -52,13 +52,22 @@ use crate::sse::{Event, SseDecoder, SseError};
 use crate::transport::{RequestBody, ReqwestTransport};
 
 mod anthropic;
+mod gemini;
 mod openai;
 
 pub use anthropic::{Anthropic, AnthropicBuilder};
+pub use gemini::{Gemini, GeminiBuilder};
 pub use openai::{OpenAi, OpenAiBuilder};
 
 /// Where decoded events wait until the caller polls for them.
 type Queue = VecDeque<Result<StreamEvent, Error>>;
+
+/// The headers a managed credential replaces: `Authorization`, then the API
+/// key headers (Anthropic's, which [`Credential::api_key`] stands for, and
+/// Gemini's).
+///
+/// [`Credential::api_key`]: crate::Credential::api_key
+const AUTH_HEADERS: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"];
 
 /// How much of an error response's body is read to classify it.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -71,6 +80,18 @@ pub(crate) trait Wire: Send + Sync + 'static {
     /// the caller.
     fn encode_body(&self, req: &ChatRequest, model: &str) -> Map<String, Value>;
 
+    /// Where the request goes: the configured endpoint, unless the model or
+    /// the mode is part of the path.
+    fn uri(&self, common: &Common, _model: &str, _stream: bool) -> Result<Uri, Error> {
+        Ok(common.endpoint.clone())
+    }
+
+    /// How this provider sends an API key whose value is `value` (see
+    /// [`Credential::api_key`](crate::Credential::api_key)).
+    fn api_key_header(&self, value: &HeaderValue) -> (HeaderName, HeaderValue) {
+        (HeaderName::from_static("x-api-key"), value.clone())
+    }
+
     /// A decoder for one response.
     fn decoder(&self) -> Decoder;
 }
@@ -81,6 +102,7 @@ pub(crate) trait Wire: Send + Sync + 'static {
 pub(crate) enum Decoder {
     OpenAi(openai::OpenAiDecoder),
     Anthropic(anthropic::AnthropicDecoder),
+    Gemini(gemini::GeminiDecoder),
 }
 
 macro_rules! dispatch {
@@ -88,6 +110,7 @@ macro_rules! dispatch {
         match $self {
             Decoder::OpenAi($d) => $e,
             Decoder::Anthropic($d) => $e,
+            Decoder::Gemini($d) => $e,
         }
     };
 }
@@ -179,7 +202,8 @@ impl<W: Wire, S> Client<W, S> {
         }
         let bytes = serde_json::to_vec(&Value::Object(body))
             .map_err(|e| Error::config(format!("cannot encode the request: {e}")))?;
-        let mut http_req = http::Request::post(self.common.endpoint.clone())
+        let uri = self.wire.uri(&self.common, &model, req.stream)?;
+        let mut http_req = http::Request::post(uri)
             .body(RequestBody::new(Bytes::from(bytes)))
             .map_err(|e| Error::config(format!("cannot build the request: {e}")))?;
         let headers = http_req.headers_mut();
@@ -205,8 +229,14 @@ impl<W: Wire, S> Client<W, S> {
             },
         };
         if let Some((name, value)) = credential {
-            headers.remove(http::header::AUTHORIZATION);
-            headers.remove("x-api-key");
+            for auth in AUTH_HEADERS {
+                headers.remove(auth);
+            }
+            let (name, value) = if name == AUTH_HEADERS[1] {
+                self.wire.api_key_header(&value)
+            } else {
+                (name, value)
+            };
             headers.insert(name, value);
         }
         Ok((http_req, model))

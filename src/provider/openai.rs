@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -183,6 +183,20 @@ impl Wire for OpenAiWire {
 
     fn decoder(&self) -> Decoder {
         Decoder::OpenAi(OpenAiDecoder::default())
+    }
+
+    fn api_key_header(&self, value: &HeaderValue) -> (HeaderName, HeaderValue) {
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend_from_slice(value.as_bytes());
+        match HeaderValue::from_bytes(&bearer) {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                (AUTHORIZATION, v)
+            }
+            // A valid value after a valid prefix is valid: unreachable, but
+            // sending the key as it came is the honest fallback.
+            Err(_) => (HeaderName::from_static("x-api-key"), value.clone()),
+        }
     }
 }
 

@@ -35,7 +35,7 @@ pub struct Credential {
 pub enum AuthScheme {
     /// `Authorization: Bearer <secret>` (OpenAI keys, OAuth tokens).
     Bearer,
-    /// `x-api-key: <secret>` (Anthropic keys).
+    /// The provider's API-key header (see [`Credential::api_key`]).
     ApiKey,
     /// `<name>: <secret>`.
     Header(HeaderName),
@@ -47,7 +47,9 @@ impl Credential {
         Credential::new(secret, AuthScheme::Bearer)
     }
 
-    /// Sent as `x-api-key: <secret>`.
+    /// Sent as the provider's API key: `x-api-key` to Anthropic,
+    /// `x-goog-api-key` to Gemini, `Authorization: Bearer` to OpenAI (and
+    /// `x-api-key` to other services).
     pub fn api_key(secret: impl Into<String>) -> Self {
         Credential::new(secret, AuthScheme::ApiKey)
     }

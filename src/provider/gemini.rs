@@ -1,0 +1,564 @@
+//! Google Gemini, through the Generative Language API.
+
+use std::borrow::Cow;
+
+use http::Uri;
+use http::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value, json};
+
+use super::{
+    Client, Common, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
+    default_transport, provider_service, secret_header, truncated,
+};
+use crate::chat::{
+    ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+};
+use crate::error::Error;
+use crate::sse::Event;
+use crate::transport::ReqwestTransport;
+
+const NAME: &str = "gemini";
+
+/// The header Gemini reads its API key from.
+const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
+
+/// Tool-call ids this crate made up for calls Gemini sent without one: not
+/// sent back, since Gemini never issued them.
+const MADE_UP_ID: &str = "gemini-call-";
+
+/// Google Gemini (`POST {base}/{version}/models/{model}:generateContent`, and
+/// `:streamGenerateContent?alt=sse` for streams) as a
+/// `Service<ChatRequest, Response = ChatStream, Error = Error>`.
+///
+/// Authenticates with an API key sent as `x-goog-api-key` (never in the URL,
+/// where logs and error messages would show it). System messages become
+/// `systemInstruction`; thought summaries (ask for them with
+/// `extra["generationConfig"]`, or [`include_thoughts`](GeminiBuilder::include_thoughts))
+/// arrive as [`StreamEvent::ThinkingDelta`] and thought signatures as
+/// [`StreamEvent::ThinkingSignature`]; a function call arrives whole, as a
+/// `ToolCallStart` and one `ToolCallDelta`. Gemini sends no end-of-stream
+/// marker: a stream is complete when it ends after a `finishReason`. Only the
+/// first candidate is decoded.
+pub struct Gemini<S = ReqwestTransport> {
+    client: Client<GeminiWire, S>,
+}
+
+provider_service!(Gemini);
+
+impl Gemini {
+    /// Configures a service.
+    pub fn builder() -> GeminiBuilder {
+        GeminiBuilder {
+            common: CommonBuilder::new("https://generativelanguage.googleapis.com"),
+            api_key: None,
+            version: "v1beta".into(),
+            include_thoughts: false,
+        }
+    }
+}
+
+/// Builds a [`Gemini`] service.
+#[derive(Clone)]
+pub struct GeminiBuilder {
+    common: CommonBuilder,
+    api_key: Option<String>,
+    version: String,
+    include_thoughts: bool,
+}
+
+impl std::fmt::Debug for GeminiBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeminiBuilder")
+            .field("common", &self.common)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("version", &self.version)
+            .field("include_thoughts", &self.include_thoughts)
+            .finish()
+    }
+}
+
+impl GeminiBuilder {
+    common_builder_methods!();
+
+    /// The API key, sent as `x-goog-api-key`.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        let key = key.into();
+        self.api_key = (!key.is_empty()).then_some(key);
+        self
+    }
+
+    /// The API version in the path (default `v1beta`, where thinking and
+    /// the newest models are).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// Asks thinking models for thought summaries
+    /// (`generationConfig.thinkingConfig.includeThoughts`), which arrive as
+    /// [`StreamEvent::ThinkingDelta`]. Off by default.
+    pub fn include_thoughts(mut self, on: bool) -> Self {
+        self.include_thoughts = on;
+        self
+    }
+
+    /// Builds the service over the default reqwest transport.
+    pub fn build(self) -> Result<Gemini, Error> {
+        let transport = default_transport(&self.common)?;
+        self.build_with(transport)
+    }
+
+    /// Builds the service over `transport`, any
+    /// `Service<http::Request<RequestBody>>`. The timeouts set here apply to
+    /// the default transport only.
+    pub fn build_with<S>(self, transport: S) -> Result<Gemini<S>, Error> {
+        let mut auth = Vec::new();
+        if let Some(key) = &self.api_key {
+            auth.push((API_KEY, secret_header(NAME, key)?));
+        }
+        let version = self.version.trim_matches('/');
+        let common = self.common.common(NAME, &format!("/{version}/"), auth)?;
+        Ok(Gemini {
+            client: Client {
+                wire: std::sync::Arc::new(GeminiWire {
+                    include_thoughts: self.include_thoughts,
+                }),
+                common: std::sync::Arc::new(common),
+                transport,
+            },
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct GeminiWire {
+    include_thoughts: bool,
+}
+
+impl Wire for GeminiWire {
+    const NAME: &'static str = NAME;
+
+    fn uri(&self, common: &Common, model: &str, stream: bool) -> Result<Uri, Error> {
+        // `models/x` and `tunedModels/x` name their collection; a bare id is
+        // a model.
+        let collection = if model.contains('/') { "" } else { "models/" };
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        if model.contains(['?', '#', ':', ' ']) {
+            return Err(Error::config(format!(
+                "gemini: invalid model name {model:?}"
+            )));
+        }
+        format!("{}{collection}{model}:{method}", common.endpoint)
+            .parse()
+            .map_err(|e| Error::config(format!("gemini: invalid model name {model:?}: {e}")))
+    }
+
+    fn api_key_header(&self, value: &HeaderValue) -> (HeaderName, HeaderValue) {
+        (API_KEY, value.clone())
+    }
+
+    fn encode_body(&self, req: &ChatRequest, _model: &str) -> Map<String, Value> {
+        let mut body = Map::new();
+        let mut system = Vec::new();
+        let mut contents = Vec::with_capacity(req.messages.len());
+        for m in &req.messages {
+            let parts: Vec<Value> = m
+                .content
+                .iter()
+                .filter_map(|p| encode_part(p, req))
+                .collect();
+            if parts.is_empty() {
+                continue;
+            }
+            match m.role {
+                Role::System => system.extend(parts),
+                Role::User => contents.push(json!({"role": "user", "parts": parts})),
+                Role::Assistant => contents.push(json!({"role": "model", "parts": parts})),
+            }
+        }
+        if !system.is_empty() {
+            body.insert("systemInstruction".into(), json!({"parts": system}));
+        }
+        body.insert("contents".into(), Value::Array(contents));
+        let mut config = Map::new();
+        if let Some(n) = req.max_tokens {
+            config.insert("maxOutputTokens".into(), n.into());
+        }
+        if let Some(t) = req.temperature {
+            config.insert("temperature".into(), t.into());
+        }
+        if let Some(p) = req.top_p {
+            config.insert("topP".into(), p.into());
+        }
+        if !req.stop.is_empty() {
+            config.insert("stopSequences".into(), req.stop.clone().into());
+        }
+        if self.include_thoughts {
+            config.insert("thinkingConfig".into(), json!({"includeThoughts": true}));
+        }
+        if !config.is_empty() {
+            body.insert("generationConfig".into(), Value::Object(config));
+        }
+        if !req.tools.is_empty() {
+            let declarations: Vec<Value> = req
+                .tools
+                .iter()
+                .map(|t| {
+                    let mut f = Map::new();
+                    f.insert("name".into(), t.name.clone().into());
+                    if let Some(d) = &t.description {
+                        f.insert("description".into(), d.clone().into());
+                    }
+                    f.insert("parameters".into(), t.parameters.clone());
+                    Value::Object(f)
+                })
+                .collect();
+            body.insert(
+                "tools".into(),
+                json!([{"functionDeclarations": declarations}]),
+            );
+        }
+        if let Some(choice) = &req.tool_choice {
+            let config = match choice {
+                ToolChoice::Auto => json!({"mode": "AUTO"}),
+                ToolChoice::None => json!({"mode": "NONE"}),
+                ToolChoice::Required => json!({"mode": "ANY"}),
+                ToolChoice::Tool(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+            };
+            body.insert(
+                "toolConfig".into(),
+                json!({"functionCallingConfig": config}),
+            );
+        }
+        body
+    }
+
+    fn decoder(&self) -> Decoder {
+        Decoder::Gemini(GeminiDecoder::default())
+    }
+}
+
+fn encode_part(p: &ContentPart, req: &ChatRequest) -> Option<Value> {
+    Some(match p {
+        ContentPart::Text(t) => json!({"text": t}),
+        ContentPart::Image(Image::Base64 { media_type, data }) => {
+            json!({"inlineData": {"mimeType": media_type, "data": data}})
+        }
+        ContentPart::Image(Image::Url(url)) => json!({"fileData": {"fileUri": url}}),
+        ContentPart::ToolUse {
+            id,
+            name,
+            arguments,
+        } => {
+            let mut call = Map::new();
+            call.insert("name".into(), name.clone().into());
+            call.insert("args".into(), arguments.clone());
+            if !id.starts_with(MADE_UP_ID) {
+                call.insert("id".into(), id.clone().into());
+            }
+            json!({"functionCall": call})
+        }
+        ContentPart::ToolResult {
+            tool_call_id,
+            content,
+            is_error,
+        } => {
+            // Gemini matches a response to its call by name: find it.
+            let name = req
+                .messages
+                .iter()
+                .flat_map(|m| &m.content)
+                .find_map(|p| match p {
+                    ContentPart::ToolUse { id, name, .. } if id == tool_call_id => Some(name),
+                    _ => None,
+                })
+                .unwrap_or(tool_call_id);
+            let key = if *is_error { "error" } else { "result" };
+            let mut response = Map::new();
+            response.insert("name".into(), name.clone().into());
+            response.insert("response".into(), json!({ key: content }));
+            if !tool_call_id.starts_with(MADE_UP_ID) {
+                response.insert("id".into(), tool_call_id.clone().into());
+            }
+            json!({"functionResponse": response})
+        }
+        ContentPart::Thinking { text, signature } => {
+            let mut part = Map::new();
+            part.insert("text".into(), text.clone().into());
+            part.insert("thought".into(), true.into());
+            if let Some(s) = signature {
+                part.insert("thoughtSignature".into(), s.clone().into());
+            }
+            Value::Object(part)
+        }
+        ContentPart::RedactedThinking { .. } => return None,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Chunk<'a> {
+    #[serde(borrow, default)]
+    candidates: Vec<Candidate<'a>>,
+    #[serde(default)]
+    usage_metadata: Option<WireUsage>,
+    #[serde(borrow, default)]
+    model_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    response_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    prompt_feedback: Option<PromptFeedback<'a>>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Candidate<'a> {
+    #[serde(default)]
+    index: u32,
+    #[serde(borrow, default)]
+    content: Option<Content<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Content<'a> {
+    #[serde(borrow, default)]
+    parts: Vec<Part<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Part<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(default)]
+    thought: bool,
+    #[serde(borrow, default)]
+    thought_signature: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function_call: Option<FunctionCall<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    args: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PromptFeedback<'a> {
+    #[serde(borrow, default)]
+    block_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+struct WireUsage {
+    #[serde(default)]
+    prompt_token_count: u64,
+    #[serde(default)]
+    candidates_token_count: u64,
+    #[serde(default)]
+    thoughts_token_count: Option<u64>,
+    #[serde(default)]
+    cached_content_token_count: Option<u64>,
+    #[serde(default)]
+    tool_use_prompt_token_count: Option<u64>,
+}
+
+impl From<WireUsage> for Usage {
+    fn from(u: WireUsage) -> Usage {
+        Usage {
+            input_tokens: u.prompt_token_count + u.tool_use_prompt_token_count.unwrap_or(0),
+            // Our output count includes reasoning; Gemini's does not.
+            output_tokens: u.candidates_token_count + u.thoughts_token_count.unwrap_or(0),
+            cache_read_input_tokens: u.cached_content_token_count,
+            cache_creation_input_tokens: None,
+            reasoning_tokens: u.thoughts_token_count,
+        }
+    }
+}
+
+/// Decodes one Gemini response: SSE chunks, or one JSON body, each a
+/// `GenerateContentResponse`.
+#[derive(Debug, Default)]
+pub(crate) struct GeminiDecoder {
+    started: bool,
+    done: bool,
+    stop_reason: Option<StopReason>,
+    /// Usage is cumulative in every chunk: the last is sent before `Done`.
+    usage: Option<Usage>,
+    tool_calls: usize,
+}
+
+impl GeminiDecoder {
+    fn chunk(&mut self, data: &str, context: &str, out: &mut Queue) {
+        let chunk: Chunk<'_> = match serde_json::from_str(data) {
+            Ok(c) => c,
+            Err(e) => {
+                out.push_back(Err(Error::json(NAME, context, data, e)));
+                return;
+            }
+        };
+        if chunk.error.is_some() {
+            out.push_back(Err(Error::from_event_data(NAME, "error", data)));
+            return;
+        }
+        if !self.started {
+            self.started = true;
+            out.push_back(Ok(StreamEvent::MessageStart {
+                id: chunk.response_id.map(Cow::into_owned),
+                model: chunk.model_version.map(Cow::into_owned),
+            }));
+        }
+        if let Some(u) = chunk.usage_metadata {
+            self.usage = Some(u.into());
+        }
+        for candidate in chunk.candidates {
+            // Only the first candidate: `candidateCount > 1` is not supported.
+            if candidate.index != 0 {
+                continue;
+            }
+            for part in candidate.content.into_iter().flat_map(|c| c.parts) {
+                self.part(part, out);
+            }
+            if let Some(reason) = candidate.finish_reason {
+                self.stop_reason = Some(self.stop_reason(&reason));
+            }
+        }
+        // A prompt refused outright has no candidate at all.
+        if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
+            self.stop_reason
+                .get_or_insert_with(|| match reason.as_ref() {
+                    "SAFETY" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "IMAGE_SAFETY" => {
+                        StopReason::ContentFilter
+                    }
+                    other => StopReason::Other(other.to_owned()),
+                });
+        }
+    }
+
+    fn part(&mut self, part: Part<'_>, out: &mut Queue) {
+        if let Some(text) = part.text.filter(|t| !t.is_empty()) {
+            let text = text.into_owned();
+            out.push_back(Ok(if part.thought {
+                StreamEvent::ThinkingDelta { text }
+            } else {
+                StreamEvent::TextDelta { text }
+            }));
+        }
+        if let Some(call) = part.function_call {
+            let index = self.tool_calls;
+            self.tool_calls += 1;
+            out.push_back(Ok(StreamEvent::ToolCallStart {
+                index,
+                id: call
+                    .id
+                    .map_or_else(|| format!("{MADE_UP_ID}{index}"), Cow::into_owned),
+                name: call.name.into_owned(),
+            }));
+            out.push_back(Ok(StreamEvent::ToolCallDelta {
+                index,
+                arguments: call.args.map_or("{}", RawValue::get).to_owned(),
+            }));
+        }
+        if let Some(signature) = part.thought_signature.filter(|s| !s.is_empty()) {
+            out.push_back(Ok(StreamEvent::ThinkingSignature {
+                signature: signature.into_owned(),
+            }));
+        }
+    }
+
+    fn stop_reason(&self, reason: &str) -> StopReason {
+        match reason {
+            // Gemini says STOP after a function call too.
+            "STOP" if self.tool_calls > 0 => StopReason::ToolUse,
+            "STOP" => StopReason::EndTurn,
+            "MAX_TOKENS" => StopReason::MaxTokens,
+            "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
+            | "IMAGE_SAFETY" => StopReason::ContentFilter,
+            other => StopReason::Other(other.to_owned()),
+        }
+    }
+
+    fn done(&mut self, out: &mut Queue) {
+        self.done = true;
+        if let Some(u) = self.usage.take() {
+            out.push_back(Ok(StreamEvent::Usage(u)));
+        }
+        out.push_back(Ok(StreamEvent::Done {
+            stop_reason: self.stop_reason.take(),
+        }));
+    }
+}
+
+impl WireDecoder for GeminiDecoder {
+    fn event(&mut self, event: Event<'_>, out: &mut Queue) {
+        let data = event.data.trim();
+        if !data.is_empty() {
+            self.chunk(data, event.event, out);
+        }
+    }
+
+    fn body(&mut self, body: &[u8], out: &mut Queue) {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            out.push_back(Err(truncated(NAME)));
+            return;
+        }
+        // A body is one response, or (from a server that streams without
+        // SSE) a JSON array of them.
+        if text.starts_with('[') {
+            match serde_json::from_str::<Vec<&RawValue>>(text) {
+                Ok(items) => {
+                    for item in items {
+                        self.chunk(item.get(), "body", out);
+                        if out.back().is_some_and(Result::is_err) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    out.push_back(Err(Error::json(NAME, "body", text, e)));
+                    return;
+                }
+            }
+        } else {
+            self.chunk(text, "body", out);
+        }
+        if out.back().is_none_or(Result::is_ok) {
+            self.done(out);
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        // Gemini sends no terminator: the stream ends with the body.
+        self.done
+    }
+
+    fn finish(&mut self, out: &mut Queue) {
+        if self.done {
+            return;
+        }
+        if self.stop_reason.is_some() {
+            self.done(out);
+        } else {
+            out.push_back(Err(truncated(NAME)));
+        }
+    }
+}
