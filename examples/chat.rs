@@ -1,17 +1,24 @@
-//! A command-line client for OpenAI, Anthropic and every OpenAI-compatible
-//! server.
+//! A command-line client for OpenAI, Anthropic, Gemini and every
+//! OpenAI-compatible server.
 //!
 //! ```text
-//! cargo run --example chat -- [--provider openai|anthropic] [--base-url URL]
+//! cargo run --example chat -- [--provider NAME] [--base-url URL]
 //!     [--model M] [--no-stream] [--max-retries N] [--first-event-timeout SECS]
 //!     [--idle-timeout SECS] [--api-key-cmd CMD] [--json] PROMPT
 //! ```
 //!
+//! NAME is `openai` (the default), `anthropic`, `gemini`, or a preset of an
+//! OpenAI-compatible server: `xai`, `groq`, `together`, `openrouter`,
+//! `deepseek`, `mistral`, `ollama`, `vllm`, `llamacpp` (these need
+//! `--model`). `--base-url` is the API root: for Gemini
+//! `https://generativelanguage.googleapis.com` unless given.
+//!
 //! Streams the answer's text to stdout as it arrives. The key comes from
-//! `OPENAI_API_KEY` / `ANTHROPIC_API_KEY`, or from `--api-key-cmd`, a shell
-//! command whose trimmed output is the key, run again (once per call) when
-//! the provider refuses the key. `--json` prints the folded answer
-//! as one JSON object instead. On failure: exit code 1 and one line on stderr,
+//! `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY` or the preset's
+//! variable (`GROQ_API_KEY`, …), or from `--api-key-cmd`, a shell command
+//! whose trimmed output is the key, run again (once per call) when the
+//! provider refuses the key. `--json` prints the folded answer as one JSON
+//! object instead. On failure: exit code 1 and one line on stderr,
 //! `error[CLASS]: message`, CLASS being `Error::kind()` (`unauthorized`,
 //! `rate_limited`, `transport`, …).
 
@@ -21,13 +28,14 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, CompletionBuilder, Credential, Error, Message, OpenAi,
-    RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer, TransportRetryLayer,
+    Anthropic, ChatRequest, ChatStream, CompletionBuilder, Credential, Error, Gemini, Message,
+    OpenAi, Preset, RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer,
+    TransportRetryLayer,
 };
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 
-const USAGE: &str = "usage: chat [--provider openai|anthropic] [--base-url URL] [--model M] \
+const USAGE: &str = "usage: chat [--provider openai|anthropic|gemini|PRESET] [--base-url URL] [--model M] \
 [--no-stream] [--max-retries N] [--first-event-timeout SECS] [--idle-timeout SECS] \
 [--api-key-cmd CMD] [--json] PROMPT";
 
@@ -121,34 +129,56 @@ type ChatService = BoxCloneService<ChatRequest, ChatStream, Error>;
 fn build(args: &Args) -> Result<ChatService, String> {
     let env_key = |name: &str| std::env::var(name).ok().filter(|k| !k.is_empty());
     let config_error = |e: Error| e.to_string();
-    let anthropic = match args.provider.as_str() {
-        "openai" => false,
-        "anthropic" => true,
+    let model = |default: &str| args.model.clone().unwrap_or_else(|| default.to_owned());
+    let service: ChatService = match args.provider.as_str() {
+        "openai" => {
+            let mut b = OpenAi::builder().model(model("gpt-4o-mini"));
+            if let Some(url) = &args.base_url {
+                b = b.base_url(url);
+            }
+            if let Some(k) = env_key("OPENAI_API_KEY") {
+                b = b.api_key(k);
+            }
+            BoxCloneService::new(b.build().map_err(config_error)?)
+        }
+        "anthropic" => {
+            let mut b = Anthropic::builder().model(model("claude-sonnet-4-5"));
+            if let Some(url) = &args.base_url {
+                b = b.base_url(url);
+            }
+            if let Some(k) = env_key("ANTHROPIC_API_KEY") {
+                b = b.api_key(k);
+            }
+            BoxCloneService::new(b.build().map_err(config_error)?)
+        }
+        "gemini" => {
+            let mut b = Gemini::builder().model(model("gemini-2.5-flash"));
+            if let Some(url) = &args.base_url {
+                b = b.base_url(url);
+            }
+            if let Some(k) = env_key("GEMINI_API_KEY") {
+                b = b.api_key(k);
+            }
+            BoxCloneService::new(b.build().map_err(config_error)?)
+        }
         other => {
-            return Err(format!(
-                "unknown provider {other:?}: use openai or anthropic"
-            ));
+            let preset = Preset::from_name(other).ok_or_else(|| {
+                let presets: Vec<_> = Preset::ALL.iter().map(|p| p.name()).collect();
+                format!(
+                    "unknown provider {other:?}: use openai, anthropic, gemini or one of {}",
+                    presets.join(", ")
+                )
+            })?;
+            let model = args
+                .model
+                .clone()
+                .ok_or_else(|| format!("--provider {preset} needs --model"))?;
+            let mut b = OpenAi::preset(preset).model(model);
+            if let Some(url) = &args.base_url {
+                b = b.base_url(url);
+            }
+            BoxCloneService::new(b.build().map_err(config_error)?)
         }
-    };
-    let service: ChatService = if anthropic {
-        let mut b =
-            Anthropic::builder().model(args.model.as_deref().unwrap_or("claude-sonnet-4-5"));
-        if let Some(url) = &args.base_url {
-            b = b.base_url(url);
-        }
-        if let Some(k) = env_key("ANTHROPIC_API_KEY") {
-            b = b.api_key(k);
-        }
-        BoxCloneService::new(b.build().map_err(config_error)?)
-    } else {
-        let mut b = OpenAi::builder().model(args.model.as_deref().unwrap_or("gpt-4o-mini"));
-        if let Some(url) = &args.base_url {
-            b = b.base_url(url);
-        }
-        if let Some(k) = env_key("OPENAI_API_KEY") {
-            b = b.api_key(k);
-        }
-        BoxCloneService::new(b.build().map_err(config_error)?)
     };
     // Timeouts inside the retry layer: a stream that stalls before output is
     // cut and sent again.
@@ -169,12 +199,8 @@ fn build(args: &Args) -> Result<ChatService, String> {
     let refresh = RefreshLayer::new(move || {
         let cmd = cmd.clone();
         async move {
-            let key = run_key_cmd(cmd).await?;
-            Ok::<_, String>(if anthropic {
-                Credential::api_key(key)
-            } else {
-                Credential::bearer(key)
-            })
+            // Sent the way each provider takes its key.
+            Ok::<_, String>(Credential::api_key(run_key_cmd(cmd).await?))
         }
     });
     Ok(BoxCloneService::new(refresh.layer(service)))

@@ -1,5 +1,5 @@
 //! Runs the mock server in the foreground, for trying the `chat` example (or
-//! any OpenAI / Anthropic client) against it.
+//! any OpenAI, Anthropic or Gemini client) against it.
 //!
 //! ```text
 //! cargo run --example mock_server -- [--accept-key KEY]... [--stall-first N]
@@ -38,6 +38,7 @@ async fn main() {
     }
     println!("openai:    {}", server.openai_url());
     println!("anthropic: {}", server.anthropic_url());
+    println!("gemini:    {}", server.gemini_url());
     let _ = tokio::signal::ctrl_c().await;
     println!("{} requests served", server.request_count());
 }

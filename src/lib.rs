@@ -38,8 +38,9 @@
 //!
 //! The pieces:
 //! - [`chat`]: the request, the event stream and the folded [`Completion`].
-//! - [`provider`]: [`OpenAi`] (and every OpenAI-compatible server) and
-//!   [`Anthropic`], generic over their HTTP transport.
+//! - [`provider`]: [`OpenAi`] (and every OpenAI-compatible server, with
+//!   [`Preset`]s), [`Anthropic`] and [`Gemini`], generic over their HTTP
+//!   transport.
 //! - [`transport`]: the default reqwest transport.
 //! - [`guard`]: the stream guard — retry while, and only while, the caller
 //!   has seen no output — and [`retry`], the [`TransportRetryLayer`] built on
@@ -89,7 +90,9 @@ pub use error::{
 pub use fallback::{Fallback, FallbackLayer};
 pub use guard::Deadline;
 pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
-pub use provider::{Anthropic, AnthropicBuilder, Gemini, GeminiBuilder, OpenAi, OpenAiBuilder};
+pub use provider::{
+    Anthropic, AnthropicBuilder, Gemini, GeminiBuilder, OpenAi, OpenAiBuilder, Preset,
+};
 pub use refresh::{Credential, Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};
 pub use timeout::{StreamTimeout, StreamTimeoutLayer};

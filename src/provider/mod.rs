@@ -6,8 +6,10 @@
 //! [`ReqwestTransport`]):
 //!
 //! - [`OpenAi`]: Chat Completions, and every OpenAI-compatible server through
-//!   its base URL (vLLM, Ollama, llama.cpp, gateways).
+//!   its base URL (vLLM, Ollama, llama.cpp, gateways), with [`Preset`]s for
+//!   the common ones.
 //! - [`Anthropic`]: Messages, with an API key or an OAuth bearer token.
+//! - [`Gemini`]: Google's Generative Language API.
 //!
 //! ```no_run
 //! use llm_tower::{ChatRequest, Message, OpenAi};
@@ -57,7 +59,7 @@ mod openai;
 
 pub use anthropic::{Anthropic, AnthropicBuilder};
 pub use gemini::{Gemini, GeminiBuilder};
-pub use openai::{OpenAi, OpenAiBuilder};
+pub use openai::{OpenAi, OpenAiBuilder, Preset};
 
 /// Where decoded events wait until the caller polls for them.
 type Queue = VecDeque<Result<StreamEvent, Error>>;

@@ -44,6 +44,159 @@ impl OpenAi {
             max_tokens_field: "max_tokens",
         }
     }
+
+    /// Configures a service for an OpenAI-compatible server: its base URL,
+    /// its key from the environment variable its documentation names (when
+    /// set and not empty), and what it accepts. Every setting can still be
+    /// changed on the builder; a key given with
+    /// [`api_key`](OpenAiBuilder::api_key) replaces the one from the
+    /// environment.
+    ///
+    /// ```
+    /// use llm_tower::{OpenAi, Preset};
+    ///
+    /// let groq = OpenAi::preset(Preset::Groq).model("llama-3.3-70b-versatile").build()?;
+    /// assert_eq!(groq.endpoint(), "https://api.groq.com/openai/v1/chat/completions");
+    ///
+    /// // A local server elsewhere than its default port.
+    /// let local = OpenAi::preset(Preset::Ollama)
+    ///     .base_url("http://gpu-box:11434/v1")
+    ///     .model("qwen3")
+    ///     .build()?;
+    /// # Ok::<(), llm_tower::Error>(())
+    /// ```
+    pub fn preset(preset: Preset) -> OpenAiBuilder {
+        let mut builder = OpenAi::builder()
+            .base_url(preset.base_url())
+            .include_usage(preset.accepts_stream_options());
+        if let Some(key) = preset
+            .api_key_env()
+            .and_then(|name| std::env::var(name).ok())
+        {
+            builder = builder.api_key(key);
+        }
+        builder
+    }
+}
+
+/// An OpenAI-compatible server [`OpenAi::preset`] knows: where it listens by
+/// default, where its key comes from, and what it accepts.
+///
+/// | preset | base URL | key from |
+/// |---|---|---|
+/// | `XAi` | `https://api.x.ai/v1` | `XAI_API_KEY` |
+/// | `Groq` | `https://api.groq.com/openai/v1` | `GROQ_API_KEY` |
+/// | `Together` | `https://api.together.xyz/v1` | `TOGETHER_API_KEY` |
+/// | `OpenRouter` | `https://openrouter.ai/api/v1` | `OPENROUTER_API_KEY` |
+/// | `DeepSeek` | `https://api.deepseek.com` | `DEEPSEEK_API_KEY` |
+/// | `Mistral` | `https://api.mistral.ai/v1` | `MISTRAL_API_KEY` |
+/// | `Ollama` | `http://localhost:11434/v1` | none |
+/// | `Vllm` | `http://localhost:8000/v1` | `VLLM_API_KEY`, if the server has one |
+/// | `LlamaCpp` (llama.cpp's `llama-server`) | `http://localhost:8080/v1` | `LLAMA_API_KEY`, if the server has one |
+///
+/// Mistral refuses `stream_options` (and sends usage anyway), so its preset
+/// does not ask for usage that way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Preset {
+    /// xAI (Grok).
+    XAi,
+    /// Groq.
+    Groq,
+    /// Together AI.
+    Together,
+    /// OpenRouter.
+    OpenRouter,
+    /// DeepSeek.
+    DeepSeek,
+    /// Mistral AI.
+    Mistral,
+    /// Ollama, on this machine.
+    Ollama,
+    /// vLLM's OpenAI-compatible server, on this machine.
+    Vllm,
+    /// llama.cpp's `llama-server`, on this machine.
+    LlamaCpp,
+}
+
+impl Preset {
+    /// Every preset.
+    pub const ALL: [Preset; 9] = [
+        Preset::XAi,
+        Preset::Groq,
+        Preset::Together,
+        Preset::OpenRouter,
+        Preset::DeepSeek,
+        Preset::Mistral,
+        Preset::Ollama,
+        Preset::Vllm,
+        Preset::LlamaCpp,
+    ];
+
+    /// A short lowercase name: `xai`, `groq`, `together`, `openrouter`,
+    /// `deepseek`, `mistral`, `ollama`, `vllm`, `llamacpp`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Preset::XAi => "xai",
+            Preset::Groq => "groq",
+            Preset::Together => "together",
+            Preset::OpenRouter => "openrouter",
+            Preset::DeepSeek => "deepseek",
+            Preset::Mistral => "mistral",
+            Preset::Ollama => "ollama",
+            Preset::Vllm => "vllm",
+            Preset::LlamaCpp => "llamacpp",
+        }
+    }
+
+    /// The preset of that [name](Preset::name), in any case; `llama.cpp`
+    /// and `llama-cpp` are `LlamaCpp` too.
+    pub fn from_name(name: &str) -> Option<Preset> {
+        let name = name.to_ascii_lowercase().replace(['.', '-', '_'], "");
+        Preset::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The API root requests go under (`{base}/chat/completions`).
+    pub const fn base_url(self) -> &'static str {
+        match self {
+            Preset::XAi => "https://api.x.ai/v1",
+            Preset::Groq => "https://api.groq.com/openai/v1",
+            Preset::Together => "https://api.together.xyz/v1",
+            Preset::OpenRouter => "https://openrouter.ai/api/v1",
+            Preset::DeepSeek => "https://api.deepseek.com",
+            Preset::Mistral => "https://api.mistral.ai/v1",
+            Preset::Ollama => "http://localhost:11434/v1",
+            Preset::Vllm => "http://localhost:8000/v1",
+            Preset::LlamaCpp => "http://localhost:8080/v1",
+        }
+    }
+
+    /// The environment variable the server's documentation keeps its key
+    /// in; `None` for a server that takes no key.
+    pub const fn api_key_env(self) -> Option<&'static str> {
+        match self {
+            Preset::XAi => Some("XAI_API_KEY"),
+            Preset::Groq => Some("GROQ_API_KEY"),
+            Preset::Together => Some("TOGETHER_API_KEY"),
+            Preset::OpenRouter => Some("OPENROUTER_API_KEY"),
+            Preset::DeepSeek => Some("DEEPSEEK_API_KEY"),
+            Preset::Mistral => Some("MISTRAL_API_KEY"),
+            Preset::Ollama => None,
+            Preset::Vllm => Some("VLLM_API_KEY"),
+            Preset::LlamaCpp => Some("LLAMA_API_KEY"),
+        }
+    }
+
+    /// Whether the server accepts `stream_options.include_usage`.
+    const fn accepts_stream_options(self) -> bool {
+        !matches!(self, Preset::Mistral)
+    }
+}
+
+impl std::fmt::Display for Preset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Builds an [`OpenAi`] service.
