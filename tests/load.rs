@@ -1,4 +1,4 @@
-//! Load with faults: 1,000 concurrent calls through the recommended stack
+//! Load with faults: 1,000 concurrent calls per provider through the recommended stack
 //! against the mock server, with faults on 10% of requests before output and
 //! 1% after, and the key expiring twice on the way.
 //!
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use llm_tower::mock::{MockServer, RecordedRequest, Reply};
 use llm_tower::{
-    Anthropic, ChatRequest, Credential, GenAiTraceLayer, Message, OpenAi, RefreshLayer,
+    Anthropic, ChatRequest, Credential, Gemini, GenAiTraceLayer, Message, OpenAi, RefreshLayer,
     RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
 };
 use support::{Svc, drain, texts};
@@ -172,6 +172,7 @@ fn respond(script: &Mutex<Script>, req: &RecordedRequest) -> Reply {
         .header("authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| req.header("x-api-key"))
+        .or_else(|| req.header("x-goog-api-key"))
         .unwrap_or("")
         .to_owned();
     let mut s = script.lock().unwrap();
@@ -204,6 +205,7 @@ fn respond(script: &Mutex<Script>, req: &RecordedRequest) -> Reply {
 enum Provider {
     OpenAi,
     Anthropic,
+    Gemini,
 }
 
 fn stack(
@@ -227,11 +229,16 @@ fn stack(
                 .build()
                 .unwrap(),
         ),
+        Provider::Gemini => BoxCloneService::new(
+            Gemini::builder()
+                .base_url(server.gemini_url())
+                .model("m")
+                .build()
+                .unwrap(),
+        ),
     };
-    let credential = move |secret: String| match provider {
-        Provider::OpenAi => Credential::bearer(secret),
-        Provider::Anthropic => Credential::api_key(secret),
-    };
+    // Sent as each provider takes its key.
+    let credential = Credential::api_key;
     let refresh = RefreshLayer::new(move || {
         refreshes.fetch_add(1, Ordering::SeqCst);
         // Reads the key now valid, as a secrets store would hand it out.
@@ -334,6 +341,7 @@ async fn a_thousand_calls_with_faults_lose_nothing_and_repeat_nothing() {
     let run = async {
         load(Provider::OpenAi).await;
         load(Provider::Anthropic).await;
+        load(Provider::Gemini).await;
     };
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
