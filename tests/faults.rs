@@ -71,37 +71,23 @@ impl Provider {
     /// The provider at `base`, with `key` if given; also its `Debug`, for
     /// the secrets check.
     fn service(self, base: &str, key: Option<&str>, seen: &mut Vec<String>) -> Svc {
+        // The builders share their method names, not a trait.
+        macro_rules! build {
+            ($builder:expr) => {{
+                let mut b = $builder.base_url(base).model("m");
+                if let Some(key) = key {
+                    b = b.api_key(key);
+                }
+                seen.push(format!("{b:?}"));
+                let svc = b.build().unwrap();
+                seen.push(format!("{svc:?}"));
+                BoxCloneService::new(svc)
+            }};
+        }
         match self {
-            Provider::OpenAi => {
-                let mut b = OpenAi::builder().base_url(base).model("m");
-                if let Some(key) = key {
-                    b = b.api_key(key);
-                }
-                seen.push(format!("{b:?}"));
-                let svc = b.build().unwrap();
-                seen.push(format!("{svc:?}"));
-                BoxCloneService::new(svc)
-            }
-            Provider::Anthropic => {
-                let mut b = Anthropic::builder().base_url(base).model("m");
-                if let Some(key) = key {
-                    b = b.api_key(key);
-                }
-                seen.push(format!("{b:?}"));
-                let svc = b.build().unwrap();
-                seen.push(format!("{svc:?}"));
-                BoxCloneService::new(svc)
-            }
-            Provider::Gemini => {
-                let mut b = Gemini::builder().base_url(base).model("m");
-                if let Some(key) = key {
-                    b = b.api_key(key);
-                }
-                seen.push(format!("{b:?}"));
-                let svc = b.build().unwrap();
-                seen.push(format!("{svc:?}"));
-                BoxCloneService::new(svc)
-            }
+            Provider::OpenAi => build!(OpenAi::builder()),
+            Provider::Anthropic => build!(Anthropic::builder()),
+            Provider::Gemini => build!(Gemini::builder()),
         }
     }
 

@@ -3,18 +3,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use llm_tower::OpenAi;
-use llm_tower_fuzz::{Canned, MAX_EVENT_SIZE, check};
+use llm_tower_fuzz::{MAX_EVENT_SIZE, provider};
 
 fuzz_target!(|data: &[u8]| {
-    let Some(canned) = Canned::from_fuzz(data) else {
-        return;
-    };
-    let stream = data[0] & 0x80 == 0;
-    let service = OpenAi::builder()
-        .model("m")
-        .api_key("sk-fuzz")
-        .max_event_size(MAX_EVENT_SIZE)
-        .build_with(canned)
-        .expect("a valid configuration");
-    check(service, stream);
+    provider(data, |canned| {
+        OpenAi::builder()
+            .model("m")
+            .api_key("fuzz-key")
+            .max_event_size(MAX_EVENT_SIZE)
+            .build_with(canned)
+            .expect("a valid configuration")
+    });
 });

@@ -66,7 +66,8 @@ impl Canned {
     }
 }
 
-type Body = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+type Body =
+    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 impl Service<http::Request<RequestBody>> for Canned {
     type Response = http::Response<Body>;
@@ -89,6 +90,18 @@ impl Service<http::Request<RequestBody>> for Canned {
     }
 }
 
+/// Runs one provider target: the fuzzer's bytes as the answer of the
+/// service `build` makes over them (byte 0's high bit: a streaming request
+/// or not), checked by [`check`].
+pub fn provider<S>(data: &[u8], build: impl FnOnce(Canned) -> S)
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+{
+    if let Some(canned) = Canned::from_fuzz(data) {
+        check(build(canned), data[0] & 0x80 == 0);
+    }
+}
+
 /// Calls `service` twice with the same answer, once reading the events and
 /// once folding them, and checks what every provider stream promises:
 /// nothing after an error, and a fold that agrees with the events.
@@ -96,7 +109,9 @@ pub fn check<S>(service: S, stream: bool)
 where
     S: Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
 {
-    let request = ChatRequest::new("m").message(Message::user("hi")).stream(stream);
+    let request = ChatRequest::new("m")
+        .message(Message::user("hi"))
+        .stream(stream);
     futures_executor::block_on(async {
         let events = match service.clone().oneshot(request.clone()).await {
             Ok(stream) => Some(read(stream).await),
