@@ -391,8 +391,8 @@ impl Error {
     /// are not; connection failures, timeouts and undecodable bodies are
     /// retryable, but an answer over a size limit is not (sent again, the
     /// same call would most likely grow as large, at the same cost); a 429
-    /// with code `insufficient_quota` is not (it is a billing state). [`Error::Interrupted`] never is: output was already
-    /// delivered.
+    /// with code `insufficient_quota` is not (it is a billing state).
+    /// [`Error::Interrupted`] never is: output was already delivered.
     pub fn is_retryable(&self) -> bool {
         if let Some(api) = self.api_error()
             && !matches!(self, Error::Interrupted { .. })

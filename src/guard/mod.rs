@@ -18,9 +18,9 @@
 //! [`Error::Interrupted`] carrying everything delivered so far.
 //!
 //! What is held back is bounded: past 1 MiB of metadata before the first
-//! output event the attempt fails with
-//! [`DecodeError::PreludeTooLarge`](crate::DecodeError::PreludeTooLarge), which is not
-//! retried. A real prelude is a few events.
+//! output event, the attempt fails with
+//! [`DecodeError::PreludeTooLarge`](crate::DecodeError::PreludeTooLarge),
+//! which is not retried. A real prelude is a few events.
 //!
 //! So the response future resolves at *commit*: its time covers connection,
 //! retries and time to first output. Dropping it cancels the in-flight

@@ -43,10 +43,9 @@ impl Priming {
                     if !output {
                         self.held_bytes += event.held_size();
                         if self.held_bytes > MAX_PRELUDE {
-                            let limit = MAX_PRELUDE;
                             Some(Error::decode(
                                 stream.meta().provider,
-                                DecodeError::PreludeTooLarge { limit },
+                                DecodeError::PreludeTooLarge { limit: MAX_PRELUDE },
                             ))
                         } else {
                             self.held.push(event);

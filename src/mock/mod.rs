@@ -72,7 +72,7 @@ struct Shared {
     replies: Mutex<VecDeque<Reply>>,
     /// When set, requests without one of these keys get a 401.
     accepted_keys: Mutex<Option<Vec<String>>>,
-    default_reply: Mutex<Default>,
+    default_reply: Mutex<DefaultReply>,
     requests: Mutex<Vec<RecordedRequest>>,
     live_connections: AtomicUsize,
     open_responses: AtomicUsize,
@@ -81,7 +81,7 @@ struct Shared {
 
 /// What answers a request when the queue is empty.
 #[derive(Clone)]
-enum Default {
+enum DefaultReply {
     Reply(Reply),
     With(Arc<dyn Fn(&RecordedRequest) -> Reply + Send + Sync>),
 }
@@ -138,7 +138,7 @@ impl MockServer {
         let shared = Arc::new(Shared {
             replies: Mutex::new(VecDeque::new()),
             accepted_keys: Mutex::new(None),
-            default_reply: Mutex::new(Default::Reply(Reply::text([
+            default_reply: Mutex::new(DefaultReply::Reply(Reply::text([
                 "Hello", " from", " the", " mock", " server.",
             ]))),
             requests: Mutex::new(Vec::new()),
@@ -190,7 +190,7 @@ impl MockServer {
 
     /// The reply for requests when the queue is empty.
     pub fn set_default(&self, reply: Reply) -> &Self {
-        *lock(&self.shared.default_reply) = Default::Reply(reply);
+        *lock(&self.shared.default_reply) = DefaultReply::Reply(reply);
         self
     }
 
@@ -220,15 +220,14 @@ impl MockServer {
     where
         F: Fn(&RecordedRequest) -> Reply + Send + Sync + 'static,
     {
-        *lock(&self.shared.default_reply) = Default::With(Arc::new(respond));
+        *lock(&self.shared.default_reply) = DefaultReply::With(Arc::new(respond));
         self
     }
 
     /// Accepts only requests carrying one of `keys` (as `Authorization:
     /// Bearer <key>`, `x-api-key: <key>` or `x-goog-api-key: <key>`); others
-    /// get a 401 in the
-    /// provider's error shape, without using a scripted reply. Call again to
-    /// rotate keys.
+    /// get a 401 in the provider's error shape, without using a scripted
+    /// reply. Call again to rotate keys.
     pub fn accept_keys<I, S>(&self, keys: I) -> &Self
     where
         I: IntoIterator<Item = S>,
@@ -424,8 +423,8 @@ async fn handle(
             Some(reply) => reply,
             // Cloned out so that `respond` runs without the lock.
             None => match lock(&shared.default_reply).clone() {
-                Default::Reply(reply) => reply,
-                Default::With(respond) => respond(&recorded),
+                DefaultReply::Reply(reply) => reply,
+                DefaultReply::With(respond) => respond(&recorded),
             },
         }
     };

@@ -40,7 +40,8 @@ const MADE_UP_ID: &str = "gemini-call-";
 /// [`StreamEvent::ThinkingSignature`]; a function call arrives whole, as a
 /// `ToolCallStart` and one `ToolCallDelta`. Gemini sends no end-of-stream
 /// marker: a stream is complete when it ends after a `finishReason`. Only the
-/// first candidate is decoded.
+/// first candidate is decoded. [`endpoint`](Gemini::endpoint) is the root the
+/// model's path goes under (`…/v1beta/`).
 pub struct Gemini<S = ReqwestTransport> {
     client: Client<GeminiWire, S>,
 }
