@@ -121,10 +121,20 @@ impl GeminiBuilder {
         }
         let version = self.version.trim_matches('/');
         let common = self.common.common(NAME, &format!("/{version}/"), auth)?;
+        // The default model's two URIs, built once rather than per call.
+        let default_uris = if common.model.is_empty() {
+            None
+        } else {
+            Some([
+                model_uri(&common, &common.model, false)?,
+                model_uri(&common, &common.model, true)?,
+            ])
+        };
         Ok(Gemini {
             client: Client {
                 wire: std::sync::Arc::new(GeminiWire {
                     include_thoughts: self.include_thoughts,
+                    default_uris,
                 }),
                 common: std::sync::Arc::new(common),
                 transport,
@@ -136,28 +146,38 @@ impl GeminiBuilder {
 #[derive(Debug)]
 pub(crate) struct GeminiWire {
     include_thoughts: bool,
+    /// The default model's URIs: not streaming, streaming.
+    default_uris: Option<[Uri; 2]>,
+}
+
+/// Where a call to `model` goes: the model and the mode are in the path.
+fn model_uri(common: &Common, model: &str, stream: bool) -> Result<Uri, Error> {
+    // `models/x` and `tunedModels/x` name their collection; a bare id is a
+    // model.
+    let collection = if model.contains('/') { "" } else { "models/" };
+    let method = if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    if model.contains(['?', '#', ':', ' ']) {
+        return Err(Error::config(format!(
+            "gemini: invalid model name {model:?}"
+        )));
+    }
+    format!("{}{collection}{model}:{method}", common.endpoint)
+        .parse()
+        .map_err(|e| Error::config(format!("gemini: invalid model name {model:?}: {e}")))
 }
 
 impl Wire for GeminiWire {
     const NAME: &'static str = NAME;
 
     fn uri(&self, common: &Common, model: &str, stream: bool) -> Result<Uri, Error> {
-        // `models/x` and `tunedModels/x` name their collection; a bare id is
-        // a model.
-        let collection = if model.contains('/') { "" } else { "models/" };
-        let method = if stream {
-            "streamGenerateContent?alt=sse"
-        } else {
-            "generateContent"
-        };
-        if model.contains(['?', '#', ':', ' ']) {
-            return Err(Error::config(format!(
-                "gemini: invalid model name {model:?}"
-            )));
+        match &self.default_uris {
+            Some(uris) if model == common.model => Ok(uris[usize::from(stream)].clone()),
+            _ => model_uri(common, model, stream),
         }
-        format!("{}{collection}{model}:{method}", common.endpoint)
-            .parse()
-            .map_err(|e| Error::config(format!("gemini: invalid model name {model:?}: {e}")))
     }
 
     fn api_key_header(&self, value: &HeaderValue) -> (HeaderName, HeaderValue) {
