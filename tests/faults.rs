@@ -624,34 +624,23 @@ async fn matrix(provider: Provider, stream: bool) {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn openai_streaming() {
-    matrix(Provider::OpenAi, true).await;
+/// One test per provider and mode, each running the whole matrix.
+macro_rules! matrices {
+    ($($name:ident: $provider:ident, $stream:expr;)*) => {$(
+        #[tokio::test(start_paused = true)]
+        async fn $name() {
+            matrix(Provider::$provider, $stream).await;
+        }
+    )*};
 }
 
-#[tokio::test(start_paused = true)]
-async fn openai_not_streaming() {
-    matrix(Provider::OpenAi, false).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn anthropic_streaming() {
-    matrix(Provider::Anthropic, true).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn anthropic_not_streaming() {
-    matrix(Provider::Anthropic, false).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn gemini_streaming() {
-    matrix(Provider::Gemini, true).await;
-}
-
-#[tokio::test(start_paused = true)]
-async fn gemini_not_streaming() {
-    matrix(Provider::Gemini, false).await;
+matrices! {
+    openai_streaming: OpenAi, true;
+    openai_not_streaming: OpenAi, false;
+    anthropic_streaming: Anthropic, true;
+    anthropic_not_streaming: Anthropic, false;
+    gemini_streaming: Gemini, true;
+    gemini_not_streaming: Gemini, false;
 }
 
 /// Metadata without end before the first output: the guard holds back at
