@@ -27,6 +27,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::chat::Completion;
+use crate::rate_limit::RateLimitInfo;
 
 /// A type-erased error, as tower layers and HTTP transports produce them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -250,6 +251,9 @@ pub struct ApiError {
     pub(crate) request_id: Option<String>,
     pub(crate) retry_after: Option<Duration>,
     pub(crate) should_retry: Option<bool>,
+    pub(crate) rate_limit: Option<RateLimitInfo>,
+    /// Made by this client (a rate limit layer), not said by the provider.
+    pub(crate) local: bool,
 }
 
 impl ApiError {
@@ -294,6 +298,19 @@ impl ApiError {
     pub fn should_retry(&self) -> Option<bool> {
         self.should_retry
     }
+
+    /// What the response's rate-limit headers said, if it had any.
+    pub fn rate_limit(&self) -> Option<&RateLimitInfo> {
+        self.rate_limit.as_ref()
+    }
+
+    /// Whether this client refused the call itself, without asking the
+    /// provider: a [`RateLimit`](crate::RateLimit) that found no room before
+    /// the call's deadline. [`provider`](ApiError::provider) then names the
+    /// provider the call was for (`"unknown"` before any answer came).
+    pub fn is_local(&self) -> bool {
+        self.local
+    }
 }
 
 impl fmt::Debug for ApiError {
@@ -319,6 +336,12 @@ impl fmt::Debug for ApiError {
         if let Some(r) = self.should_retry {
             d.field("should_retry", &r);
         }
+        if let Some(r) = &self.rate_limit {
+            d.field("rate_limit", r);
+        }
+        if self.local {
+            d.field("local", &true);
+        }
         d.finish()
     }
 }
@@ -326,6 +349,7 @@ impl fmt::Debug for ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
+            _ if self.local => write!(f, "the client's rate limit for {}", self.provider)?,
             Some(s) => {
                 write!(f, "{} answered {}", self.provider, s.as_u16())?;
                 if let Some(reason) = s.canonical_reason() {
@@ -501,6 +525,7 @@ impl Error {
         }
         // The headers win over a delay the body gave (Gemini's `RetryInfo`).
         api.retry_after = parse_retry_after(headers, SystemTime::now()).or(api.retry_after);
+        api.rate_limit = RateLimitInfo::from_headers(headers, SystemTime::now());
         api.should_retry = match header_str(headers, "x-should-retry") {
             Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
             Some(v) if v.eq_ignore_ascii_case("false") => Some(false),

@@ -47,6 +47,8 @@
 //!   it; [`refresh`], the [`RefreshLayer`] that renews credentials on 401.
 //! - [`timeout`]: first-event, idle and total deadlines over the stream;
 //!   [`limit`]: a concurrency limit held for the life of the stream;
+//!   [`rate_limit`]: pacing by the provider's rate-limit headers and a
+//!   budget of requests and tokens;
 //!   [`fallback`]: a second service for failures before output; [`trace`]:
 //!   one span per call with OpenTelemetry GenAI attributes.
 //!
@@ -68,6 +70,7 @@ pub mod limit;
 #[cfg(feature = "mock")]
 pub mod mock;
 pub mod provider;
+pub mod rate_limit;
 pub mod refresh;
 pub mod retry;
 pub mod sse;
@@ -93,6 +96,7 @@ pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
 pub use provider::{
     Anthropic, AnthropicBuilder, Gemini, GeminiBuilder, OpenAi, OpenAiBuilder, Preset,
 };
+pub use rate_limit::{RateLimit, RateLimitInfo, RateLimitLayer};
 pub use refresh::{Credential, Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};
 pub use timeout::{StreamTimeout, StreamTimeoutLayer};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ContentPart, Message, Role, StopReason, StreamEvent, Usage};
-use crate::Error;
+use crate::{Error, RateLimitInfo};
 
 type BoxEventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Send>>;
 
@@ -81,6 +81,8 @@ pub struct ResponseMeta {
     pub headers: HeaderMap,
     /// How many attempts the call took, counting the one that answered.
     pub attempts: u32,
+    /// What the provider's rate-limit headers said, if it sent any.
+    pub rate_limit: Option<RateLimitInfo>,
 }
 
 impl ResponseMeta {
@@ -94,6 +96,7 @@ impl ResponseMeta {
             request_id: None,
             headers: HeaderMap::new(),
             attempts: 1,
+            rate_limit: None,
         }
     }
 }

@@ -43,6 +43,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -77,6 +78,102 @@ struct Shared {
     live_connections: AtomicUsize,
     open_responses: AtomicUsize,
     peak_open_responses: AtomicUsize,
+    rate_limit: Mutex<Option<RequestLimit>>,
+    rate_limited: AtomicUsize,
+}
+
+/// A provider's request limit, played by the server.
+struct RequestLimit {
+    per_minute: usize,
+    /// When the requests in the last minute were accepted.
+    accepted: VecDeque<tokio::time::Instant>,
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+impl RequestLimit {
+    /// Counts a request arriving at `now`: the limit's state, and how long
+    /// to wait when it is refused.
+    fn admit(&mut self, now: tokio::time::Instant) -> (LimitState, Option<Duration>) {
+        while self.accepted.front().is_some_and(|&t| t + MINUTE <= now) {
+            self.accepted.pop_front();
+        }
+        let refused = self.accepted.len() >= self.per_minute;
+        let retry_after = refused.then(|| {
+            self.accepted
+                .front()
+                .map_or(MINUTE, |&t| (t + MINUTE).saturating_duration_since(now))
+        });
+        if !refused {
+            self.accepted.push_back(now);
+        }
+        let state = LimitState {
+            limit: self.per_minute,
+            remaining: self.per_minute.saturating_sub(self.accepted.len()),
+            // Full again once the newest request leaves the window.
+            reset: self.accepted.back().map_or(Duration::ZERO, |&t| {
+                (t + MINUTE).saturating_duration_since(now)
+            }),
+        };
+        (state, retry_after)
+    }
+}
+
+/// The request limit's state, as a provider reports it.
+#[derive(Debug, Clone, Copy)]
+struct LimitState {
+    limit: usize,
+    remaining: usize,
+    reset: Duration,
+}
+
+impl LimitState {
+    fn headers(self, dialect: Dialect, reply: Reply) -> Reply {
+        let (limit, remaining) = (self.limit.to_string(), self.remaining.to_string());
+        match dialect {
+            Dialect::OpenAi => reply
+                .header("x-ratelimit-limit-requests", limit)
+                .header("x-ratelimit-remaining-requests", remaining)
+                .header("x-ratelimit-reset-requests", go_duration(self.reset)),
+            Dialect::Anthropic => reply
+                .header("anthropic-ratelimit-requests-limit", limit)
+                .header("anthropic-ratelimit-requests-remaining", remaining)
+                .header(
+                    "anthropic-ratelimit-requests-reset",
+                    humantime::format_rfc3339_millis(std::time::SystemTime::now() + self.reset)
+                        .to_string(),
+                ),
+            Dialect::Gemini => reply,
+        }
+    }
+}
+
+/// A duration as Go prints it, to the millisecond, as OpenAI sends them:
+/// `20ms`, `1.5s`, `6m0s`, `1h0m0s`.
+pub(crate) fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    out.push_str(&s.to_string());
+    if frac > 0 {
+        let frac = format!("{frac:03}");
+        out.push('.');
+        out.push_str(frac.trim_end_matches('0'));
+    }
+    out.push('s');
+    out
 }
 
 /// What answers a request when the queue is empty.
@@ -145,6 +242,8 @@ impl MockServer {
             live_connections: AtomicUsize::new(0),
             open_responses: AtomicUsize::new(0),
             peak_open_responses: AtomicUsize::new(0),
+            rate_limit: Mutex::new(None),
+            rate_limited: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         MockServer { addr, shared, task }
@@ -241,6 +340,46 @@ impl MockServer {
     pub fn accept_any_key(&self) -> &Self {
         *lock(&self.shared.accepted_keys) = None;
         self
+    }
+
+    /// Limits requests as a provider does: at most `per_minute` in any 60
+    /// seconds of tokio's clock (so a paused test clock applies), counted
+    /// over every model. Accepted answers carry the request limit's headers
+    /// in the provider's form (OpenAI's `x-ratelimit-*-requests`, with the
+    /// reset as a duration such as `59.5s`; Anthropic's
+    /// `anthropic-ratelimit-requests-*`, with an RFC 3339 reset; none for
+    /// Gemini). A request over the limit gets a 429 in the provider's shape
+    /// with `retry-after` and the same headers, and is counted in
+    /// [`rate_limited_count`](MockServer::rate_limited_count) — without
+    /// using a scripted reply.
+    ///
+    /// ```
+    /// use llm_tower::mock::MockServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = MockServer::start().await;
+    /// server.limit_requests(10);
+    /// # }
+    /// ```
+    pub fn limit_requests(&self, per_minute: usize) -> &Self {
+        *lock(&self.shared.rate_limit) = Some(RequestLimit {
+            per_minute,
+            accepted: VecDeque::new(),
+        });
+        self
+    }
+
+    /// Lifts the [request limit](MockServer::limit_requests).
+    pub fn unlimit_requests(&self) -> &Self {
+        *lock(&self.shared.rate_limit) = None;
+        self
+    }
+
+    /// How many requests the [request limit](MockServer::limit_requests)
+    /// refused with a 429.
+    pub fn rate_limited_count(&self) -> usize {
+        self.shared.rate_limited.load(Ordering::SeqCst)
     }
 
     /// Every request received so far, in order of arrival.
@@ -415,8 +554,19 @@ async fn handle(
             .iter()
             .any(|k| presented_key.as_deref() == Some(k.as_str()))
     });
+    let limited = if refused {
+        None
+    } else {
+        lock(&shared.rate_limit)
+            .as_mut()
+            .map(|limit| limit.admit(recorded.received_at))
+    };
     let reply = if refused {
         Reply::api_error(401, "authentication_error", "invalid api key")
+    } else if let Some((_, Some(retry_after))) = limited {
+        shared.rate_limited.fetch_add(1, Ordering::SeqCst);
+        Reply::api_error(429, "rate_limit_error", "Rate limit reached for requests")
+            .header("retry-after", retry_after.as_secs_f64().ceil().to_string())
     } else {
         let next = lock(&shared.replies).pop_front();
         match next {
@@ -429,6 +579,10 @@ async fn handle(
         }
     };
     lock(&shared.requests).push(recorded);
+    let reply = match limited {
+        Some((state, _)) => state.headers(dialect, reply),
+        None => reply,
+    };
     let Some(rendered) = reply.render(&asked) else {
         reset.store(true, Ordering::SeqCst);
         return Err(ResetBeforeHeaders);

@@ -37,6 +37,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes};
 use futures_core::Stream;
@@ -50,6 +51,7 @@ use crate::chat::{ChatRequest, ChatStream, ResponseMeta, StreamEvent};
 use crate::error::{
     BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, request_id_header, snippet,
 };
+use crate::rate_limit::RateLimitInfo;
 use crate::sse::{Event, SseDecoder, SseError};
 use crate::transport::{RequestBody, ReqwestTransport};
 
@@ -462,6 +464,7 @@ where
         }
     };
     let request_id = request_id_header(&parts.headers).map(str::to_owned);
+    let rate_limit = RateLimitInfo::from_headers(&parts.headers, SystemTime::now());
     let meta = ResponseMeta {
         provider: ctx.provider,
         model: ctx.model,
@@ -469,6 +472,7 @@ where
         request_id,
         headers: parts.headers,
         attempts: ctx.attempt,
+        rate_limit,
     };
     ChatStream::new(
         meta,

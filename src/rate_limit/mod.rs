@@ -1,0 +1,635 @@
+//! Pacing calls before the provider answers 429.
+//!
+//! Providers say how much room is left with every answer (see
+//! [`RateLimitInfo`]). [`RateLimit`] reads it, and a budget you configure
+//! (requests, tokens, input tokens and output tokens per minute), and makes
+//! each call wait until it fits instead of sending it into a 429:
+//!
+//! - **Token-aware.** A call's input tokens are estimated from its request
+//!   (about four bytes of text to a token, plus its images and tools) and its
+//!   output as its `max_tokens`, as OpenAI and Anthropic themselves count a
+//!   call when it starts; the usage reported at the end replaces the
+//!   estimate in the books. tower's `rate_limit` counts requests only.
+//! - **Shared.** Every clone of the service keeps one set of books, one per
+//!   model (providers limit each model separately). A 429 that arrives
+//!   anyway pauses every call to that model for the time the provider asked
+//!   (or a backoff doubling from 1 s), including calls already waiting: they
+//!   back off together, not one 429 each.
+//! - **In order, woken once.** Calls get slots in order of arrival; a call
+//!   that must wait sleeps until its own slot. While it waits it holds
+//!   nothing: no connection, and no slot of a limit below it (the inner
+//!   service is driven ready only once the wait is over).
+//! - **Deadline-aware.** A call whose slot would come after its
+//!   [`Deadline`] fails at once with [`Error::RateLimited`], its
+//!   `retry_after` saying how far the slot was (its
+//!   [`ApiError::is_local`](crate::ApiError::is_local) is true: this client
+//!   refused it, not the provider).
+//!
+//! A budget is a sliding window: never more than the budget in any 60
+//! seconds. What the provider reports is followed as a token bucket (how
+//! OpenAI and Anthropic describe their limits): no more than `remaining`
+//! before the reset, and no faster than the refill the report implies. So
+//! with `remaining: 0` and a reset in 2 s, the next call waits 2 s.
+//!
+//! ```
+//! use llm_tower::{OpenAi, RateLimitLayer};
+//! use tower::ServiceBuilder;
+//!
+//! # fn main() -> Result<(), llm_tower::Error> {
+//! let openai = OpenAi::builder().model("gpt-4o-mini").build()?;
+//! let service = ServiceBuilder::new()
+//!     .layer(
+//!         RateLimitLayer::new()
+//!             .requests_per_minute(500)
+//!             .tokens_per_minute(200_000),
+//!     )
+//!     .service(openai);
+//! # let _ = service;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Place it below the retry layer, so that every attempt is paced and every
+//! 429 is seen, and above a first-event timeout, so that waiting for a slot
+//! is not taken for a stalled server (the README's "Rate limits" section).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, ready};
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use pin_project_lite::pin_project;
+use serde_json::Value;
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use crate::chat::Events;
+use crate::{ApiError, ChatRequest, ChatStream, ContentPart, Deadline, Error, StreamEvent};
+
+mod books;
+mod info;
+
+use books::{Booking, Books, LIMITS, Refusal};
+pub use info::{Quota, RateLimitInfo};
+
+/// Applies [`RateLimit`]. See the [module docs](self).
+///
+/// Each service the layer builds keeps its own books, shared by that
+/// service's clones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateLimitLayer {
+    budget: [Option<u64>; LIMITS],
+}
+
+impl RateLimitLayer {
+    /// Follows the providers' rate-limit headers, with no budget of its own.
+    pub const fn new() -> Self {
+        RateLimitLayer {
+            budget: [None; LIMITS],
+        }
+    }
+
+    /// At most `n` calls in any minute, per model. Zero refuses every call.
+    pub const fn requests_per_minute(mut self, n: u64) -> Self {
+        self.budget[0] = Some(n);
+        self
+    }
+
+    /// At most `n` tokens, input and output together, in any minute, per
+    /// model (OpenAI's TPM).
+    pub const fn tokens_per_minute(mut self, n: u64) -> Self {
+        self.budget[1] = Some(n);
+        self
+    }
+
+    /// At most `n` input tokens in any minute, per model (Anthropic's ITPM).
+    pub const fn input_tokens_per_minute(mut self, n: u64) -> Self {
+        self.budget[2] = Some(n);
+        self
+    }
+
+    /// At most `n` output tokens in any minute, per model (Anthropic's
+    /// OTPM). A call counts its `max_tokens` until its usage is known: set
+    /// it, or output is only counted once generated.
+    pub const fn output_tokens_per_minute(mut self, n: u64) -> Self {
+        self.budget[3] = Some(n);
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            shared: Arc::new(Shared {
+                budget: self.budget,
+                models: Mutex::new(HashMap::new()),
+                provider: OnceLock::new(),
+            }),
+        }
+    }
+}
+
+/// Paces calls to the provider's rate limits and a budget. See the [module
+/// docs](self).
+pub struct RateLimit<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    budget: [Option<u64>; LIMITS],
+    models: Mutex<HashMap<Box<str>, Arc<Mutex<Books>>>>,
+    /// The provider's name, once an answer gave it: for the errors this
+    /// layer makes itself.
+    provider: OnceLock<&'static str>,
+}
+
+/// Past this many models, books with nothing in them are dropped when a new
+/// model is added.
+const MAX_IDLE_MODELS: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update leaves the books consistent before anything that could
+    // panic: a poisoned lock still holds usable books.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn books(&self, model: &str) -> Arc<Mutex<Books>> {
+        let mut models = lock(&self.models);
+        if let Some(books) = models.get(model) {
+            return books.clone();
+        }
+        if models.len() >= MAX_IDLE_MODELS {
+            let now = Instant::now();
+            models.retain(|_, b| Arc::strong_count(b) > 1 || !lock(b).is_idle(now));
+        }
+        models.entry(model.into()).or_default().clone()
+    }
+
+    fn refused(&self, refusal: Refusal) -> Error {
+        let (retry_after, error_type, message, should_retry) = match refusal {
+            Refusal::Deadline { wait } => (
+                Some(wait),
+                "rate_limit_deadline",
+                format!(
+                    "no room to start before the call's deadline: the next slot is {wait:.1?} away"
+                ),
+                None,
+            ),
+            Refusal::ZeroBudget => (
+                None,
+                "rate_limit_budget",
+                "the budget is zero".to_owned(),
+                Some(false),
+            ),
+        };
+        Error::RateLimited {
+            retry_after,
+            error: Box::new(ApiError {
+                provider: self.provider.get().copied().unwrap_or("unknown"),
+                error_type: Some(error_type.to_owned()),
+                message: Some(message),
+                retry_after,
+                should_retry,
+                local: true,
+                ..ApiError::default()
+            }),
+        }
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// `inner`, paced by `layer`'s budget and the provider's headers.
+    pub fn new(inner: S, layer: RateLimitLayer) -> Self {
+        tower::Layer::layer(&layer, inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = ["requests", "tokens", "input_tokens", "output_tokens"];
+        let mut d = f.debug_struct("RateLimit");
+        d.field("inner", &self.inner);
+        for (name, budget) in names.iter().zip(self.shared.budget) {
+            if let Some(n) = budget {
+                d.field(name, &n);
+            }
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+impl<S> Service<ChatRequest> for RateLimit<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = ResponseFuture<S>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> ResponseFuture<S> {
+        let books = self.shared.books(&request.model);
+        let (input, output) = estimate(&request);
+        let deadline = request.extensions.get::<Deadline>().map(|d| d.0);
+        let now = Instant::now();
+        let booked = lock(&books).book(
+            &self.shared.budget,
+            books::amounts(input, output),
+            now,
+            deadline,
+        );
+        let booking = match booked {
+            Ok(b) => b,
+            Err(refusal) => {
+                return ResponseFuture::new(
+                    State::Failed,
+                    None,
+                    None,
+                    Some(self.shared.refused(refusal)),
+                );
+            }
+        };
+        let tracker = Tracker {
+            shared: self.shared.clone(),
+            books,
+            booking,
+            deadline,
+        };
+        if booking.at <= now {
+            let future = self.inner.call(request);
+            return ResponseFuture::new(State::Calling { future }, None, None, None)
+                .tracking(tracker);
+        }
+        tracing::debug!(
+            model = %request.model,
+            wait_ms = (booking.at - now).as_millis() as u64,
+            "rate limit: waiting for a slot"
+        );
+        // The wait is done by a clone, driven ready once it is over; the
+        // service that was driven ready for this call is dropped, so that
+        // what it reserved below (a concurrency slot) is not held meanwhile.
+        let waiting = self.inner.clone();
+        self.inner = self.inner.clone();
+        let mut future = ResponseFuture::new(
+            State::Waiting {
+                sleep: Box::pin(tokio::time::sleep_until(booking.at)),
+            },
+            Some(waiting),
+            Some(request),
+            None,
+        );
+        future.ticket = Ticket(Some(tracker));
+        future
+    }
+}
+
+/// A call's booking and what is needed to keep its books.
+struct Tracker {
+    shared: Arc<Shared>,
+    books: Arc<Mutex<Books>>,
+    booking: Booking,
+    deadline: Option<Instant>,
+}
+
+/// A booking not used yet: given back if the call is dropped before it is
+/// sent.
+struct Ticket(Option<Tracker>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            lock(&t.books).cancel(&t.booking);
+        }
+    }
+}
+
+impl Tracker {
+    /// The answer came: its headers go in the books, and its stream is
+    /// watched for the usage and for a 429 inside it.
+    fn answered(self, stream: ChatStream) -> ChatStream {
+        let provider = stream.meta().provider;
+        self.shared.provider.get_or_init(|| provider);
+        {
+            let mut books = lock(&self.books);
+            books.succeeded();
+            if let Some(info) = &stream.meta().rate_limit {
+                books.absorb(info, Instant::now());
+            }
+        }
+        stream.wrap(|events| Watch {
+            events,
+            tracker: self,
+        })
+    }
+
+    /// The call failed: what the provider reported, and a 429, go in the
+    /// books.
+    fn failed(&self, error: &Error) {
+        let error = match error {
+            Error::Interrupted { source, .. } => source,
+            e => e,
+        };
+        let Some(api) = error.api_error() else { return };
+        if api.is_local() {
+            return;
+        }
+        self.shared.provider.get_or_init(|| api.provider());
+        let now = Instant::now();
+        let mut books = lock(&self.books);
+        if let Some(info) = api.rate_limit() {
+            books.absorb(info, now);
+        }
+        if matches!(error, Error::RateLimited { .. }) && error.is_retryable() {
+            books.rate_limited(error.retry_after(), now);
+            tracing::debug!(
+                retry_after_ms = error.retry_after().map(|d| d.as_millis() as u64),
+                "rate limit: the provider answered 429; pausing calls to this model"
+            );
+        }
+    }
+}
+
+/// An answer's events, watched for what they tell the books.
+struct Watch {
+    events: Events,
+    tracker: Tracker,
+}
+
+impl Stream for Watch {
+    type Item = Result<StreamEvent, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = ready!(self.events.poll_next_unpin(cx));
+        match &item {
+            Some(Ok(StreamEvent::Usage(u))) => {
+                let t = &self.tracker;
+                lock(&t.books).correct(&t.booking, u.input_tokens, u.output_tokens, Instant::now());
+            }
+            Some(Err(e)) => self.tracker.failed(e),
+            _ => {}
+        }
+        Poll::Ready(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.events.size_hint()
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`]: waits for the call's slot,
+    /// then drives the inner service ready and calls it.
+    pub struct ResponseFuture<S>
+    where
+        S: Service<ChatRequest>,
+    {
+        #[pin]
+        state: State<S::Future>,
+        service: Option<S>,
+        request: Option<ChatRequest>,
+        error: Option<Error>,
+        // Held while waiting: given back if the future is dropped.
+        ticket: Ticket,
+        // Held once sent.
+        tracker: Option<Tracker>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Failed,
+        Waiting { sleep: Pin<Box<Sleep>> },
+        Readying,
+        Calling { #[pin] future: F },
+        Done,
+    }
+}
+
+impl<S> ResponseFuture<S>
+where
+    S: Service<ChatRequest>,
+{
+    fn new(
+        state: State<S::Future>,
+        service: Option<S>,
+        request: Option<ChatRequest>,
+        error: Option<Error>,
+    ) -> Self {
+        ResponseFuture {
+            state,
+            service,
+            request,
+            error,
+            ticket: Ticket(None),
+            tracker: None,
+        }
+    }
+
+    fn tracking(mut self, tracker: Tracker) -> Self {
+        self.tracker = Some(tracker);
+        self
+    }
+}
+
+impl<S> fmt::Debug for ResponseFuture<S>
+where
+    S: Service<ChatRequest>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S> Future for ResponseFuture<S>
+where
+    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
+{
+    type Output = Result<ChatStream, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Failed => {
+                    this.state.set(State::Done);
+                    let error = this.error.take();
+                    return Poll::Ready(Err(error.unwrap_or_else(polled_after_completion)));
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    let Some(t) = this.ticket.0.as_mut() else {
+                        this.state.set(State::Readying);
+                        continue;
+                    };
+                    let recheck = lock(&t.books).recheck(
+                        &t.booking,
+                        &t.shared.budget,
+                        Instant::now(),
+                        t.deadline,
+                    );
+                    match recheck {
+                        None => this.state.set(State::Readying),
+                        // A 429 paused the model while this call slept.
+                        Some(Ok(booking)) => {
+                            t.booking = booking;
+                            sleep.as_mut().reset(booking.at);
+                        }
+                        Some(Err(refusal)) => {
+                            // The old booking was given back by `recheck`.
+                            let shared = t.shared.clone();
+                            this.ticket.0 = None;
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(shared.refused(refusal)));
+                        }
+                    }
+                }
+                StateProj::Readying => {
+                    let Some(service) = this.service.as_mut() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(e));
+                    }
+                    let (Some(mut service), Some(request)) =
+                        (this.service.take(), this.request.take())
+                    else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    *this.tracker = this.ticket.0.take();
+                    let future = service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let result = ready!(future.poll(cx));
+                    this.state.set(State::Done);
+                    let Some(tracker) = this.tracker.take() else {
+                        return Poll::Ready(result);
+                    };
+                    return Poll::Ready(match result {
+                        Ok(stream) => Ok(tracker.answered(stream)),
+                        Err(e) => {
+                            tracker.failed(&e);
+                            Err(e)
+                        }
+                    });
+                }
+                StateProj::Done => return Poll::Ready(Err(polled_after_completion())),
+            }
+        }
+    }
+}
+
+fn polled_after_completion() -> Error {
+    Error::config("rate limit response future polled after completion")
+}
+
+/// A cheap estimate of a request's tokens: `(input, output)`. Input is
+/// about four bytes of text to a token, plus a few per message, and a flat
+/// amount per image; output is `max_tokens`, what providers reserve.
+pub(crate) fn estimate(request: &ChatRequest) -> (u64, u64) {
+    /// A typical image, by OpenAI's and Anthropic's published sizes.
+    const IMAGE_TOKENS: u64 = 1000;
+    const MESSAGE_TOKENS: u64 = 4;
+    let mut bytes = 0u64;
+    let mut tokens = 0u64;
+    for message in &request.messages {
+        tokens += MESSAGE_TOKENS;
+        for part in &message.content {
+            bytes += match part {
+                ContentPart::Text(text) => text.len() as u64,
+                ContentPart::Image(_) => {
+                    tokens += IMAGE_TOKENS;
+                    0
+                }
+                ContentPart::ToolUse {
+                    id,
+                    name,
+                    arguments,
+                } => (id.len() + name.len()) as u64 + json_len(arguments, 0),
+                ContentPart::ToolResult {
+                    tool_call_id,
+                    content,
+                    ..
+                } => (tool_call_id.len() + content.len()) as u64,
+                ContentPart::Thinking { text, .. } => text.len() as u64,
+                ContentPart::RedactedThinking { data } => data.len() as u64,
+            };
+        }
+    }
+    for tool in &request.tools {
+        bytes += (tool.name.len() + tool.description.as_ref().map_or(0, String::len)) as u64;
+        bytes += json_len(&tool.parameters, 0);
+    }
+    bytes += request.stop.iter().map(|s| s.len() as u64).sum::<u64>();
+    let input = tokens + bytes.div_ceil(4);
+    (input, request.max_tokens.map_or(0, u64::from))
+}
+
+/// About how long `value` is as JSON, without writing it out.
+fn json_len(value: &Value, depth: u32) -> u64 {
+    // Deeper than any real schema: a guess, not a stack overflow.
+    const MAX_DEPTH: u32 = 32;
+    if depth > MAX_DEPTH {
+        return 16;
+    }
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 8,
+        Value::String(s) => s.len() as u64 + 2,
+        Value::Array(items) => {
+            2 + items
+                .iter()
+                .map(|v| json_len(v, depth + 1) + 1)
+                .sum::<u64>()
+        }
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() as u64 + 4 + json_len(v, depth + 1))
+                .sum::<u64>()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
