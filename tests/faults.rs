@@ -13,8 +13,8 @@ use std::time::Duration;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
     Anthropic, ChatRequest, Credential, DecodeError, Error, FallbackLayer, Gemini, GenAiTraceLayer,
-    Message, OpenAi, RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer, StreamEvent,
-    StreamTimeoutLayer, TransportRetryLayer,
+    Message, OpenAi, RateLimitLayer, RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer,
+    StreamEvent, StreamTimeoutLayer, TransportRetryLayer,
 };
 use support::{Captured, Svc, drain, texts};
 use tower::util::BoxCloneService;
@@ -122,6 +122,7 @@ fn production(
         .layer(FallbackLayer::new(backup).when(|e| matches!(e, Error::Overloaded { .. })))
         .layer(refresh)
         .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .layer(RateLimitLayer::new().requests_per_minute(600))
         .layer(
             StreamTimeoutLayer::new()
                 .first_event(Duration::from_secs(30))

@@ -68,20 +68,32 @@ pub(crate) struct Booking {
     /// When it may start.
     pub(crate) at: Instant,
     seq: u64,
-    /// What was booked, by the estimate.
+    /// What was booked, by the estimate (and charged to the provider's
+    /// report).
     need: Amounts,
-    /// What the provider's report was charged, to give back on cancel.
-    charged: Amounts,
     reports: u64,
     pauses: u64,
 }
 
+/// What calls booked within one [`GRANULE`] spent, together.
 #[derive(Debug)]
 struct Entry {
+    /// The first call's slot.
+    first: Instant,
+    /// The last call's slot: the entry counts until this leaves the window,
+    /// never before any of its calls does.
     at: Instant,
     seq: u64,
     spend: Amounts,
 }
+
+/// Calls booked this close together share an entry: the log holds at most
+/// a window's worth of granules however fast calls come, at the cost of
+/// counting some calls up to a granule longer than they need be.
+const GRANULE: Duration = Duration::from_millis(1);
+
+/// The entry number of a call whose entry has left the window.
+const NO_ENTRY: u64 = u64::MAX;
 
 #[derive(Debug, Default)]
 pub(crate) struct Books {
@@ -179,18 +191,10 @@ impl Books {
     }
 
     fn commit(&mut self, t: Instant, need: Amounts) -> Booking {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.log.push_back(Entry {
-            at: t,
-            seq,
-            spend: need,
-        });
-        add(&mut self.sums, &need);
-        let mut charged = [0; LIMITS];
+        let seq = self.record(t, need);
         for (i, r) in self.reported.iter_mut().enumerate() {
             if let Some(r) = r {
-                charged[i] = r.charge(t, need[i]);
+                r.charge(t, need[i]);
             }
         }
         self.last_slot = Some(t);
@@ -198,10 +202,32 @@ impl Books {
             at: t,
             seq,
             need,
-            charged,
             reports: self.reports,
             pauses: self.pauses,
         }
+    }
+
+    /// Adds `spend` at `t` (no earlier than any entry) to the log: to the
+    /// last entry if it began less than a granule before. Returns the
+    /// entry's number.
+    fn record(&mut self, t: Instant, spend: Amounts) -> u64 {
+        add(&mut self.sums, &spend);
+        if let Some(last) = self.log.back_mut()
+            && t.saturating_duration_since(last.first) < GRANULE
+        {
+            last.at = last.at.max(t);
+            add(&mut last.spend, &spend);
+            return last.seq;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.log.push_back(Entry {
+            first: t,
+            at: t,
+            seq,
+            spend,
+        });
+        seq
     }
 
     /// The earliest time from `t` at which `need` fits in a window of
@@ -245,13 +271,13 @@ impl Books {
     /// or it is booked again after a pause).
     pub(crate) fn cancel(&mut self, booking: &Booking) {
         if let Some(e) = self.entry_mut(booking.seq) {
-            let spend = std::mem::take(&mut e.spend);
-            sub(&mut self.sums, &spend);
+            sub(&mut e.spend, &booking.need);
+            sub(&mut self.sums, &booking.need);
         }
         if booking.reports == self.reports {
             for (i, r) in self.reported.iter_mut().enumerate() {
                 if let Some(r) = r {
-                    r.refund(booking.at, booking.charged[i]);
+                    r.refund(booking.at, booking.need[i]);
                 }
             }
         }
@@ -278,31 +304,34 @@ impl Books {
 
     /// The answer reported what the call really used: the books are
     /// corrected from the estimate.
-    pub(crate) fn correct(&mut self, booking: &Booking, input: u64, output: u64, now: Instant) {
-        self.expire(now);
+    pub(crate) fn correct(&mut self, booking: &mut Booking, input: u64, output: u64, now: Instant) {
         let actual = amounts(input, output);
-        if let Some(e) = self.entry_mut(booking.seq) {
-            let old = std::mem::replace(&mut e.spend, actual);
-            sub(&mut self.sums, &old);
+        // Corrections replace each other: `booking.need` is what is on the
+        // books for the call so far.
+        let on_books = booking.need;
+        booking.need = actual;
+        if let Some(e) = self.entry_mut(booking.seq)
+            && after(now, e.at, WINDOW) > now
+        {
+            sub(&mut e.spend, &on_books);
+            add(&mut e.spend, &actual);
+            sub(&mut self.sums, &on_books);
             add(&mut self.sums, &actual);
             return;
         }
+        self.expire(now);
         // The call outlived the window: charge what it used beyond the
         // estimate now (behind the queue, to keep the log in order).
         let mut excess = [0; LIMITS];
         for (i, x) in excess.iter_mut().enumerate().skip(1) {
-            *x = actual[i].saturating_sub(booking.need[i]);
+            *x = actual[i].saturating_sub(on_books[i]);
         }
+        // From now on the call has no entry of its own: a later report
+        // charges only what it adds to this one.
+        booking.seq = NO_ENTRY;
         if excess.iter().any(|&x| x > 0) {
             let at = self.last_slot.map_or(now, |l| l.max(now));
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.log.push_back(Entry {
-                at,
-                seq,
-                spend: excess,
-            });
-            add(&mut self.sums, &excess);
+            self.record(at, excess);
             self.last_slot = Some(at);
         }
     }
@@ -365,6 +394,12 @@ impl Books {
         }
     }
 
+    /// How many entries the log holds.
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> usize {
+        self.log.len()
+    }
+
     fn entry_mut(&mut self, seq: u64) -> Option<&mut Entry> {
         let i = self.log.binary_search_by_key(&seq, |e| e.seq).ok()?;
         self.log.get_mut(i)
@@ -414,8 +449,8 @@ impl Reported {
         at
     }
 
-    /// Charges `need` at `t`, returning what to give back on cancel.
-    fn charge(&mut self, t: Instant, need: u64) -> u64 {
+    /// Charges `need` at `t`.
+    fn charge(&mut self, t: Instant, need: u64) {
         if t < self.reset_at {
             self.left = self.left.saturating_sub(need);
         }
@@ -423,7 +458,6 @@ impl Reported {
             b.level = b.level_at(t) - (need as f64).min(b.capacity);
             b.at = b.at.max(t);
         }
-        need
     }
 
     fn refund(&mut self, at: Instant, amount: u64) {

@@ -129,6 +129,7 @@ impl<S> tower::Layer<S> for RateLimitLayer {
             inner,
             shared: Arc::new(Shared {
                 budget: self.budget,
+                first: OnceLock::new(),
                 models: Mutex::new(HashMap::new()),
                 provider: OnceLock::new(),
             }),
@@ -145,6 +146,10 @@ pub struct RateLimit<S> {
 
 struct Shared {
     budget: [Option<u64>; LIMITS],
+    /// The first model called, found without a lookup: most services call
+    /// one model.
+    first: OnceLock<(Box<str>, Arc<Mutex<Books>>)>,
+    /// Every other model.
     models: Mutex<HashMap<Box<str>, Arc<Mutex<Books>>>>,
     /// The provider's name, once an answer gave it: for the errors this
     /// layer makes itself.
@@ -163,6 +168,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     fn books(&self, model: &str) -> Arc<Mutex<Books>> {
+        let (first, books) = self.first.get_or_init(|| (model.into(), Arc::default()));
+        if **first == *model {
+            return books.clone();
+        }
         let mut models = lock(&self.models);
         if let Some(books) = models.get(model) {
             return books.clone();
@@ -172,6 +181,11 @@ impl Shared {
             models.retain(|_, b| Arc::strong_count(b) > 1 || !lock(b).is_idle(now));
         }
         models.entry(model.into()).or_default().clone()
+    }
+
+    /// Whether a token budget is set, for which the usage reported matters.
+    fn counts_tokens(&self) -> bool {
+        self.budget[1..].iter().any(Option::is_some)
     }
 
     fn refused(&self, refusal: Refusal) -> Error {
@@ -276,14 +290,7 @@ where
         );
         let booking = match booked {
             Ok(b) => b,
-            Err(refusal) => {
-                return ResponseFuture::new(
-                    State::Failed,
-                    None,
-                    None,
-                    Some(self.shared.refused(refusal)),
-                );
-            }
+            Err(refusal) => return ResponseFuture::failed(self.shared.refused(refusal)),
         };
         let tracker = Tracker {
             shared: self.shared.clone(),
@@ -293,8 +300,11 @@ where
         };
         if booking.at <= now {
             let future = self.inner.call(request);
-            return ResponseFuture::new(State::Calling { future }, None, None, None)
-                .tracking(tracker);
+            return ResponseFuture {
+                state: State::Calling { future },
+                waiting: None,
+                tracker: Some(tracker),
+            };
         }
         tracing::debug!(
             model = %request.model,
@@ -304,18 +314,18 @@ where
         // The wait is done by a clone, driven ready once it is over; the
         // service that was driven ready for this call is dropped, so that
         // what it reserved below (a concurrency slot) is not held meanwhile.
-        let waiting = self.inner.clone();
+        let service = self.inner.clone();
         self.inner = self.inner.clone();
-        let mut future = ResponseFuture::new(
-            State::Waiting {
+        ResponseFuture {
+            state: State::Waiting,
+            waiting: Some(Box::new(Waiting {
                 sleep: Box::pin(tokio::time::sleep_until(booking.at)),
-            },
-            Some(waiting),
-            Some(request),
-            None,
-        );
-        future.ticket = Ticket(Some(tracker));
-        future
+                service,
+                request: Some(request),
+                ticket: Ticket(Some(tracker)),
+            })),
+            tracker: None,
+        }
     }
 }
 
@@ -397,9 +407,10 @@ impl Stream for Watch {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = ready!(self.events.poll_next_unpin(cx));
         match &item {
-            Some(Ok(StreamEvent::Usage(u))) => {
-                let t = &self.tracker;
-                lock(&t.books).correct(&t.booking, u.input_tokens, u.output_tokens, Instant::now());
+            Some(Ok(StreamEvent::Usage(u))) if self.tracker.shared.counts_tokens() => {
+                let t = &mut self.tracker;
+                let now = Instant::now();
+                lock(&t.books).correct(&mut t.booking, u.input_tokens, u.output_tokens, now);
             }
             Some(Err(e)) => self.tracker.failed(e),
             _ => {}
@@ -421,12 +432,10 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        service: Option<S>,
-        request: Option<ChatRequest>,
-        error: Option<Error>,
-        // Held while waiting: given back if the future is dropped.
-        ticket: Ticket,
-        // Held once sent.
+        // Only for a call that waits: boxed, so the call that has room moves
+        // a small future around.
+        waiting: Option<Box<Waiting<S>>>,
+        // Once sent.
         tracker: Option<Tracker>,
     }
 }
@@ -434,37 +443,33 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Failed,
-        Waiting { sleep: Pin<Box<Sleep>> },
+        Failed { error: Option<Error> },
+        Waiting,
         Readying,
         Calling { #[pin] future: F },
         Done,
     }
 }
 
+/// What a call that waits for its slot holds.
+struct Waiting<S> {
+    sleep: Pin<Box<Sleep>>,
+    service: S,
+    request: Option<ChatRequest>,
+    // Given back if the call is dropped before it is sent.
+    ticket: Ticket,
+}
+
 impl<S> ResponseFuture<S>
 where
     S: Service<ChatRequest>,
 {
-    fn new(
-        state: State<S::Future>,
-        service: Option<S>,
-        request: Option<ChatRequest>,
-        error: Option<Error>,
-    ) -> Self {
+    fn failed(error: Error) -> Self {
         ResponseFuture {
-            state,
-            service,
-            request,
-            error,
-            ticket: Ticket(None),
+            state: State::Failed { error: Some(error) },
+            waiting: None,
             tracker: None,
         }
-    }
-
-    fn tracking(mut self, tracker: Tracker) -> Self {
-        self.tracker = Some(tracker);
-        self
     }
 }
 
@@ -473,7 +478,9 @@ where
     S: Service<ChatRequest>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        f.debug_struct("ResponseFuture")
+            .field("waiting", &self.waiting.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -487,14 +494,18 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Failed => {
+                StateProj::Failed { error } => {
+                    let error = error.take().unwrap_or_else(polled_after_completion);
                     this.state.set(State::Done);
-                    let error = this.error.take();
-                    return Poll::Ready(Err(error.unwrap_or_else(polled_after_completion)));
+                    return Poll::Ready(Err(error));
                 }
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.as_mut().poll(cx));
-                    let Some(t) = this.ticket.0.as_mut() else {
+                StateProj::Waiting => {
+                    let Some(w) = this.waiting.as_mut() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    ready!(w.sleep.as_mut().poll(cx));
+                    let Some(t) = w.ticket.0.as_mut() else {
                         this.state.set(State::Readying);
                         continue;
                     };
@@ -509,34 +520,35 @@ where
                         // A 429 paused the model while this call slept.
                         Some(Ok(booking)) => {
                             t.booking = booking;
-                            sleep.as_mut().reset(booking.at);
+                            w.sleep.as_mut().reset(booking.at);
                         }
                         Some(Err(refusal)) => {
-                            // The old booking was given back by `recheck`.
-                            let shared = t.shared.clone();
-                            this.ticket.0 = None;
+                            // `recheck` gave the old booking back already.
+                            let error = t.shared.refused(refusal);
+                            w.ticket.0 = None;
+                            *this.waiting = None;
                             this.state.set(State::Done);
-                            return Poll::Ready(Err(shared.refused(refusal)));
+                            return Poll::Ready(Err(error));
                         }
                     }
                 }
                 StateProj::Readying => {
-                    let Some(service) = this.service.as_mut() else {
+                    let Some(w) = this.waiting.as_mut() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    if let Err(e) = ready!(service.poll_ready(cx)) {
+                    if let Err(e) = ready!(w.service.poll_ready(cx)) {
+                        *this.waiting = None;
                         this.state.set(State::Done);
                         return Poll::Ready(Err(e));
                     }
-                    let (Some(mut service), Some(request)) =
-                        (this.service.take(), this.request.take())
-                    else {
+                    let Some(request) = w.request.take() else {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    *this.tracker = this.ticket.0.take();
-                    let future = service.call(request);
+                    *this.tracker = w.ticket.0.take();
+                    let future = w.service.call(request);
+                    *this.waiting = None;
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {

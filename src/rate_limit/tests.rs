@@ -186,7 +186,7 @@ fn usage_corrects_the_estimate() {
     let t0 = Instant::now();
     let budget = [None, None, None, Some(1000)];
     let mut books = Books::default();
-    let a = books.book(&budget, amounts(50, 600), t0, None).unwrap();
+    let mut a = books.book(&budget, amounts(50, 600), t0, None).unwrap();
     // Without the correction, 600 + 600 > 1000.
     let mut uncorrected = Books::default();
     uncorrected
@@ -197,7 +197,9 @@ fn usage_corrects_the_estimate() {
         .unwrap();
     assert_eq!(offset(t0, &late), 60.0);
     // It wrote 30 tokens.
-    books.correct(&a, 50, 30, t0 + secs(2.0));
+    books.correct(&mut a, 50, 30, t0 + secs(2.0));
+    // A second report replaces the first; it does not add to it.
+    books.correct(&mut a, 50, 40, t0 + secs(2.0));
     let b = books
         .book(&budget, amounts(50, 600), t0 + secs(2.0), None)
         .unwrap();
@@ -209,12 +211,16 @@ fn usage_beyond_the_window_is_charged_when_it_comes() {
     let t0 = Instant::now();
     let budget = [None, None, None, Some(1000)];
     let mut books = Books::default();
-    let a = books.book(&budget, amounts(0, 0), t0, None).unwrap();
+    let mut a = books.book(&budget, amounts(0, 0), t0, None).unwrap();
     // A long answer: 900 tokens, reported after 90 s.
     let t1 = t0 + secs(90.0);
-    books.correct(&a, 0, 900, t1);
-    let b = books.book(&budget, amounts(0, 200), t1, None).unwrap();
-    assert_eq!(offset(t0, &b), 150.0);
+    books.correct(&mut a, 0, 900, t1);
+    // Reported twice: only the growth is charged again.
+    books.correct(&mut a, 0, 950, t1);
+    let b = books.book(&budget, amounts(0, 50), t1, None).unwrap();
+    assert_eq!(offset(t0, &b), 90.0);
+    let c = books.book(&budget, amounts(0, 200), t1, None).unwrap();
+    assert_eq!(offset(t0, &c), 150.0);
 }
 
 #[test]
@@ -275,6 +281,22 @@ fn absurd_reports_are_bounded() {
         .book(&NONE, amounts(u64::MAX, u64::MAX), t0, None)
         .unwrap();
     assert!(offset(t0, &b) <= super::books::MAX_WAIT.as_secs_f64());
+}
+
+#[test]
+fn the_log_is_bounded_however_fast_calls_come() {
+    let t0 = Instant::now();
+    let mut books = Books::default();
+    let budget = [Some(u64::MAX), Some(u64::MAX), None, None];
+    // 200,000 calls over 20 s, 100 µs apart, with usage reported for each.
+    for i in 0..200_000u64 {
+        let now = t0 + Duration::from_micros(100 * i);
+        let mut b = books.book(&budget, amounts(100, 100), now, None).unwrap();
+        assert_eq!(b.at, now);
+        books.correct(&mut b, 90, 10, now);
+    }
+    // One entry per millisecond, not per call.
+    assert!(books.entries() <= 20_001, "{}", books.entries());
 }
 
 #[test]

@@ -1,0 +1,353 @@
+//! RateLimitLayer against the mock server, on a paused clock: calls are paced
+//! by a budget and by the providers' headers, back off together after a
+//! 429, respect their deadline, and hold nothing while they wait.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use llm_tower::mock::{MockServer, Reply};
+use llm_tower::{
+    ChatRequest, Deadline, Error, Message, RateLimitLayer, RetryPolicy,
+    StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
+};
+use support::{Svc, anthropic_at, boxed, openai_at};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+
+fn hello() -> ChatRequest {
+    ChatRequest::new("")
+        .message(Message::user("hello"))
+        .stream(true)
+}
+
+/// Calls `svc` and reads the whole answer.
+fn complete(svc: &Svc, req: ChatRequest) -> impl Future<Output = Result<String, Error>> + Send {
+    let call = svc.clone().oneshot(req);
+    async move { Ok(call.await?.completion().await?.text) }
+}
+
+/// When each request reached the server, from `t0`, in seconds.
+fn arrivals(server: &MockServer, t0: Instant) -> Vec<f64> {
+    server
+        .requests()
+        .iter()
+        .map(|r| (r.received_at - t0).as_secs_f64())
+        .collect()
+}
+
+/// The most requests in any 60 s window.
+fn busiest_minute(times: &[f64]) -> usize {
+    times
+        .iter()
+        .map(|&start| {
+            times
+                .iter()
+                .filter(|&&t| t >= start && t < start + 60.0)
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_of_10_a_minute_paces_30_concurrent_calls_without_a_429() {
+    for provider in ["openai", "anthropic"] {
+        let server = MockServer::start().await;
+        // The server refuses an 11th request in any minute.
+        server.limit_requests(10);
+        let inner: Svc = match provider {
+            "openai" => BoxCloneService::new(openai_at(&server)),
+            _ => BoxCloneService::new(anthropic_at(&server)),
+        };
+        let svc = boxed(RateLimitLayer::new().requests_per_minute(10), inner);
+        let t0 = Instant::now();
+        let done = futures_util::future::join_all((0..30).map(|_| complete(&svc, hello()))).await;
+        let elapsed = t0.elapsed().as_secs_f64();
+
+        assert!(done.iter().all(|r| r.is_ok()), "{provider}: {done:?}");
+        assert_eq!(server.rate_limited_count(), 0, "{provider}");
+        let times = arrivals(&server, t0);
+        assert_eq!(times.len(), 30, "{provider}");
+        assert_eq!(busiest_minute(&times), 10, "{provider}: {times:?}");
+        // Three minutes' worth, no more: 10 now, 10 at 60 s, 10 at 120 s.
+        assert!((120.0..121.0).contains(&elapsed), "{provider}: {elapsed}");
+    }
+}
+
+/// Without the layer, the same burst meets the server's limit: the test
+/// above would catch a layer that let calls through.
+#[tokio::test(start_paused = true)]
+async fn without_the_layer_the_burst_is_refused() {
+    let server = MockServer::start().await;
+    server.limit_requests(10);
+    let svc: Svc = BoxCloneService::new(openai_at(&server));
+    let done = futures_util::future::join_all((0..30).map(|_| complete(&svc, hello()))).await;
+    assert_eq!(done.iter().filter(|r| r.is_ok()).count(), 10);
+    assert_eq!(server.rate_limited_count(), 20);
+    assert!(matches!(done[29], Err(Error::RateLimited { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_remaining_with_a_reset_in_2s_makes_the_next_call_wait_2s() {
+    let now = SystemTime::now();
+    let in_2s = humantime::format_rfc3339_millis(now + Duration::from_secs(2)).to_string();
+    for (provider, remaining, reset) in [
+        (
+            "openai",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        (
+            "anthropic",
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ),
+    ] {
+        let server = MockServer::start().await;
+        let reset_value = if provider == "openai" { "2s" } else { &in_2s };
+        server.push(
+            Reply::text(["first"])
+                .header(remaining, "0")
+                .header(reset, reset_value),
+        );
+        let inner: Svc = match provider {
+            "openai" => BoxCloneService::new(openai_at(&server)),
+            _ => BoxCloneService::new(anthropic_at(&server)),
+        };
+        let svc = boxed(RateLimitLayer::new(), inner);
+
+        let stream = svc.clone().oneshot(hello()).await.unwrap();
+        let info = stream.meta().rate_limit.expect("rate-limit headers");
+        assert_eq!(info.requests.unwrap().remaining, Some(0));
+        assert_eq!(stream.completion().await.unwrap().text, "first");
+        let t0 = Instant::now();
+        complete(&svc, hello()).await.unwrap();
+        let times = arrivals(&server, t0);
+        let waited = times[1];
+        // Anthropic's time is read against the wall clock, which moved on
+        // a little while the paused test clock did not.
+        assert!((1.95..=2.0).contains(&waited), "{provider}: {waited}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_servers_headers_alone_keep_calls_within_its_limit() {
+    let server = MockServer::start().await;
+    server.limit_requests(5);
+    // No budget: only what the server reports. One call first, to learn.
+    let svc = boxed(RateLimitLayer::new(), openai_at(&server));
+    complete(&svc, hello()).await.unwrap();
+    let t0 = Instant::now();
+    let done = futures_util::future::join_all((0..12).map(|_| complete(&svc, hello()))).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(server.rate_limited_count(), 0);
+    let times = arrivals(&server, t0);
+    assert!(busiest_minute(&times) <= 5, "{times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_pauses_every_caller_together() {
+    let server = MockServer::start().await;
+    server.push(Reply::api_error(429, "rate_limit_error", "slow down").header("retry-after", "5"));
+    let svc = boxed(RateLimitLayer::new(), openai_at(&server));
+    let t0 = Instant::now();
+    let err = complete(&svc, hello()).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }));
+    assert!(!err.api_error().unwrap().is_local());
+    // Ten callers after the 429: none reaches the server before 5 s.
+    let done = futures_util::future::join_all((0..10).map(|_| complete(&svc, hello()))).await;
+    assert!(done.iter().all(Result::is_ok));
+    let times = arrivals(&server, t0);
+    assert_eq!(times.len(), 11);
+    assert!(
+        times[1..].iter().all(|&t| (5.0..5.1).contains(&t)),
+        "{times:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_retry_layer_the_429_is_retried_once_and_the_others_wait_with_it() {
+    let server = MockServer::start().await;
+    server.push(Reply::api_error(429, "rate_limit_error", "slow down").header("retry-after", "7"));
+    let svc: Svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(TransportRetryLayer::new(RetryPolicy::default()))
+            .layer(RateLimitLayer::new())
+            .service(openai_at(&server)),
+    );
+    let t0 = Instant::now();
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { complete(&svc, hello()).await }
+    });
+    // The others start once the 429 is in.
+    while server.request_count() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let others = futures_util::future::join_all((0..5).map(|_| complete(&svc, hello()))).await;
+    assert!(first.await.unwrap().is_ok());
+    assert!(others.iter().all(Result::is_ok));
+    let times = arrivals(&server, t0);
+    assert_eq!(times.len(), 7, "one 429, then six answers: {times:?}");
+    assert!(times[1..].iter().all(|&t| t >= 7.0), "{times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_that_cannot_start_before_its_deadline_fails_at_once() {
+    let server = MockServer::start().await;
+    let svc = boxed(
+        RateLimitLayer::new().requests_per_minute(1),
+        openai_at(&server),
+    );
+    complete(&svc, hello()).await.unwrap();
+
+    let t0 = Instant::now();
+    let mut req = hello();
+    req.extensions
+        .insert(Deadline::after(Duration::from_secs(10)));
+    let err = complete(&svc, req).await.unwrap_err();
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    let Error::RateLimited { retry_after, error } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(error.is_local());
+    assert_eq!(error.provider(), "openai");
+    assert_eq!(error.status(), None);
+    let wait = retry_after.unwrap();
+    assert!((59.0..=60.0).contains(&wait.as_secs_f64()), "{wait:?}");
+    assert!(
+        err.to_string().contains("client's rate limit for openai"),
+        "{err}"
+    );
+    assert_eq!(server.request_count(), 1);
+
+    // The same through a total timeout above it, which sets the deadline.
+    let svc: Svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(StreamTimeoutLayer::new().total(Duration::from_secs(30)))
+            .layer(RateLimitLayer::new().requests_per_minute(1))
+            .service(openai_at(&server)),
+    );
+    complete(&svc, hello()).await.unwrap();
+    let t0 = Instant::now();
+    let err = complete(&svc, hello()).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    // A call that fits is not refused, deadline or not.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(complete(&svc, hello()).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_call_holds_no_slot_of_a_limit_below_it() {
+    let server = MockServer::start().await;
+    let slots = Arc::new(Semaphore::new(1));
+    let svc: Svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RateLimitLayer::new().requests_per_minute(1))
+            .layer(StreamConcurrencyLimitLayer::shared(slots.clone()))
+            .service(openai_at(&server)),
+    );
+    complete(&svc, hello()).await.unwrap();
+    let waiting = tokio::spawn({
+        let svc = svc.clone();
+        async move { complete(&svc, hello()).await }
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(server.request_count(), 1);
+    assert_eq!(
+        slots.available_permits(),
+        1,
+        "the waiting call holds the slot"
+    );
+    assert!(waiting.await.unwrap().is_ok());
+    assert_eq!(slots.available_permits(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_waiting_call_gives_its_slot_back() {
+    let server = MockServer::start().await;
+    let svc = boxed(
+        RateLimitLayer::new().requests_per_minute(1),
+        openai_at(&server),
+    );
+    complete(&svc, hello()).await.unwrap();
+    // Waits for 60 s; given up after 10.
+    let given_up = tokio::time::timeout(Duration::from_secs(10), complete(&svc, hello())).await;
+    assert!(given_up.is_err());
+    let t0 = Instant::now();
+    complete(&svc, hello()).await.unwrap();
+    let waited = t0.elapsed().as_secs_f64();
+    assert!((50.0..50.1).contains(&waited), "{waited}");
+    assert_eq!(server.request_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_usage_reported_corrects_the_estimate() {
+    let server = MockServer::start().await;
+    // 1,000 output tokens a minute; each call reserves 600 by its
+    // `max_tokens` but writes only a few.
+    let svc = boxed(
+        RateLimitLayer::new().output_tokens_per_minute(1000),
+        openai_at(&server),
+    );
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        complete(&svc, hello().max_tokens(600)).await.unwrap();
+    }
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+
+    // A stream not read to its usage keeps its reservation.
+    let open = svc.clone().oneshot(hello().max_tokens(600)).await.unwrap();
+    let t1 = Instant::now();
+    complete(&svc, hello().max_tokens(600)).await.unwrap();
+    assert!(
+        t1.elapsed() >= Duration::from_secs(59),
+        "{:?}",
+        t1.elapsed()
+    );
+    drop(open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn models_are_paced_separately() {
+    let server = MockServer::start().await;
+    let svc = boxed(
+        RateLimitLayer::new().requests_per_minute(1),
+        openai_at(&server),
+    );
+    let t0 = Instant::now();
+    for model in ["a", "b", "c"] {
+        let mut req = hello();
+        req.model = model.into();
+        complete(&svc, req).await.unwrap();
+    }
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    let mut req = hello();
+    req.model = "a".into();
+    complete(&svc, req).await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_secs(60));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_carries_the_servers_rate_limit_state() {
+    let server = MockServer::start().await;
+    server.limit_requests(1);
+    let svc: Svc = BoxCloneService::new(openai_at(&server));
+    complete(&svc, hello()).await.unwrap();
+    let err = complete(&svc, hello()).await.unwrap_err();
+    let info = err
+        .api_error()
+        .and_then(|e| e.rate_limit())
+        .copied()
+        .unwrap();
+    let requests = info.requests.unwrap();
+    assert_eq!((requests.limit, requests.remaining), (Some(1), Some(0)));
+    assert_eq!(requests.reset, Some(Duration::from_secs(60)));
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
+}
