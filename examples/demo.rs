@@ -12,7 +12,8 @@ use futures_util::StreamExt;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
     Anthropic, ChatRequest, ChatStream, Credential, Error, FallbackLayer, Message, OpenAi,
-    RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer, Tool, TransportRetryLayer,
+    RateLimitLayer, RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer, Tool,
+    TransportRetryLayer,
 };
 use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
@@ -285,6 +286,34 @@ async fn main() -> Result<(), Error> {
     println!(
         "   max_tokens sent: {} (the default filled in)",
         sent[sent.len() - 1].json()["max_tokens"]
+    );
+
+    scene(
+        "Rate limit: the server says none left for 1 s; the next call waits instead of taking a 429",
+    );
+    let paced = ServiceBuilder::new()
+        .layer(RateLimitLayer::new().requests_per_minute(100))
+        .service(openai.clone());
+    server.push(
+        Reply::text(["High", " tide", " at", " 06:12."])
+            .header("x-ratelimit-limit-requests", "60")
+            .header("x-ratelimit-remaining-requests", "0")
+            .header("x-ratelimit-reset-requests", "1s"),
+    );
+    let stream = paced.clone().oneshot(question()).await?;
+    if let Some(requests) = stream.meta().rate_limit.and_then(|r| r.requests) {
+        println!(
+            "   reported: {:?} of {:?} requests left, full again in {:?}",
+            requests.remaining, requests.limit, requests.reset
+        );
+    }
+    stream.completion().await?;
+    let started = std::time::Instant::now();
+    let c = complete(paced).await?;
+    println!(
+        "   next call sent after {:.1} s: {:?}",
+        started.elapsed().as_secs_f64(),
+        c.text
     );
 
     scene("A 10 MB line: refused at the size limit, never buffered whole");
