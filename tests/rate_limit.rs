@@ -351,3 +351,17 @@ async fn a_429_carries_the_servers_rate_limit_state() {
     assert_eq!(requests.reset, Some(Duration::from_secs(60)));
     assert_eq!(err.retry_after(), Some(Duration::from_secs(60)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_budget_refuses_every_call_without_sending_it() {
+    let server = MockServer::start().await;
+    let svc = boxed(
+        RateLimitLayer::new().output_tokens_per_minute(0),
+        openai_at(&server),
+    );
+    let err = complete(&svc, hello()).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    assert!(err.api_error().unwrap().is_local());
+    assert!(!err.is_retryable());
+    assert_eq!(server.request_count(), 0);
+}

@@ -56,7 +56,7 @@ pub(crate) fn amounts(input: u64, output: u64) -> Amounts {
 /// Why a call gets no slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// A budget of zero for a limit the call needs.
+    /// A budget of zero.
     ZeroBudget,
     /// The slot is `wait` away, past the call's deadline.
     Deadline { wait: Duration },
@@ -170,7 +170,7 @@ impl Books {
         }
         for (i, limit) in budget.iter().enumerate() {
             match *limit {
-                Some(0) if need[i] > 0 => return Err(Refusal::ZeroBudget),
+                Some(0) => return Err(Refusal::ZeroBudget),
                 Some(b) => t = t.max(self.room_in_window(i, t, need[i].min(b), b, now)),
                 None => {}
             }

@@ -218,15 +218,7 @@ fn skew(a: SystemTime, b: SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::error::tests::headers;
 
     fn quota(limit: u64, remaining: u64, reset_ms: u64) -> Option<Quota> {
         Some(Quota {

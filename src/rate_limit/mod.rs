@@ -79,7 +79,8 @@ pub use info::{Quota, RateLimitInfo};
 /// Applies [`RateLimit`]. See the [module docs](self).
 ///
 /// Each service the layer builds keeps its own books, shared by that
-/// service's clones.
+/// service's clones. A budget of zero refuses every call, with a
+/// [`Error::RateLimited`] that is not retryable.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RateLimitLayer {
     budget: [Option<u64>; LIMITS],
@@ -93,7 +94,7 @@ impl RateLimitLayer {
         }
     }
 
-    /// At most `n` calls in any minute, per model. Zero refuses every call.
+    /// At most `n` calls in any minute, per model.
     pub const fn requests_per_minute(mut self, n: u64) -> Self {
         self.budget[0] = Some(n);
         self
@@ -319,7 +320,7 @@ where
         ResponseFuture {
             state: State::Waiting,
             waiting: Some(Box::new(Waiting {
-                sleep: Box::pin(tokio::time::sleep_until(booking.at)),
+                sleep: None,
                 service,
                 request: Some(request),
                 ticket: Ticket(Some(tracker)),
@@ -453,7 +454,8 @@ pin_project! {
 
 /// What a call that waits for its slot holds.
 struct Waiting<S> {
-    sleep: Pin<Box<Sleep>>,
+    // Made when first polled, inside the runtime, rather than by `call`.
+    sleep: Option<Pin<Box<Sleep>>>,
     service: S,
     request: Option<ChatRequest>,
     // Given back if the call is dropped before it is sent.
@@ -504,11 +506,15 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    ready!(w.sleep.as_mut().poll(cx));
                     let Some(t) = w.ticket.0.as_mut() else {
                         this.state.set(State::Readying);
                         continue;
                     };
+                    let at = t.booking.at;
+                    let sleep = w
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    ready!(sleep.as_mut().poll(cx));
                     let recheck = lock(&t.books).recheck(
                         &t.booking,
                         &t.shared.budget,
@@ -520,7 +526,7 @@ where
                         // A 429 paused the model while this call slept.
                         Some(Ok(booking)) => {
                             t.booking = booking;
-                            w.sleep.as_mut().reset(booking.at);
+                            sleep.as_mut().reset(booking.at);
                         }
                         Some(Err(refusal)) => {
                             // `recheck` gave the old booking back already.

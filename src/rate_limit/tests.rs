@@ -156,16 +156,17 @@ fn deadline_refuses_at_once_and_books_nothing() {
 }
 
 #[test]
-fn a_zero_budget_refuses_what_it_limits() {
+fn a_zero_budget_refuses_every_call() {
     let t0 = Instant::now();
     let mut books = Books::default();
     let budget = [None, None, None, Some(0)];
-    assert_eq!(
-        books.book(&budget, amounts(10, 5), t0, None).unwrap_err(),
-        Refusal::ZeroBudget
-    );
-    // A call that reserves no output is not limited by it.
-    assert!(books.book(&budget, amounts(10, 0), t0, None).is_ok());
+    for need in [amounts(10, 5), amounts(10, 0)] {
+        assert_eq!(
+            books.book(&budget, need, t0, None).unwrap_err(),
+            Refusal::ZeroBudget
+        );
+    }
+    assert_eq!(books.entries(), 0);
 }
 
 #[test]
