@@ -10,7 +10,7 @@
 //!   output as its `max_tokens`, as OpenAI and Anthropic themselves count a
 //!   call when it starts; the usage reported at the end replaces the
 //!   estimate in the books. tower's `rate_limit` counts requests only.
-//! - **Shared.** Every clone of the service keeps one set of books, one per
+//! - **Shared.** All clones of the service share one set of books, one per
 //!   model (providers limit each model separately). A 429 that arrives
 //!   anyway pauses every call to that model for the time the provider asked
 //!   (or a backoff doubling from 1 s), including calls already waiting: they
