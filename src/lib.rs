@@ -78,6 +78,13 @@ pub mod timeout;
 pub mod trace;
 pub mod transport;
 
+/// Locks `m`, poisoned or not. Every mutex in this crate guards plain data
+/// left consistent after each statement, so a panic elsewhere while holding
+/// one leaves nothing half-written: keep going rather than spread the panic.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

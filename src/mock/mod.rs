@@ -41,7 +41,7 @@ use std::future::Future as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -58,6 +58,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Sleep;
 
 mod reply;
+
+use crate::lock;
 
 pub use reply::Reply;
 use reply::{Asked, Dialect, Step};
@@ -209,11 +211,6 @@ impl RecordedRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)?.to_str().ok()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves plain data behind: keep serving.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl MockServer {

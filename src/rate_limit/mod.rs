@@ -57,7 +57,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use futures_core::Stream;
@@ -68,6 +68,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::chat::Events;
+use crate::lock;
 use crate::{ApiError, ChatRequest, ChatStream, ContentPart, Deadline, Error, StreamEvent};
 
 mod books;
@@ -160,12 +161,6 @@ struct Shared {
 /// Past this many models, books with nothing in them are dropped when a new
 /// model is added.
 const MAX_IDLE_MODELS: usize = 64;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update leaves the books consistent before anything that could
-    // panic: a poisoned lock still holds usable books.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl Shared {
     fn books(&self, model: &str) -> Arc<Mutex<Books>> {

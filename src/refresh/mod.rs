@@ -389,9 +389,7 @@ struct Store {
 
 impl Store {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The state is plain data, consistent after every statement: a panic
-        // elsewhere while holding the lock leaves nothing half-written.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Makes sure the credential is newer than generation `seen`: refreshes
