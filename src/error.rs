@@ -524,8 +524,9 @@ impl Error {
             api.request_id = request_id_header(headers).map(str::to_owned);
         }
         // The headers win over a delay the body gave (Gemini's `RetryInfo`).
-        api.retry_after = parse_retry_after(headers, SystemTime::now()).or(api.retry_after);
-        api.rate_limit = RateLimitInfo::from_headers(headers, SystemTime::now());
+        let now = SystemTime::now();
+        api.retry_after = parse_retry_after(headers, now).or(api.retry_after);
+        api.rate_limit = RateLimitInfo::from_headers(headers, now);
         api.should_retry = match header_str(headers, "x-should-retry") {
             Some(v) if v.eq_ignore_ascii_case("true") => Some(true),
             Some(v) if v.eq_ignore_ascii_case("false") => Some(false),
