@@ -138,6 +138,15 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The service is gone for good: a tower `Buffer` whose worker stopped
+    /// (its inner service failed, or the runtime shut down). Not retryable:
+    /// every later call fails the same way.
+    #[error("service closed: {source}")]
+    Closed {
+        /// tower's error.
+        #[source]
+        source: BoxError,
+    },
     /// A service was configured with an unusable value (a base URL that does
     /// not parse, a header value with control characters).
     #[error("invalid configuration: {message}")]
@@ -176,12 +185,20 @@ impl fmt::Display for TransportPhase {
 pub enum TimeoutPhase {
     /// Opening the connection.
     Connect,
-    /// Waiting for the first event of the stream.
+    /// Waiting for the first output event of the stream (the time to first
+    /// token).
     FirstEvent,
     /// Waiting for the next event of a stream that had started.
     Idle,
     /// The whole call.
     Total,
+    /// The server, or a proxy in front of it (LiteLLM's), gave up waiting
+    /// for the answer: a 408.
+    Server,
+    /// A tower `timeout` layer: it bounds the response future, which under
+    /// this crate's retrying layers is the time to the first output event
+    /// (retries included), and over a provider the time to the head.
+    Tower,
 }
 
 impl fmt::Display for TimeoutPhase {
@@ -191,6 +208,8 @@ impl fmt::Display for TimeoutPhase {
             TimeoutPhase::FirstEvent => "first-event",
             TimeoutPhase::Idle => "idle",
             TimeoutPhase::Total => "total",
+            TimeoutPhase::Server => "server",
+            TimeoutPhase::Tower => "tower response-future",
         })
     }
 }
@@ -228,6 +247,16 @@ pub enum DecodeError {
     /// The events did not follow the provider's protocol.
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// One answer opened more tool calls or content blocks than a client
+    /// holds ([`MAX_PARTS`](crate::provider::MAX_PARTS)): what a broken or
+    /// hostile server sends, never a real model.
+    #[error("more than {limit} {what} in one answer")]
+    TooManyParts {
+        /// What there were too many of: `"tool calls"` or `"content blocks"`.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// The answer sent more metadata before its first output event than a
     /// retrying layer holds back (see [`guard`](crate::guard)).
     #[error("more than {limit} bytes of metadata before the first output event")]
@@ -306,7 +335,8 @@ impl ApiError {
 
     /// Whether this client refused the call itself, without asking the
     /// provider: a [`RateLimit`](crate::RateLimit) that found no room before
-    /// the call's deadline. [`provider`](ApiError::provider) then names the
+    /// the call's deadline or in its queue, or tower's `load_shed`
+    /// (provider `"tower"`). [`provider`](ApiError::provider) then names the
     /// provider the call was for (`"unknown"` before any answer came).
     pub fn is_local(&self) -> bool {
         self.local
@@ -349,6 +379,9 @@ impl fmt::Debug for ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
+            _ if self.local && self.provider == "tower" => {
+                write!(f, "refused by this client's tower layers")?;
+            }
             _ if self.local => write!(f, "the client's rate limit for {}", self.provider)?,
             Some(s) => {
                 write!(f, "{} answered {}", self.provider, s.as_u16())?;
@@ -390,6 +423,7 @@ impl Error {
             Error::Decode { .. } => "decode",
             Error::Interrupted { .. } => "interrupted",
             Error::Refresh { .. } => "refresh",
+            Error::Closed { .. } => "closed",
             Error::Config { .. } => "config",
         }
     }
@@ -434,7 +468,10 @@ impl Error {
                 matches!(status.as_u16(), 408 | 409)
             }
             Error::Decode {
-                source: DecodeError::EventTooLarge { .. } | DecodeError::PreludeTooLarge { .. },
+                source:
+                    DecodeError::EventTooLarge { .. }
+                    | DecodeError::PreludeTooLarge { .. }
+                    | DecodeError::TooManyParts { .. },
                 ..
             } => false,
             Error::Transport { .. } | Error::Timeout { .. } | Error::Decode { .. } => true,
@@ -442,6 +479,7 @@ impl Error {
             | Error::Forbidden { .. }
             | Error::Interrupted { .. }
             | Error::Refresh { .. }
+            | Error::Closed { .. }
             | Error::Config { .. } => false,
         }
     }
@@ -461,6 +499,10 @@ impl Error {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             Error::Server { status, .. } | Error::InvalidRequest { status, .. } => Some(*status),
+            Error::Timeout {
+                phase: TimeoutPhase::Server,
+                ..
+            } => Some(StatusCode::REQUEST_TIMEOUT),
             other => other.api_error().and_then(|e| e.status),
         }
     }
@@ -536,6 +578,14 @@ impl Error {
         // sends a 401 with type `invalid_request_error`); for other statuses a
         // code or type names the class more precisely (an `overloaded_error`
         // with a 500, `token_expired` with a 400).
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // A proxy's own upstream timeout (LiteLLM answers 408): the
+            // answer did not come in time, which is what a timeout is.
+            return Error::Timeout {
+                provider,
+                phase: TimeoutPhase::Server,
+            };
+        }
         let by_status = class_from_status(status);
         let class = match status.as_u16() {
             401 | 403 | 429 => by_status,
@@ -584,11 +634,18 @@ impl Error {
     }
 }
 
-/// Converts the boxed errors of tower layers (`Buffer`, `Timeout`, …) at the
-/// boundary back into this crate's error: an `Error` that was boxed comes
-/// back as itself, class intact; tower's `Elapsed` becomes
-/// [`Error::Timeout`]; anything else a [`Error::Transport`] from `"tower"`
-/// with the original as its `source()`.
+/// Converts the boxed errors of tower layers (`Buffer`, `Timeout`,
+/// `LoadShed`, …) at the boundary back into this crate's error, by type:
+///
+/// - an `Error` that was boxed comes back as itself, class intact;
+/// - tower's `Elapsed` is [`Error::Timeout`] with phase
+///   [`TimeoutPhase::Tower`] (retryable);
+/// - `load_shed`'s refusal is [`Error::Overloaded`] whose
+///   [`ApiError::is_local`] is true: this process shed the call;
+/// - a closed `Buffer` (or the failure that closed it) is
+///   [`Error::Closed`], final;
+/// - anything else a [`Error::Transport`] from `"tower"` with the original
+///   as its `source()`.
 ///
 /// ```
 /// use llm_tower::Error;
@@ -604,17 +661,37 @@ impl Error {
 /// ```
 impl From<BoxError> for Error {
     fn from(error: BoxError) -> Self {
-        match error.downcast::<Error>() {
-            Ok(e) => *e,
-            Err(e) if e.is::<tower::timeout::error::Elapsed>() => Error::Timeout {
+        let error = match error.downcast::<Error>() {
+            Ok(e) => return *e,
+            Err(e) => e,
+        };
+        if error.is::<tower::timeout::error::Elapsed>() {
+            return Error::Timeout {
                 provider: "tower",
-                phase: TimeoutPhase::Total,
-            },
-            Err(e) => Error::Transport {
-                provider: "tower",
-                phase: TransportPhase::Request,
-                source: e,
-            },
+                phase: TimeoutPhase::Tower,
+            };
+        }
+        if error.is::<tower::load_shed::error::Overloaded>() {
+            return Error::Overloaded {
+                retry_after: None,
+                error: Box::new(ApiError {
+                    provider: "tower",
+                    error_type: Some("load_shed".into()),
+                    message: Some("the service below was not ready".into()),
+                    local: true,
+                    ..ApiError::default()
+                }),
+            };
+        }
+        if error.is::<tower::buffer::error::Closed>()
+            || error.is::<tower::buffer::error::ServiceError>()
+        {
+            return Error::Closed { source: error };
+        }
+        Error::Transport {
+            provider: "tower",
+            phase: TransportPhase::Request,
+            source: error,
         }
     }
 }
@@ -912,7 +989,7 @@ pub(crate) mod tests {
                 "invalid_request",
                 false,
             ),
-            (408, "", &[], "invalid_request", true),
+            (408, "", &[], "timeout", true),
             (409, "", &[], "invalid_request", true),
             (
                 413,

@@ -85,6 +85,27 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `now + d`, or `None` when that is past what an `Instant` can hold: a
+/// limit of `Duration::MAX` means "never".
+pub(crate) fn later(
+    now: tokio::time::Instant,
+    d: std::time::Duration,
+) -> Option<tokio::time::Instant> {
+    now.checked_add(d)
+}
+
+/// `now + d`, saturating about thirty years ahead (as tokio does for its
+/// own far-future timers), for a deadline that must be a time.
+pub(crate) fn later_or_far(
+    now: tokio::time::Instant,
+    d: std::time::Duration,
+) -> tokio::time::Instant {
+    const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(d.min(FAR))
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

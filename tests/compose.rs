@@ -134,7 +134,7 @@ async fn towers_timeout_above_our_retry_bounds_the_time_to_first_output() {
         matches!(
             err,
             Error::Timeout {
-                phase: TimeoutPhase::Total,
+                phase: TimeoutPhase::Tower,
                 ..
             }
         ),

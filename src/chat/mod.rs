@@ -30,3 +30,38 @@ pub use event::{StopReason, StreamEvent, Usage};
 pub use request::{ChatRequest, ContentPart, Image, Message, Role, Tool, ToolChoice};
 pub(crate) use stream::Events;
 pub use stream::{ChatStream, Completion, CompletionBuilder, ResponseMeta, ToolCall};
+
+/// Maps sparse indices (`tool_calls[].index` and `content_block_start.index`
+/// from a server, `ToolCallStart::index` from a caller) to dense positions
+/// from 0, in order of first appearance, so no such number sizes an
+/// allocation.
+#[derive(Debug, Default)]
+pub(crate) struct DenseIndex {
+    seen: Vec<u64>,
+}
+
+impl DenseIndex {
+    /// The position of `wire`, if it was seen.
+    pub(crate) fn get(&self, wire: u64) -> Option<usize> {
+        // Indices that are dense already sit at their own position.
+        if let Ok(i) = usize::try_from(wire)
+            && self.seen.get(i) == Some(&wire)
+        {
+            return Some(i);
+        }
+        self.seen.iter().rposition(|&w| w == wire)
+    }
+
+    /// The position of `wire` and whether it is new; `Err` when it is new
+    /// and `limit` positions are taken.
+    pub(crate) fn insert(&mut self, wire: u64, limit: usize) -> Result<(usize, bool), ()> {
+        if let Some(p) = self.get(wire) {
+            return Ok((p, false));
+        }
+        if self.seen.len() >= limit {
+            return Err(());
+        }
+        self.seen.push(wire);
+        Ok((self.seen.len() - 1, true))
+    }
+}

@@ -5,8 +5,11 @@ use serde_json::{Map, Value};
 ///
 /// Provider-neutral; each provider service encodes it into its own wire
 /// format. Anything a provider offers that has no field here goes into
-/// [`extra`](ChatRequest::extra), a JSON map merged into the request body last
-/// (so it also overrides what the encoder wrote).
+/// [`extra`](ChatRequest::extra), a JSON map merged into the encoded body
+/// last, as a JSON merge patch (RFC 7386): objects merge key by key, so
+/// `extra("generationConfig", json!({"responseMimeType": …}))` keeps the
+/// `maxOutputTokens` the encoder wrote there; any other value replaces what
+/// was there, and `null` removes it.
 ///
 /// `ChatRequest` is `Clone`, so retrying layers can send it again, and carries
 /// [`http::Extensions`] for values that travel with one call through the
@@ -46,7 +49,8 @@ pub struct ChatRequest {
     /// Stream the answer as server-sent events (the default) or fetch it as
     /// one JSON body. Both produce the same [`StreamEvent`](crate::StreamEvent)s.
     pub stream: bool,
-    /// Provider-specific fields merged into the request body, last.
+    /// Provider-specific fields merged into the request body, last, as a
+    /// JSON merge patch (objects key by key; `null` removes).
     pub extra: Map<String, Value>,
     /// Values that travel with this call through the layers.
     pub extensions: http::Extensions,
@@ -99,10 +103,69 @@ impl ChatRequest {
         self
     }
 
-    /// Merges `key: value` into the provider's request body.
+    /// Merges `key: value` into the provider's request body: an object is
+    /// merged key by key into what the encoder wrote (and into an earlier
+    /// `extra` of the same key), anything else replaces it, `null` removes
+    /// it.
     pub fn extra(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
-        self.extra.insert(key.into(), value.into());
+        let mut patch = Map::new();
+        patch.insert(key.into(), value.into());
+        // Two patches of one key compose as one: objects merge, so a later
+        // `null` still removes what the encoder wrote.
+        compose_patch(&mut self.extra, patch);
         self
+    }
+
+    /// Replaces the conversation.
+    pub fn messages(mut self, messages: impl IntoIterator<Item = Message>) -> Self {
+        self.messages = messages.into_iter().collect();
+        self
+    }
+
+    /// Replaces the tool definitions.
+    pub fn tools(mut self, tools: impl IntoIterator<Item = Tool>) -> Self {
+        self.tools = tools.into_iter().collect();
+        self
+    }
+
+    /// Sets nucleus sampling.
+    pub fn top_p(mut self, p: f32) -> Self {
+        self.top_p = Some(p);
+        self
+    }
+
+    /// Appends a stop sequence.
+    pub fn stop(mut self, sequence: impl Into<String>) -> Self {
+        self.stop.push(sequence.into());
+        self
+    }
+
+    /// Sets the model.
+    pub fn model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// Puts a value in the request's [`extensions`](ChatRequest::extensions)
+    /// (a [`Credential`](crate::Credential) for this call, a
+    /// [`Deadline`](crate::Deadline)), replacing one of its type.
+    pub fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+}
+
+/// Composes merge patch `next` onto `patch` so that applying the result
+/// equals applying both in turn: objects merge (a `null` inside survives,
+/// to remove what the encoder wrote), anything else replaces.
+fn compose_patch(patch: &mut Map<String, Value>, next: Map<String, Value>) {
+    for (k, v) in next {
+        match (patch.get_mut(&k), v) {
+            (Some(Value::Object(p)), Value::Object(n)) => compose_patch(p, n),
+            (_, v) => {
+                patch.insert(k, v);
+            }
+        }
     }
 }
 
@@ -146,6 +209,19 @@ impl Message {
     /// A model's text, e.g. an earlier answer replayed as history.
     pub fn assistant(text: impl Into<String>) -> Self {
         Message::new(Role::Assistant, vec![ContentPart::Text(text.into())])
+    }
+
+    /// The result of a tool call that failed, sent back to the model as a
+    /// user turn: `content` says what went wrong.
+    pub fn tool_error(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
+        Message::new(
+            Role::User,
+            vec![ContentPart::ToolResult {
+                tool_call_id: tool_call_id.into(),
+                content: content.into(),
+                is_error: true,
+            }],
+        )
     }
 
     /// The result of a tool call, sent back to the model as a user turn.

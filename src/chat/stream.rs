@@ -279,6 +279,8 @@ impl Completion {
 pub struct CompletionBuilder {
     completion: Completion,
     saw_output: bool,
+    /// The events' tool-call indices, by position in `tool_calls`.
+    tool_index: super::DenseIndex,
 }
 
 impl CompletionBuilder {
@@ -299,20 +301,29 @@ impl CompletionBuilder {
             StreamEvent::RedactedThinking { data } => c.redacted_thinking.push(data.clone()),
             StreamEvent::RefusalDelta { text } => c.refusal.push_str(text),
             StreamEvent::ToolCallStart { index, id, name } => {
-                if c.tool_calls.len() <= *index {
-                    c.tool_calls.resize_with(*index + 1, || ToolCall {
-                        id: String::new(),
-                        name: String::new(),
+                // Every start carries its own id and name: no limit is
+                // needed for the positions to stay within what was sent.
+                let Ok((position, new)) = self.tool_index.insert(*index as u64, usize::MAX) else {
+                    return;
+                };
+                if new {
+                    c.tool_calls.push(ToolCall {
+                        id: id.clone(),
+                        name: name.clone(),
                         arguments: Value::Null,
                         raw_arguments: String::new(),
                     });
+                } else if let Some(call) = c.tool_calls.get_mut(position) {
+                    call.id.clone_from(id);
+                    call.name.clone_from(name);
                 }
-                let call = &mut c.tool_calls[*index];
-                call.id.clone_from(id);
-                call.name.clone_from(name);
             }
             StreamEvent::ToolCallDelta { index, arguments } => {
-                if let Some(call) = c.tool_calls.get_mut(*index) {
+                if let Some(call) = self
+                    .tool_index
+                    .get(*index as u64)
+                    .and_then(|p| c.tool_calls.get_mut(p))
+                {
                     call.raw_arguments.push_str(arguments);
                 }
             }

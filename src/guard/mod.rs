@@ -151,15 +151,38 @@ where
 pub struct Deadline(pub tokio::time::Instant);
 
 impl Deadline {
-    /// The deadline `timeout` from now.
+    /// The deadline `timeout` from now; a timeout too long for the clock
+    /// (`Duration::MAX`) is decades away.
     pub fn after(timeout: std::time::Duration) -> Self {
-        Deadline(tokio::time::Instant::now() + timeout)
+        Deadline(crate::later_or_far(tokio::time::Instant::now(), timeout))
     }
 
     /// The time left, zero once passed.
     pub fn remaining(&self) -> std::time::Duration {
         self.0
             .saturating_duration_since(tokio::time::Instant::now())
+    }
+}
+
+/// Which provider a call went to, filled in by the provider when it sends:
+/// what a layer above needs to name it before any answer came (a timeout
+/// before the head).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Called(Arc<std::sync::OnceLock<&'static str>>);
+
+impl Called {
+    /// The call's slot, installed if the request has none yet.
+    pub(crate) fn of(request: &mut ChatRequest) -> Called {
+        request.extensions.get_or_insert_default::<Called>().clone()
+    }
+
+    pub(crate) fn set(&self, provider: &'static str) {
+        let _ = self.0.set(provider);
+    }
+
+    /// The provider, or `"unknown"` when none was reached yet.
+    pub(crate) fn name(&self) -> &'static str {
+        self.0.get().copied().unwrap_or("unknown")
     }
 }
 

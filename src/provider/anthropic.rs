@@ -11,7 +11,7 @@ use super::{
     default_transport, provider_service, secret_header, truncated,
 };
 use crate::chat::{
-    ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+    ChatRequest, ContentPart, DenseIndex, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
 };
 use crate::error::Error;
 use crate::sse::Event;
@@ -280,7 +280,7 @@ struct MessageHead<'a> {
 
 #[derive(Deserialize)]
 struct BlockStartEvent<'a> {
-    index: usize,
+    index: u64,
     #[serde(borrow)]
     content_block: Block<'a>,
 }
@@ -308,7 +308,7 @@ struct Block<'a> {
 
 #[derive(Deserialize)]
 struct BlockDeltaEvent<'a> {
-    index: usize,
+    index: u64,
     #[serde(borrow)]
     delta: BlockDelta<'a>,
 }
@@ -382,7 +382,9 @@ enum BlockKind {
 pub(crate) struct AnthropicDecoder {
     done: bool,
     stop_reason: Option<StopReason>,
-    /// Kind of each content block, by the block's index.
+    /// The wire indices of the content blocks started so far, and the
+    /// kind of each, by position.
+    block_index: DenseIndex,
     blocks: Vec<BlockKind>,
     tool_calls: usize,
     /// Raw counters, merged across `message_start` and `message_delta`.
@@ -407,9 +409,10 @@ impl AnthropicDecoder {
             self.cache_creation = u.cache_creation_input_tokens;
         }
         StreamEvent::Usage(Usage {
-            input_tokens: self.input
-                + self.cache_read.unwrap_or(0)
-                + self.cache_creation.unwrap_or(0),
+            input_tokens: self
+                .input
+                .saturating_add(self.cache_read.unwrap_or(0))
+                .saturating_add(self.cache_creation.unwrap_or(0)),
             output_tokens: self.output,
             cache_read_input_tokens: self.cache_read,
             cache_creation_input_tokens: self.cache_creation,
@@ -417,9 +420,17 @@ impl AnthropicDecoder {
         })
     }
 
-    fn block(&mut self, index: usize, block: Block<'_>, out: &mut Queue) {
+    fn block(&mut self, index: u64, block: Block<'_>, out: &mut Queue) {
+        let Ok((position, new)) = self.block_index.insert(index, super::MAX_PARTS) else {
+            out.push_back(Err(super::too_many(NAME, "content blocks")));
+            return;
+        };
         let kind = match &*block.kind {
             "tool_use" => {
+                if self.tool_calls >= super::MAX_PARTS {
+                    out.push_back(Err(super::too_many(NAME, "tool calls")));
+                    return;
+                }
                 let ordinal = self.tool_calls;
                 self.tool_calls += 1;
                 out.push_back(Ok(StreamEvent::ToolCallStart {
@@ -464,10 +475,11 @@ impl AnthropicDecoder {
             // models yet.
             _ => BlockKind::Other,
         };
-        if self.blocks.len() <= index {
-            self.blocks.resize(index + 1, BlockKind::Other);
+        if new {
+            self.blocks.push(kind);
+        } else if let Some(slot) = self.blocks.get_mut(position) {
+            *slot = kind;
         }
-        self.blocks[index] = kind;
     }
 
     fn delta(&mut self, ev: BlockDeltaEvent<'_>, out: &mut Queue) {
@@ -480,7 +492,11 @@ impl AnthropicDecoder {
             "signature_delta" => push_text(out, d.signature, |signature| {
                 StreamEvent::ThinkingSignature { signature }
             }),
-            "input_json_delta" => match self.blocks.get(ev.index) {
+            "input_json_delta" => match self
+                .block_index
+                .get(ev.index)
+                .and_then(|p| self.blocks.get(p))
+            {
                 Some(BlockKind::Tool(ordinal)) => {
                     let index = *ordinal;
                     push_text(out, d.partial_json, |arguments| {
@@ -608,8 +624,11 @@ impl WireDecoder for AnthropicDecoder {
             id: msg.id.map(Cow::into_owned),
             model: msg.model.map(Cow::into_owned),
         }));
-        for (index, block) in msg.content.into_iter().enumerate() {
+        for (index, block) in (0..).zip(msg.content) {
             self.block(index, block, out);
+            if out.back().is_some_and(Result::is_err) {
+                return;
+            }
         }
         if let Some(u) = msg.usage {
             let usage = self.merge_usage(u);

@@ -76,6 +76,46 @@ const AUTH_HEADERS: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"]
 /// How much of an error response's body is read to classify it.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// The most tool calls, or content blocks, one answer may open. Wire
+/// indices are mapped to dense positions below it, so no number a server
+/// sends sizes an allocation; past it the answer fails with
+/// [`DecodeError::TooManyParts`](crate::DecodeError::TooManyParts).
+pub const MAX_PARTS: usize = 1024;
+
+/// Applies `patch` to `target` as a JSON merge patch (RFC 7386): objects
+/// merge key by key, `null` removes a key, anything else replaces.
+pub(crate) fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+    for (k, v) in patch {
+        match v {
+            Value::Null => {
+                target.remove(k);
+            }
+            Value::Object(p) => match target.get_mut(k) {
+                Some(Value::Object(t)) => merge_patch(t, p),
+                _ => {
+                    let mut fresh = Map::new();
+                    merge_patch(&mut fresh, p);
+                    target.insert(k.clone(), Value::Object(fresh));
+                }
+            },
+            other => {
+                target.insert(k.clone(), other.clone());
+            }
+        }
+    }
+}
+
+/// The error for an answer past [`MAX_PARTS`].
+pub(crate) fn too_many(provider: &'static str, what: &'static str) -> crate::Error {
+    crate::Error::decode(
+        provider,
+        crate::DecodeError::TooManyParts {
+            what,
+            limit: MAX_PARTS,
+        },
+    )
+}
+
 /// One provider's wire format.
 pub(crate) trait Wire: Send + Sync + 'static {
     const NAME: &'static str;
@@ -201,9 +241,7 @@ impl<W: Wire, S> Client<W, S> {
             )));
         }
         let mut body = self.wire.encode_body(req, &model);
-        for (k, v) in &req.extra {
-            body.insert(k.clone(), v.clone());
-        }
+        merge_patch(&mut body, &req.extra);
         let bytes = serde_json::to_vec(&Value::Object(body))
             .map_err(|e| Error::config(format!("cannot encode the request: {e}")))?;
         let uri = self.wire.uri(&self.common, &model, req.stream)?;
@@ -278,6 +316,9 @@ where
             .extensions
             .get::<crate::guard::Attempts>()
             .map_or(1, crate::guard::Attempts::bump);
+        if let Some(called) = req.extensions.get::<crate::guard::Called>() {
+            called.set(W::NAME);
+        }
         ResponseFuture {
             state: State::Waiting {
                 future: self.transport.call(http_req),

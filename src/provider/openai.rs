@@ -11,7 +11,7 @@ use super::{
     default_transport, provider_service, secret_header, truncated,
 };
 use crate::chat::{
-    ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+    ChatRequest, ContentPart, DenseIndex, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
 };
 use crate::error::Error;
 use crate::sse::Event;
@@ -482,7 +482,7 @@ struct Delta<'a> {
 #[derive(Deserialize)]
 struct ToolCallDelta<'a> {
     #[serde(default)]
-    index: Option<usize>,
+    index: Option<u64>,
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -539,8 +539,8 @@ pub(crate) struct OpenAiDecoder {
     started: bool,
     done: bool,
     stop_reason: Option<StopReason>,
-    /// Which tool-call indices have had their `ToolCallStart`.
-    tools_started: Vec<bool>,
+    /// The wire indices of the tool calls started so far.
+    tools: DenseIndex,
 }
 
 impl OpenAiDecoder {
@@ -568,8 +568,10 @@ impl OpenAiDecoder {
             if choice.index != 0 {
                 continue;
             }
-            if let Some(delta) = choice.delta.or(choice.message) {
-                self.delta(delta, out);
+            if let Some(delta) = choice.delta.or(choice.message)
+                && self.delta(delta, out).is_err()
+            {
+                return;
             }
             if let Some(reason) = choice.finish_reason {
                 self.stop_reason = Some(stop_reason(&reason));
@@ -580,7 +582,8 @@ impl OpenAiDecoder {
         }
     }
 
-    fn delta(&mut self, delta: Delta<'_>, out: &mut Queue) {
+    /// `Err` once the answer failed: nothing may follow.
+    fn delta(&mut self, delta: Delta<'_>, out: &mut Queue) -> Result<(), ()> {
         let text_event = |text: Option<Cow<'_, str>>, make: fn(String) -> StreamEvent| {
             text.filter(|t| !t.is_empty())
                 .map(|t| Ok(make(t.into_owned())))
@@ -597,16 +600,16 @@ impl OpenAiDecoder {
             out.push_back(e);
         }
         for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
-            let index = call.index.unwrap_or(position);
+            let wire = call.index.unwrap_or(position as u64);
             let (name, arguments) = match call.function {
                 Some(f) => (f.name, f.arguments),
                 None => (None, None),
             };
-            if self.tools_started.len() <= index {
-                self.tools_started.resize(index + 1, false);
-            }
-            if !self.tools_started[index] {
-                self.tools_started[index] = true;
+            let Ok((index, new)) = self.tools.insert(wire, super::MAX_PARTS) else {
+                out.push_back(Err(super::too_many(NAME, "tool calls")));
+                return Err(());
+            };
+            if new {
                 out.push_back(Ok(StreamEvent::ToolCallStart {
                     index,
                     id: call
@@ -622,6 +625,7 @@ impl OpenAiDecoder {
                 }));
             }
         }
+        Ok(())
     }
 
     fn done(&mut self, out: &mut Queue) {

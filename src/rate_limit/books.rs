@@ -60,6 +60,8 @@ pub(crate) enum Refusal {
     ZeroBudget,
     /// The slot is `wait` away, past the call's deadline.
     Deadline { wait: Duration },
+    /// The slot is `wait` away, and as many calls as may wait already do.
+    QueueFull { wait: Duration },
 }
 
 /// A call's place in the books.

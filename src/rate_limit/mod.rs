@@ -57,6 +57,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 
@@ -82,17 +83,39 @@ pub use info::{Quota, RateLimitInfo};
 /// Each service the layer builds keeps its own books, shared by that
 /// service's clones. A budget of zero refuses every call, with a
 /// [`Error::RateLimited`] that is not retryable.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct RateLimitLayer {
     budget: [Option<u64>; LIMITS],
+    max_waiting: usize,
 }
+
+impl Default for RateLimitLayer {
+    fn default() -> Self {
+        RateLimitLayer::new()
+    }
+}
+
+/// How many calls may wait for a slot at once, by default.
+pub const DEFAULT_MAX_WAITING: usize = 1024;
 
 impl RateLimitLayer {
     /// Follows the providers' rate-limit headers, with no budget of its own.
     pub const fn new() -> Self {
         RateLimitLayer {
             budget: [None; LIMITS],
+            max_waiting: DEFAULT_MAX_WAITING,
         }
+    }
+
+    /// At most `n` calls wait for a slot at once (default
+    /// [`DEFAULT_MAX_WAITING`]), across every clone of the service. A call
+    /// that would wait beyond them fails at once with a local
+    /// [`Error::RateLimited`] whose `retry_after` is the wait it would have
+    /// had, so memory stays bounded under a burst and the caller can shed
+    /// or retry. Calls that fit now never count.
+    pub const fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
     }
 
     /// At most `n` calls in any minute, per model.
@@ -131,6 +154,8 @@ impl<S> tower::Layer<S> for RateLimitLayer {
             inner,
             shared: Arc::new(Shared {
                 budget: self.budget,
+                max_waiting: self.max_waiting,
+                waiting: AtomicUsize::new(0),
                 first: OnceLock::new(),
                 models: Mutex::new(HashMap::new()),
                 provider: OnceLock::new(),
@@ -148,6 +173,9 @@ pub struct RateLimit<S> {
 
 struct Shared {
     budget: [Option<u64>; LIMITS],
+    max_waiting: usize,
+    /// Calls asleep until their slot, across every clone.
+    waiting: AtomicUsize,
     /// The first model called, found without a lookup: most services call
     /// one model.
     first: OnceLock<(Box<str>, Arc<Mutex<Books>>)>,
@@ -191,6 +219,15 @@ impl Shared {
                 "rate_limit_deadline",
                 format!(
                     "no room to start before the call's deadline: the next slot is {wait:.1?} away"
+                ),
+                None,
+            ),
+            Refusal::QueueFull { wait } => (
+                Some(wait),
+                "rate_limit_queue_full",
+                format!(
+                    "{} calls already wait for a slot; this one would wait {wait:.1?}",
+                    self.max_waiting
                 ),
                 None,
             ),
@@ -302,9 +339,15 @@ where
                 tracker: Some(tracker),
             };
         }
+        let wait = booking.at - now;
+        let Some(queued) = Queued::enter(&self.shared) else {
+            // Dropping the ticket gives the booking back.
+            drop(Ticket(Some(tracker)));
+            return ResponseFuture::failed(self.shared.refused(Refusal::QueueFull { wait }));
+        };
         tracing::debug!(
             model = %request.model,
-            wait_ms = (booking.at - now).as_millis() as u64,
+            wait_ms = wait.as_millis() as u64,
             "rate limit: waiting for a slot"
         );
         // The wait is done by a clone, driven ready once it is over; the
@@ -319,6 +362,7 @@ where
                 service,
                 request: Some(request),
                 ticket: Ticket(Some(tracker)),
+                _queued: queued,
             })),
             tracker: None,
         }
@@ -455,6 +499,28 @@ struct Waiting<S> {
     request: Option<ChatRequest>,
     // Given back if the call is dropped before it is sent.
     ticket: Ticket,
+    _queued: Queued,
+}
+
+/// A place among the calls that wait, given back on drop.
+struct Queued(Arc<Shared>);
+
+impl Queued {
+    fn enter(shared: &Arc<Shared>) -> Option<Queued> {
+        shared
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.max_waiting).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Queued(shared.clone()))
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<S> ResponseFuture<S>

@@ -68,9 +68,10 @@ impl Credential {
         }
     }
 
-    /// Expires `ttl` from now (on tokio's clock).
+    /// Expires `ttl` from now (on tokio's clock); a `ttl` too long for the
+    /// clock (`Duration::MAX`) never expires.
     pub fn expires_in(mut self, ttl: Duration) -> Self {
-        self.expires_at = Some(Instant::now() + ttl);
+        self.expires_at = crate::later(Instant::now(), ttl);
         self
     }
 
@@ -98,7 +99,7 @@ impl Credential {
     /// Whether it expires within `margin` from now.
     pub(crate) fn expires_within(&self, margin: Duration) -> bool {
         self.expires_at
-            .is_some_and(|at| at <= Instant::now() + margin)
+            .is_some_and(|at| crate::later(Instant::now(), margin).is_none_or(|t| at <= t))
     }
 
     /// The header that carries it, its value marked sensitive.

@@ -204,11 +204,14 @@ where
                 },
             };
         }
-        // Fetch (or renew) before sending. The instance driven ready makes
-        // the call once the credential is there.
+        // Fetch (or renew) before sending, holding nothing while the source
+        // runs: the instance driven ready is dropped, which gives back what
+        // its readiness reserved (a concurrency slot, a buffer's place), and
+        // a clone is driven ready once the credential is there.
         let store = policy.store.clone();
         let clone = self.guard.clone();
-        let guard = std::mem::replace(&mut self.guard, clone);
+        drop(std::mem::replace(&mut self.guard, clone));
+        let guard = self.guard.clone();
         ResponseFuture {
             state: FutureState::Fetching {
                 fetch: Box::pin(store.refresh(seen)),
@@ -243,6 +246,7 @@ pin_project! {
             fetch: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>,
             pending: Pending<S>,
         },
+        Readying { pending: Pending<S> },
         Calling { #[pin] future: crate::guard::ResponseFuture<S, RefreshPolicy> },
     }
 }
@@ -280,6 +284,22 @@ where
                             return Poll::Ready(Err(e));
                         }
                     }
+                    this.state.set(FutureState::Readying {
+                        pending: Some((guard, request)),
+                    });
+                }
+                FutureStateProj::Readying { pending } => {
+                    let Some((guard, _)) = pending.as_mut() else {
+                        return Poll::Ready(Err(Error::config(
+                            "refresh future polled after completion",
+                        )));
+                    };
+                    ready!(tower::Service::poll_ready(guard, cx))?;
+                    let Some((mut guard, request)) = pending.take() else {
+                        return Poll::Ready(Err(Error::config(
+                            "refresh future polled after completion",
+                        )));
+                    };
                     let future = tower::Service::call(&mut guard, request);
                     this.state.set(FutureState::Calling { future });
                 }
@@ -374,8 +394,10 @@ struct State {
     current: Option<Arc<Stamped>>,
     /// Bumped by every successful refresh.
     generation: u64,
-    /// Bumped by every refresh attempt, successful or not.
-    attempts: u64,
+    /// Bumped by every refresh that ran to a failure. A fetch dropped
+    /// before it ended (its caller timed out or went away) is no failure:
+    /// the next waiter fetches.
+    failures: u64,
     last_error: Option<Arc<BoxError>>,
 }
 
@@ -393,24 +415,23 @@ impl Store {
     }
 
     /// Makes sure the credential is newer than generation `seen`: refreshes
-    /// unless another caller already did, or already tried and failed while
-    /// this one waited.
+    /// unless another caller already did, or tried and failed while this
+    /// one waited.
     async fn refresh(self: Arc<Self>, seen: u64) -> Result<(), Error> {
-        let attempts_before = self.lock().attempts;
+        let failures_before = self.lock().failures;
         let _flight = self.refresh_lock.lock().await;
         {
-            let mut state = self.lock();
+            let state = self.lock();
             if state.generation != seen {
                 return Ok(());
             }
-            if state.attempts != attempts_before {
+            if state.failures != failures_before {
                 let source = state.last_error.clone().map_or_else(
                     || BoxError::from("a concurrent credential refresh failed"),
                     |e| Box::new(SharedError(e)) as BoxError,
                 );
                 return Err(Error::Refresh { source });
             }
-            state.attempts += 1;
         }
         let fetched = match self.source.fetch().await {
             Ok(credential) => Stamped::new(credential).map_err(|e| Box::new(e) as BoxError),
@@ -428,6 +449,7 @@ impl Store {
             Err(e) => {
                 tracing::warn!(error = %e, "credential refresh failed");
                 let e = Arc::new(e);
+                state.failures += 1;
                 state.last_error = Some(e.clone());
                 Err(Error::Refresh {
                     source: Box::new(SharedError(e)),

@@ -176,7 +176,7 @@ impl RetryPolicy {
             None => self.backoff_for(state.retries, state.random()),
         };
         if let Some(deadline) = state.deadline
-            && Instant::now() + delay > deadline
+            && crate::later(Instant::now(), delay).is_none_or(|t| t > deadline)
         {
             tracing::debug!(
                 delay_ms = delay.as_millis() as u64,

@@ -4,8 +4,13 @@
 //! on in its stream. [`StreamTimeoutLayer`] bounds three things, each
 //! optional:
 //!
-//! - **first event**: from the call to the first event of the answer;
-//! - **idle**: the longest the stream waits for its next event, counted
+//! - **first event**: from the call to the first *output* event of the
+//!   answer — the time to first token. Metadata does not count: a server
+//!   that sends OpenAI's opening role chunk or Anthropic's `message_start`
+//!   and then nothing has not started answering (see
+//!   [`StreamEvent::is_output`]);
+//! - **idle**: the longest the stream waits for its next event once output
+//!   has begun (or, with no first-event limit, from the head on), counted
 //!   from when the caller asks for it, so time the caller spends on an
 //!   event is not charged to the server (events are
 //!   [`StreamEvent`]s: keep-alive comments and `ping`s do not count — a
@@ -55,7 +60,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::chat::Events;
-use crate::guard::Deadline;
+use crate::guard::{Called, Deadline};
 use crate::{ChatRequest, ChatStream, Error, StreamEvent, TimeoutPhase};
 
 /// Applies [`StreamTimeout`]. See the [module docs](self).
@@ -83,14 +88,17 @@ impl StreamTimeoutLayer {
         }
     }
 
-    /// The longest wait from the call to the answer's first event.
+    /// The longest wait from the call to the answer's first output event
+    /// (text, thinking, a tool call: metadata such as an opening role chunk
+    /// does not count). Until then, the idle limit does not apply.
     pub const fn first_event(mut self, timeout: Duration) -> Self {
         self.limits.first_event = Some(timeout);
         self
     }
 
     /// The longest wait for the next event, from when the caller asks for
-    /// it.
+    /// it: once output has begun, or from the head on when no first-event
+    /// limit is set.
     pub const fn idle(mut self, timeout: Duration) -> Self {
         self.limits.idle = Some(timeout);
         self
@@ -153,7 +161,8 @@ where
 
     fn call(&mut self, mut request: ChatRequest) -> Self::Future {
         let now = Instant::now();
-        let total = self.limits.total.map(|t| now + t);
+        // A limit too long for the clock (`Duration::MAX`) is no limit.
+        let total = self.limits.total.and_then(|t| crate::later(now, t));
         if let Some(at) = total {
             let earlier = request
                 .extensions
@@ -163,7 +172,7 @@ where
                 request.extensions.insert(Deadline(at));
             }
         }
-        let first = self.limits.first_event.map(|t| now + t);
+        let first = self.limits.first_event.and_then(|t| crate::later(now, t));
         // Before the head, the nearer of the first-event and total deadlines.
         let head = match (first, total) {
             (Some(f), Some(t)) if t < f => Some((t, TimeoutPhase::Total)),
@@ -171,7 +180,9 @@ where
             (None, Some(t)) => Some((t, TimeoutPhase::Total)),
             (None, None) => None,
         };
+        let called = head.is_some().then(|| Called::of(&mut request));
         ResponseFuture {
+            called,
             future: self.inner.call(request),
             sleep: head.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             head_phase: head.map_or(TimeoutPhase::Total, |(_, p)| p),
@@ -191,6 +202,8 @@ pin_project! {
         // call, not one for the head and another for the stream.
         sleep: Option<Pin<Box<Sleep>>>,
         head_phase: TimeoutPhase,
+        // Names the provider for a timeout before the head.
+        called: Option<Called>,
         first: Option<Instant>,
         total: Option<Instant>,
         idle: Option<Duration>,
@@ -221,6 +234,8 @@ where
                 inner: Some(inner),
                 deadline: next_deadline(*this.first, *this.total, None),
                 delivered: false,
+                output: false,
+                first: *this.first,
                 sleep,
                 timer_waker: None,
                 total: *this.total,
@@ -230,9 +245,9 @@ where
         }
         if let Some(sleep) = this.sleep.as_mut() {
             ready!(sleep.as_mut().poll(cx));
-            // No head yet: which provider is not known at this level.
+            // No head yet: the provider that was sent the call, if any.
             return Poll::Ready(Err(Error::Timeout {
-                provider: "unknown",
+                provider: this.called.as_ref().map_or("unknown", Called::name),
                 phase: *this.head_phase,
             }));
         }
@@ -270,6 +285,9 @@ struct TimeoutStream {
     deadline: Option<(Instant, TimeoutPhase)>,
     /// An event was delivered since `deadline` was computed.
     delivered: bool,
+    /// An output event was delivered: the first-event limit is met.
+    output: bool,
+    first: Option<Instant>,
     // One timer per stream, moved with `reset` rather than re-created;
     // made when first needed. Set at or before `deadline`.
     sleep: Option<Pin<Box<Sleep>>>,
@@ -291,6 +309,7 @@ impl Stream for TimeoutStream {
         match Pin::new(inner).poll_next(cx) {
             Poll::Ready(Some(item)) => {
                 this.delivered = true;
+                this.output |= item.as_ref().is_ok_and(StreamEvent::is_output);
                 return Poll::Ready(Some(item));
             }
             Poll::Ready(None) => {
@@ -300,10 +319,13 @@ impl Stream for TimeoutStream {
             Poll::Pending => {}
         }
         if this.delivered {
-            // A new wait: the idle period counts from now.
+            // A new wait. Before output with a first-event limit, that
+            // limit still governs; otherwise the idle period counts from now.
             this.delivered = false;
-            let idle = this.idle.map(|d| Instant::now() + d);
-            this.deadline = next_deadline(None, this.total, idle);
+            if this.output || this.first.is_none() {
+                let idle = this.idle.and_then(|d| crate::later(Instant::now(), d));
+                this.deadline = next_deadline(None, this.total, idle);
+            }
         }
         let Some((at, phase)) = this.deadline else {
             return Poll::Pending;
