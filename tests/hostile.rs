@@ -452,3 +452,41 @@ async fn extra_merges_into_what_the_encoder_wrote() {
     let last = server.requests().last().unwrap().json();
     assert!(last.get("temperature").is_none(), "{last}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_queue_is_bounded() {
+    let server = MockServer::start().await;
+    server.set_default(Reply::text(["ok"]));
+    let svc = llm_tower::RateLimitLayer::new()
+        .requests_per_minute(1)
+        .max_waiting(2)
+        .layer(openai_at(&server));
+    // One call fits now; two wait for their minute; the fourth is refused
+    // at once, without waiting and without booking.
+    let first = svc.clone().oneshot(hello()).await.unwrap();
+    first.completion().await.unwrap();
+    let second = tokio::spawn(svc.clone().oneshot(hello()));
+    let third = tokio::spawn(svc.clone().oneshot(hello()));
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    let started = tokio::time::Instant::now();
+    let err = svc.clone().oneshot(hello()).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    let Error::RateLimited { retry_after, error } = &err else {
+        panic!("{err:?}");
+    };
+    assert!(error.is_local(), "{err}");
+    assert_eq!(error.error_type(), Some("rate_limit_queue_full"));
+    assert!(
+        retry_after.is_some_and(|w| w >= Duration::from_secs(60)),
+        "{retry_after:?}"
+    );
+    assert!(second.await.unwrap().is_ok());
+    assert!(third.await.unwrap().is_ok());
+    assert_eq!(server.request_count(), 3, "the refused call booked nothing");
+    // The queue has room again.
+    let again = tokio::spawn(svc.clone().oneshot(hello()));
+    tokio::task::yield_now().await;
+    assert!(!again.is_finished());
+    assert!(again.await.unwrap().is_ok());
+}

@@ -272,7 +272,7 @@ where
             match this.state.as_mut().project() {
                 FutureStateProj::Fetching { fetch, pending } => {
                     let fetched = ready!(fetch.as_mut().poll(cx));
-                    let Some((mut guard, request)) = pending.take() else {
+                    let Some((guard, request)) = pending.take() else {
                         return Poll::Ready(Err(Error::config(
                             "refresh future polled after completion",
                         )));

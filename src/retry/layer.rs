@@ -1,9 +1,64 @@
+use std::task::{Context, Poll};
+
 use super::RetryPolicy;
-use crate::guard::Guard;
+use crate::guard::{self, Guard};
+use crate::{ChatRequest, ChatStream, Error};
 
 /// A service whose transient failures before output are retried: the
 /// [stream guard](crate::guard) with a [`RetryPolicy`].
-pub type TransportRetry<S> = Guard<S, RetryPolicy>;
+///
+/// Its own type, not an alias of the guard, so that a compiler error about
+/// the service under it (say, one that is not `Clone`) names this type.
+#[derive(Debug, Clone)]
+pub struct TransportRetry<S> {
+    guard: Guard<S, RetryPolicy>,
+}
+
+impl<S> TransportRetry<S> {
+    /// `inner`, retried by `policy`.
+    pub const fn new(inner: S, policy: RetryPolicy) -> Self {
+        TransportRetry {
+            guard: Guard::new(inner, policy),
+        }
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &RetryPolicy {
+        self.guard.policy()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        self.guard.get_ref()
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        self.guard.get_mut()
+    }
+
+    /// The inner service, consuming this one.
+    pub fn into_inner(self) -> S {
+        self.guard.into_inner()
+    }
+}
+
+impl<S> tower::Service<ChatRequest> for TransportRetry<S>
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+{
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = guard::ResponseFuture<S, RetryPolicy>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.guard.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        self.guard.call(request)
+    }
+}
 
 /// Applies [`TransportRetry`] to a service. See the [module docs](super).
 #[derive(Debug, Clone, Default)]
@@ -22,6 +77,6 @@ impl<S> tower::Layer<S> for TransportRetryLayer {
     type Service = TransportRetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Guard::new(inner, self.policy.clone())
+        TransportRetry::new(inner, self.policy.clone())
     }
 }
