@@ -28,15 +28,21 @@ pub struct Canned {
 
 impl Canned {
     /// Byte 0 picks status and content type; byte 1 how many cut lengths
-    /// follow (each one byte, 1–256); the rest is the body.
+    /// follow (each one byte, 1–256); then 8 bytes of a number from the
+    /// whole `u64` range, written wherever the body says `@I` (so wire
+    /// indices and counts reach the extremes a mutator seldom types); the
+    /// rest is the body.
     pub fn from_fuzz(data: &[u8]) -> Option<Canned> {
         let (&head, rest) = data.split_first()?;
         let (&n, rest) = rest.split_first()?;
         let n = usize::from(n % 8);
-        if rest.len() < n {
+        if rest.len() < n + 8 {
             return None;
         }
-        let (cuts, body) = rest.split_at(n);
+        let (cuts, rest) = rest.split_at(n);
+        let (wide, body) = rest.split_at(8);
+        let wide = u64::from_le_bytes(wide.try_into().ok()?).to_string();
+        let body = replace_all(body, b"@I", wide.as_bytes());
         let status = [200, 200, 200, 200, 400, 401, 429, 500, 529, 302][usize::from(head % 10)];
         let content_type = [
             "text/event-stream",
@@ -47,7 +53,7 @@ impl Canned {
         Some(Canned {
             status,
             content_type,
-            body: Bytes::copy_from_slice(body),
+            body: Bytes::from(body),
             cuts: cuts.iter().map(|&c| usize::from(c) + 1).collect(),
         })
     }
@@ -163,4 +169,17 @@ async fn read(mut stream: ChatStream) -> (Vec<StreamEvent>, Option<Error>) {
         }
     }
     (events, None)
+}
+
+/// `haystack` with every `from` replaced by `to`.
+fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(from.len()).position(|w| w == from) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(to);
+        rest = &rest[at + from.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
