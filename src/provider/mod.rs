@@ -79,7 +79,7 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// The most tool calls, or content blocks, one answer may open. Wire
 /// indices are mapped to dense positions below it, so no number a server
 /// sends sizes an allocation; past it the answer fails with
-/// [`DecodeError::TooManyParts`](crate::DecodeError::TooManyParts).
+/// [`DecodeError::TooManyParts`].
 pub const MAX_PARTS: usize = 1024;
 
 /// Applies `patch` to `target` as a JSON merge patch (RFC 7386): objects
