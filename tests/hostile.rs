@@ -494,3 +494,17 @@ async fn the_rate_limit_queue_is_bounded() {
     assert!(!again.is_finished());
     assert!(again.await.unwrap().is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_future_polled_again_answers_instead_of_panicking() {
+    use std::future::Future;
+    let server = MockServer::start().await;
+    server.push(Reply::api_error(529, "overloaded_error", "busy"));
+    server.push(Reply::text(["from the backup"]));
+    let mut svc = llm_tower::FallbackLayer::new(anthropic_at(&server)).layer(openai_at(&server));
+    let mut future = Box::pin(tower::Service::call(&mut svc, hello()));
+    let answer = (&mut future).await.unwrap();
+    assert_eq!(answer.completion().await.unwrap().text, "from the backup");
+    let again = std::future::poll_fn(|cx| future.as_mut().poll(cx)).await;
+    assert!(matches!(again, Err(Error::Config { .. })), "{again:?}");
+}

@@ -155,6 +155,8 @@ pin_project! {
         Primary { #[pin] future: F },
         Priming { priming: Priming },
         Secondary { #[pin] future: Oneshot<B, ChatRequest> },
+        // tower's `Oneshot` panics when polled again: this answers instead.
+        Done,
     }
 }
 
@@ -188,14 +190,27 @@ where
                     Err(e) => e,
                 },
                 StateProj::Priming { priming } => match ready!(priming.poll(cx)) {
-                    Ok(stream) => return Poll::Ready(Ok(stream)),
+                    Ok(stream) => {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(stream));
+                    }
                     Err(e) => e,
                 },
-                StateProj::Secondary { future } => return future.poll(cx),
+                StateProj::Secondary { future } => {
+                    let result = ready!(future.poll(cx));
+                    this.state.set(State::Done);
+                    return Poll::Ready(result);
+                }
+                StateProj::Done => {
+                    return Poll::Ready(Err(Error::config(
+                        "fallback response future polled after completion",
+                    )));
+                }
             };
             // The primary failed before any output.
             let Some((secondary, request)) = this.fallback.take().filter(|_| (this.when)(&failure))
             else {
+                this.state.set(State::Done);
                 return Poll::Ready(Err(failure));
             };
             tracing::info!(reason = failure.kind(), error = %failure, "falling back to the secondary service");
