@@ -427,12 +427,26 @@ impl Drop for MockServer {
     }
 }
 
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(_) => continue,
+            Ok(s) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                s
+            }
+            Err(e) => {
+                // Out of file descriptors, say: retrying at once would spin
+                // a core until the condition passes.
+                tracing::debug!(error = %e, backoff_ms = backoff.as_millis() as u64, "mock server: accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
         };
         // Reap finished connection tasks so the set stays small.
         while connections.try_join_next().is_some() {}
