@@ -526,6 +526,36 @@ impl Error {
         }
     }
 
+    /// Applies `f` to every text in this error that came from the server
+    /// (the provider's message, type and code; a decode error's snippet), so
+    /// that a secret it echoed can be masked.
+    pub(crate) fn mask_text(&mut self, f: &mut dyn FnMut(&mut String)) {
+        match self {
+            Error::Unauthorized { error }
+            | Error::Forbidden { error }
+            | Error::RateLimited { error, .. }
+            | Error::Overloaded { error, .. }
+            | Error::Server { error, .. }
+            | Error::InvalidRequest { error, .. } => {
+                for text in [&mut error.message, &mut error.error_type, &mut error.code]
+                    .into_iter()
+                    .flatten()
+                {
+                    f(text);
+                }
+            }
+            Error::Decode {
+                source:
+                    DecodeError::Json { snippet, .. }
+                    | DecodeError::UnexpectedContentType { snippet, .. }
+                    | DecodeError::Protocol(snippet),
+                ..
+            } => f(snippet),
+            Error::Interrupted { source, .. } => source.mask_text(f),
+            _ => {}
+        }
+    }
+
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::Config {
             message: message.into(),

@@ -71,6 +71,7 @@ pub mod limit;
 pub mod mock;
 pub mod provider;
 pub mod rate_limit;
+mod redact;
 pub mod refresh;
 pub mod retry;
 pub mod sse;

@@ -179,8 +179,8 @@ async fn a_failing_refresh_returns_the_original_401_and_logs() {
     assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
     assert_eq!(
         err.api_error().unwrap().message(),
-        Some("invalid api key"),
-        "the original 401"
+        Some("invalid api key: Incorrect API key provided: [redacted]"),
+        "the original 401, the key it echoed masked"
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(server.request_count(), 1);

@@ -2,8 +2,9 @@
 //! `mock`).
 //!
 //! A real HTTP/1.1 server on `127.0.0.1` that answers OpenAI Chat Completions
-//! (`…/chat/completions`), Anthropic Messages (`…/messages`) and Gemini
-//! (`…/models/{model}:generateContent`, `:streamGenerateContent`) requests from
+//! (`…/v1/chat/completions`; without the `/v1`, OpenAI's 404), Anthropic
+//! Messages (`…/messages`) and Gemini (`…/models/{model}:generateContent`,
+//! `:streamGenerateContent`) requests from
 //! a queue of scripted [`Reply`]s — one per request, that is per attempt —
 //! or, once the queue is empty, from a default reply or a function of the
 //! request ([`respond_with`](MockServer::respond_with)), and records every
@@ -320,10 +321,36 @@ impl MockServer {
         self
     }
 
-    /// Accepts only requests carrying one of `keys` (as `Authorization:
-    /// Bearer <key>`, `x-api-key: <key>` or `x-goog-api-key: <key>`); others
-    /// get a 401 in the provider's error shape, without using a scripted
-    /// reply. Call again to rotate keys.
+    /// Accepts only requests carrying one of `keys` in a header the
+    /// provider's real API reads it from; others get a 401 in the provider's
+    /// error shape, without using a scripted reply. Call again to rotate
+    /// keys.
+    ///
+    /// The headers, by the request's dialect:
+    ///
+    /// - OpenAI (`…/v1/chat/completions`): `Authorization: Bearer <key>`
+    ///   only.
+    /// - Anthropic (`…/messages`): `x-api-key: <key>` (API keys, and
+    ///   [`Credential::api_key`](crate::Credential::api_key)), or
+    ///   `Authorization: Bearer <key>` (OAuth tokens).
+    /// - Gemini (`…:generateContent`, `…:streamGenerateContent`):
+    ///   `x-goog-api-key: <key>` (API keys), or `Authorization: Bearer <key>`
+    ///   (OAuth access tokens, which Google's APIs and Vertex AI take).
+    ///
+    /// A key in any other header — `x-api-key` to OpenAI, say — counts as
+    /// none. The 401's message echoes the key presented, in full, as some
+    /// real servers do (OpenAI's `Incorrect API key provided: sk-…`, masked
+    /// there): a test can check that the client never shows it.
+    ///
+    /// ```
+    /// use llm_tower::mock::MockServer;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let server = MockServer::start().await;
+    /// server.accept_keys(["sk-good"]);
+    /// # }
+    /// ```
     pub fn accept_keys<I, S>(&self, keys: I) -> &Self
     where
         I: IntoIterator<Item = S>,
@@ -512,12 +539,6 @@ async fn handle(
         received_at: tokio::time::Instant::now(),
     };
     let path = recorded.uri_path().to_owned();
-    let presented_key = recorded
-        .header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .or_else(|| recorded.header("x-api-key"))
-        .or_else(|| recorded.header("x-goog-api-key"))
-        .map(str::to_owned);
     let json = recorded.json();
 
     // Gemini names the model and the mode in the path.
@@ -530,8 +551,13 @@ async fn handle(
         let model = resource.rsplit('/').next().unwrap_or("mock-model");
         Some((stream, model.to_owned()))
     });
-    let dialect = if path.ends_with("/chat/completions") {
+    let dialect = if path.ends_with("/v1/chat/completions") {
         Dialect::OpenAi
+    } else if path.ends_with("/chat/completions") {
+        // OpenAI's API lives under `/v1`: without it, its 404.
+        let method = recorded.method.clone();
+        lock(&shared.requests).push(recorded);
+        return Ok(openai_invalid_url(&method, &path));
     } else if path.ends_with("/messages") {
         Dialect::Anthropic
     } else if gemini.is_some() {
@@ -560,20 +586,18 @@ async fn handle(
             .and_then(Value::as_bool)
             .unwrap_or(false),
     };
-    let refused = lock(&shared.accepted_keys).as_ref().is_some_and(|keys| {
-        !keys
-            .iter()
-            .any(|k| presented_key.as_deref() == Some(k.as_str()))
-    });
-    let limited = if refused {
+    let refused = lock(&shared.accepted_keys)
+        .as_ref()
+        .and_then(|keys| key_refusal(dialect, &recorded, keys));
+    let limited = if refused.is_some() {
         None
     } else {
         lock(&shared.rate_limit)
             .as_mut()
             .map(|limit| limit.admit(recorded.received_at))
     };
-    let reply = if refused {
-        Reply::api_error(401, "authentication_error", "invalid api key")
+    let reply = if let Some(message) = refused {
+        Reply::api_error(401, "authentication_error", message)
     } else if let Some((_, Some(retry_after))) = limited {
         shared.rate_limited.fetch_add(1, Ordering::SeqCst);
         Reply::api_error(429, "rate_limit_error", "Rate limit reached for requests")
@@ -623,6 +647,97 @@ async fn handle(
         }
     }
     Ok(response)
+}
+
+/// Where a request may carry its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyHeader {
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+    /// `x-api-key: <key>` (Anthropic).
+    XApiKey,
+    /// `x-goog-api-key: <key>` (Gemini).
+    XGoogApiKey,
+}
+
+impl KeyHeader {
+    const ALL: [KeyHeader; 3] = [
+        KeyHeader::Bearer,
+        KeyHeader::XApiKey,
+        KeyHeader::XGoogApiKey,
+    ];
+
+    /// The headers a dialect's real API reads a key from, in order of
+    /// preference.
+    fn accepted(dialect: Dialect) -> &'static [KeyHeader] {
+        match dialect {
+            Dialect::OpenAi => &[KeyHeader::Bearer],
+            // OAuth tokens come as bearer tokens.
+            Dialect::Anthropic => &[KeyHeader::XApiKey, KeyHeader::Bearer],
+            // Google's APIs (and Vertex AI) take OAuth access tokens as
+            // bearer tokens.
+            Dialect::Gemini => &[KeyHeader::XGoogApiKey, KeyHeader::Bearer],
+        }
+    }
+
+    /// The key the request carries here, if any.
+    fn key(self, request: &RecordedRequest) -> Option<&str> {
+        match self {
+            KeyHeader::Bearer => request
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer ")),
+            KeyHeader::XApiKey => request.header("x-api-key"),
+            KeyHeader::XGoogApiKey => request.header("x-goog-api-key"),
+        }
+    }
+}
+
+impl fmt::Display for KeyHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyHeader::Bearer => "Authorization: Bearer",
+            KeyHeader::XApiKey => "x-api-key",
+            KeyHeader::XGoogApiKey => "x-goog-api-key",
+        })
+    }
+}
+
+/// Why `request` is refused, when it carries none of `keys` where `dialect`
+/// reads keys from: a 401's message, which echoes the key presented in full.
+fn key_refusal(dialect: Dialect, request: &RecordedRequest, keys: &[String]) -> Option<String> {
+    let accepted = KeyHeader::accepted(dialect);
+    let presented = |h: &KeyHeader| h.key(request).map(|key| (*h, key));
+    if accepted
+        .iter()
+        .filter_map(presented)
+        .any(|(_, key)| keys.iter().any(|k| k == key))
+    {
+        return None;
+    }
+    let expected = accepted
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" or ");
+    Some(match accepted.iter().find_map(presented) {
+        Some((_, key)) => format!("invalid api key: Incorrect API key provided: {key}"),
+        None => match KeyHeader::ALL.iter().find_map(presented) {
+            Some((header, key)) => format!(
+                "invalid api key: Incorrect API key provided: {key} (sent as {header}; \
+                 expected {expected})"
+            ),
+            None => format!("invalid api key: no API key provided (expected {expected})"),
+        },
+    })
+}
+
+/// OpenAI's answer to a path it does not serve.
+fn openai_invalid_url(method: &Method, path: &str) -> Response<MockBody> {
+    let body = serde_json::json!({"error": {
+        "message": format!("Invalid URL ({method} {path})"),
+        "type": "invalid_request_error", "param": null, "code": null,
+    }});
+    simple(StatusCode::NOT_FOUND, "application/json", body.to_string())
 }
 
 impl RecordedRequest {

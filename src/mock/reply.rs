@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 /// Generated replies ([`text`](Reply::text), [`tool_call`](Reply::tool_call),
 /// [`api_error`](Reply::api_error)) are rendered in the wire format of the
 /// request that receives them — OpenAI Chat Completions for a path ending in
-/// `/chat/completions`, Anthropic Messages for one ending in `/messages`,
+/// `/v1/chat/completions`, Anthropic Messages for one ending in `/messages`,
 /// Gemini for `…:generateContent` and `…:streamGenerateContent` — and
 /// streamed or not as its `stream` field (Gemini: its path) says. Raw replies
 /// ([`sse`](Reply::sse), [`body`](Reply::body)) are sent as they are.
@@ -47,6 +47,8 @@ pub struct Reply {
 pub(crate) enum Kind {
     Text(Vec<String>),
     ToolCall {
+        /// Text deltas said before the call.
+        text: Vec<String>,
         id: String,
         name: String,
         arguments: Vec<String>,
@@ -105,8 +107,47 @@ impl Reply {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        Reply::text_then_tool_call(Vec::<String>::new(), id, name, arguments)
+    }
+
+    /// A successful answer that says these text deltas, then calls tool
+    /// `name` (call id `id`), its JSON arguments streamed in these
+    /// fragments: as models often do ("Let me check the tides.").
+    ///
+    /// Encoded as each provider does: OpenAI `content` beside `tool_calls`
+    /// in one message (content deltas, then tool call deltas, when
+    /// streamed); Anthropic a `text` block, then a `tool_use` block; Gemini
+    /// a `text` part, then a `functionCall` part (a chunk per text delta,
+    /// then one with the call, when streamed). Faults count the text deltas
+    /// first, then the argument fragments. With no text deltas, this is
+    /// [`tool_call`](Reply::tool_call).
+    ///
+    /// ```
+    /// use llm_tower::mock::Reply;
+    ///
+    /// let r = Reply::text_then_tool_call(
+    ///     ["Let me check", " the tides."],
+    ///     "call_1",
+    ///     "tide",
+    ///     [r#"{"port":"#, r#""Brest"}"#],
+    /// );
+    /// # let _ = r;
+    /// ```
+    pub fn text_then_tool_call<T, U, I, S>(
+        text: T,
+        id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: I,
+    ) -> Self
+    where
+        T: IntoIterator<Item = U>,
+        U: Into<String>,
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         Reply::new(
             Kind::ToolCall {
+                text: text.into_iter().map(Into::into).collect(),
                 id: id.into(),
                 name: name.into(),
                 arguments: arguments.into_iter().map(Into::into).collect(),
@@ -315,12 +356,14 @@ impl Reply {
                     _ => generated(asked, &Content::Text(deltas)),
                 },
                 Kind::ToolCall {
+                    text,
                     id,
                     name,
                     arguments,
                 } => generated(
                     asked,
                     &Content::Tool {
+                        text,
                         id,
                         name,
                         arguments,
@@ -496,6 +539,8 @@ fn text_delta(dialect: Dialect, text: &[u8]) -> Bytes {
 enum Content<'a> {
     Text(&'a [String]),
     Tool {
+        /// Text deltas before the call.
+        text: &'a [String],
         id: &'a str,
         name: &'a str,
         arguments: &'a [String],
@@ -553,7 +598,9 @@ const MESSAGE_ID: &str = "msg_mock_0001";
 fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>, Option<String>) {
     let output_tokens = match content {
         Content::Text(d) => d.len(),
-        Content::Tool { arguments, .. } => arguments.len() + 1,
+        Content::Tool {
+            text, arguments, ..
+        } => text.len() + arguments.len() + 1,
     } as u64;
     let input_tokens = 12u64;
     match (asked.dialect, asked.stream) {
@@ -573,19 +620,27 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
             None,
         ),
         (Dialect::Gemini, false) => {
-            let part = match content {
-                Content::Text(d) => json!({"text": d.concat()}),
+            let parts = match content {
+                Content::Text(d) => vec![json!({"text": d.concat()})],
                 Content::Tool {
+                    text,
                     id,
                     name,
                     arguments,
-                } => json!({"functionCall": {
-                    "id": id, "name": name, "args": tool_args(arguments),
-                }}),
+                } => {
+                    let call = json!({"functionCall": {
+                        "id": id, "name": name, "args": tool_args(arguments),
+                    }});
+                    if text.is_empty() {
+                        vec![call]
+                    } else {
+                        vec![json!({"text": text.concat()}), call]
+                    }
+                }
             };
-            let body = gemini_response(
+            let body = gemini_response_parts(
                 asked,
-                part,
+                parts,
                 Some("STOP"),
                 gemini_usage(input_tokens, output_tokens),
             );
@@ -599,10 +654,14 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
                     "stop"
                 }
                 Content::Tool {
+                    text,
                     id,
                     name,
                     arguments,
                 } => {
+                    if !text.is_empty() {
+                        message["content"] = text.concat().into();
+                    }
                     message["tool_calls"] = json!([{
                         "id": id, "type": "function",
                         "function": {"name": name, "arguments": arguments.concat()},
@@ -619,20 +678,29 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
             ("application/json", Vec::new(), Some(body.to_string()))
         }
         (Dialect::Anthropic, false) => {
-            let (block, stop) = match content {
-                Content::Text(d) => (json!({"type": "text", "text": d.concat()}), "end_turn"),
+            let (blocks, stop) = match content {
+                Content::Text(d) => (
+                    vec![json!({"type": "text", "text": d.concat()})],
+                    "end_turn",
+                ),
                 Content::Tool {
+                    text,
                     id,
                     name,
                     arguments,
-                } => (
-                    json!({"type": "tool_use", "id": id, "name": name, "input": tool_args(arguments)}),
-                    "tool_use",
-                ),
+                } => {
+                    let call = json!({"type": "tool_use", "id": id, "name": name, "input": tool_args(arguments)});
+                    let blocks = if text.is_empty() {
+                        vec![call]
+                    } else {
+                        vec![json!({"type": "text", "text": text.concat()}), call]
+                    };
+                    (blocks, "tool_use")
+                }
             };
             let body = json!({
                 "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
-                "content": [block], "stop_reason": stop, "stop_sequence": null,
+                "content": blocks, "stop_reason": stop, "stop_sequence": null,
                 "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
             });
             ("application/json", Vec::new(), Some(body.to_string()))
@@ -652,7 +720,17 @@ fn gemini_usage(input_tokens: u64, output_tokens: u64) -> Value {
 
 /// One `GenerateContentResponse` with one part.
 fn gemini_response(asked: &Asked, part: Value, finish: Option<&str>, usage: Value) -> Value {
-    let mut candidate = json!({"content": {"parts": [part], "role": "model"}, "index": 0});
+    gemini_response_parts(asked, vec![part], finish, usage)
+}
+
+/// One `GenerateContentResponse` with these parts.
+fn gemini_response_parts(
+    asked: &Asked,
+    parts: Vec<Value>,
+    finish: Option<&str>,
+    usage: Value,
+) -> Value {
+    let mut candidate = json!({"content": {"parts": parts, "role": "model"}, "index": 0});
     if let Some(finish) = finish {
         candidate["finishReason"] = finish.into();
     }
@@ -669,28 +747,28 @@ fn gemini_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64) -> Vec
     };
     let mut frames = Vec::new();
     let mut output = 0;
-    match content {
-        Content::Text(deltas) => {
-            for d in deltas.iter() {
-                output += 1;
-                let usage = gemini_usage(input_tokens, output);
-                frames.push(chunk(
-                    gemini_response(asked, json!({"text": d}), None, usage),
-                    true,
-                ));
-            }
-        }
+    let (deltas, tool) = match content {
+        Content::Text(deltas) => (*deltas, None),
         Content::Tool {
+            text,
             id,
             name,
             arguments,
-        } => {
-            output = arguments.len() as u64 + 1;
-            let part =
-                json!({"functionCall": {"id": id, "name": name, "args": tool_args(arguments)}});
-            let usage = gemini_usage(input_tokens, output);
-            frames.push(chunk(gemini_response(asked, part, None, usage), true));
-        }
+        } => (*text, Some((id, name, arguments))),
+    };
+    for d in deltas {
+        output += 1;
+        let usage = gemini_usage(input_tokens, output);
+        frames.push(chunk(
+            gemini_response(asked, json!({"text": d}), None, usage),
+            true,
+        ));
+    }
+    if let Some((id, name, arguments)) = tool {
+        output += arguments.len() as u64 + 1;
+        let part = json!({"functionCall": {"id": id, "name": name, "args": tool_args(arguments)}});
+        let usage = gemini_usage(input_tokens, output);
+        frames.push(chunk(gemini_response(asked, part, None, usage), true));
     }
     let usage = gemini_usage(input_tokens, output);
     frames.push(chunk(
@@ -731,20 +809,40 @@ fn openai_frames(
             "stop"
         }
         Content::Tool {
+            text,
             id,
             name,
             arguments,
         } => {
-            frames.push(Frame {
-                text: chunk(
-                    json!({"role": "assistant", "content": null, "tool_calls": [{
-                        "index": 0, "id": id, "type": "function",
-                        "function": {"name": name, "arguments": ""},
-                    }]}),
-                    Value::Null,
-                ),
-                counted: false,
-            });
+            let call = json!([{
+                "index": 0, "id": id, "type": "function",
+                "function": {"name": name, "arguments": ""},
+            }]);
+            if text.is_empty() {
+                frames.push(Frame {
+                    text: chunk(
+                        json!({"role": "assistant", "content": null, "tool_calls": call}),
+                        Value::Null,
+                    ),
+                    counted: false,
+                });
+            } else {
+                // Text first, then the call opens in a chunk of its own.
+                frames.push(Frame {
+                    text: chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+                    counted: false,
+                });
+                for d in text.iter() {
+                    frames.push(Frame {
+                        text: chunk(json!({"content": d}), Value::Null),
+                        counted: true,
+                    });
+                }
+                frames.push(Frame {
+                    text: chunk(json!({"tool_calls": call}), Value::Null),
+                    counted: false,
+                });
+            }
             for a in arguments.iter() {
                 frames.push(Frame {
                     text: chunk(
@@ -798,6 +896,7 @@ fn anthropic_frames(
             "usage": {"input_tokens": input_tokens, "output_tokens": 1},
         }}),
     )];
+    let mut last_block = 0;
     let stop = match content {
         Content::Text(deltas) => {
             frames.push(event(
@@ -815,30 +914,53 @@ fn anthropic_frames(
             "end_turn"
         }
         Content::Tool {
+            text,
             id,
             name,
             arguments,
         } => {
+            // The text, if any, is block 0 and the call the next.
+            let mut index = 0;
+            if !text.is_empty() {
+                frames.push(event(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ));
+                for d in text.iter() {
+                    let mut f = event(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}}),
+                    );
+                    f.counted = true;
+                    frames.push(f);
+                }
+                frames.push(event(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ));
+                index = 1;
+            }
             frames.push(event(
                 "content_block_start",
-                json!({"type": "content_block_start", "index": 0,
+                json!({"type": "content_block_start", "index": index,
                        "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
             ));
             for a in arguments.iter() {
                 let mut f = event(
                     "content_block_delta",
-                    json!({"type": "content_block_delta", "index": 0,
+                    json!({"type": "content_block_delta", "index": index,
                            "delta": {"type": "input_json_delta", "partial_json": a}}),
                 );
                 f.counted = true;
                 frames.push(f);
             }
+            last_block = index;
             "tool_use"
         }
     };
     frames.push(event(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": last_block}),
     ));
     frames.push(event(
         "message_delta",

@@ -52,6 +52,8 @@ use crate::error::{
     BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, request_id_header, snippet,
 };
 use crate::rate_limit::RateLimitInfo;
+use crate::redact::Secrets;
+use crate::refresh::AuthHeader;
 use crate::sse::{Event, SseDecoder, SseError};
 use crate::transport::{RequestBody, ReqwestTransport};
 
@@ -270,14 +272,13 @@ impl<W: Wire, S> Client<W, S> {
                 None => None,
             },
         };
-        if let Some((name, value)) = credential {
+        if let Some(header) = credential {
             for auth in AUTH_HEADERS {
                 headers.remove(auth);
             }
-            let (name, value) = if name == AUTH_HEADERS[1] {
-                self.wire.api_key_header(&value)
-            } else {
-                (name, value)
+            let (name, value) = match header {
+                AuthHeader::ApiKey(value) => self.wire.api_key_header(&value),
+                AuthHeader::Named(name, value) => (name, value),
             };
             headers.insert(name, value);
         }
@@ -319,6 +320,7 @@ where
         if let Some(called) = req.extensions.get::<crate::guard::Called>() {
             called.set(W::NAME);
         }
+        let secrets = Secrets::of(http_req.headers());
         ResponseFuture {
             state: State::Waiting {
                 future: self.transport.call(http_req),
@@ -329,6 +331,7 @@ where
                     stream: req.stream,
                     max_event_size: self.common.max_event_size,
                     decoder: self.wire.decoder(),
+                    secrets,
                 }),
             },
         }
@@ -343,6 +346,8 @@ struct CallCtx {
     stream: bool,
     max_event_size: usize,
     decoder: Decoder,
+    /// What the request carried that an error must not repeat.
+    secrets: Secrets,
 }
 
 pin_project! {
@@ -363,6 +368,7 @@ pin_project! {
         ReadingError {
             #[pin] body: ErrorBody,
             provider: &'static str,
+            secrets: Secrets,
             status: StatusCode,
             headers: HeaderMap,
             buf: Vec<u8>,
@@ -439,6 +445,7 @@ where
                     this.state.set(State::ReadingError {
                         body,
                         provider: ctx.provider,
+                        secrets: ctx.secrets,
                         status: parts.status,
                         headers: parts.headers,
                         buf: Vec::new(),
@@ -447,6 +454,7 @@ where
                 StateProj::ReadingError {
                     mut body,
                     provider,
+                    secrets,
                     status,
                     headers,
                     buf,
@@ -464,7 +472,8 @@ where
                         Some(Err(_)) | None => true,
                     };
                     if complete {
-                        let e = Error::from_response(provider, *status, headers, buf);
+                        let mut e = Error::from_response(provider, *status, headers, buf);
+                        secrets.error(&mut e);
                         this.state.set(State::Done);
                         return Poll::Ready(Err(e));
                     }
@@ -524,6 +533,7 @@ where
             queue: VecDeque::new(),
             provider: ctx.provider,
             max_event_size: ctx.max_event_size,
+            secrets: ctx.secrets,
             finished: false,
         },
     )
@@ -545,6 +555,7 @@ pin_project! {
         queue: Queue,
         provider: &'static str,
         max_event_size: usize,
+        secrets: Secrets,
         finished: bool,
     }
 }
@@ -560,11 +571,12 @@ where
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut this = self.project();
         loop {
-            if let Some(item) = this.queue.pop_front() {
-                if item.is_err() {
+            if let Some(mut item) = this.queue.pop_front() {
+                if let Err(e) = &mut item {
                     // An error ends the stream; nothing decoded after it counts.
                     *this.finished = true;
                     this.queue.clear();
+                    this.secrets.error(e);
                 }
                 return Poll::Ready(Some(item));
             }

@@ -103,17 +103,26 @@ impl Credential {
     }
 
     /// The header that carries it, its value marked sensitive.
-    pub(crate) fn header_pair(&self) -> Result<(HeaderName, HeaderValue), Error> {
-        let (name, value) = match &self.scheme {
-            AuthScheme::Bearer => (
+    pub(crate) fn header_pair(&self) -> Result<AuthHeader, Error> {
+        let secret = |v: &str| crate::provider::secret_header("credential", v);
+        Ok(match &self.scheme {
+            AuthScheme::Bearer => AuthHeader::Named(
                 http::header::AUTHORIZATION,
-                format!("Bearer {}", self.secret),
+                secret(&format!("Bearer {}", self.secret))?,
             ),
-            AuthScheme::ApiKey => (HeaderName::from_static("x-api-key"), self.secret.clone()),
-            AuthScheme::Header(name) => (name.clone(), self.secret.clone()),
-        };
-        Ok((name, crate::provider::secret_header("credential", &value)?))
+            AuthScheme::ApiKey => AuthHeader::ApiKey(secret(&self.secret)?),
+            AuthScheme::Header(name) => AuthHeader::Named(name.clone(), secret(&self.secret)?),
+        })
     }
+}
+
+/// Where a credential goes on the wire.
+#[derive(Clone)]
+pub(crate) enum AuthHeader {
+    /// In the provider's own API-key header, whichever that is.
+    ApiKey(HeaderValue),
+    /// In this header, whatever the provider.
+    Named(HeaderName, HeaderValue),
 }
 
 impl fmt::Debug for Credential {

@@ -58,7 +58,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue};
 use pin_project_lite::pin_project;
 
 use crate::guard::{Guard, GuardPolicy};
@@ -66,6 +65,7 @@ use crate::{BoxError, ChatRequest, ChatStream, Error};
 
 mod credential;
 
+pub(crate) use credential::AuthHeader;
 pub use credential::{AuthScheme, Credential, CredentialFuture, CredentialSource};
 
 type Classifier = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
@@ -379,7 +379,7 @@ const NOT_SENT: u64 = u64::MAX;
 /// A credential with its header ready to send.
 struct Stamped {
     credential: Credential,
-    header: (HeaderName, HeaderValue),
+    header: AuthHeader,
 }
 
 impl Stamped {
@@ -486,7 +486,7 @@ pub(crate) struct CredentialHandle {
 
 impl CredentialHandle {
     /// The header to send now, recording its generation as used.
-    pub(crate) fn header(&self) -> Option<(HeaderName, HeaderValue)> {
+    pub(crate) fn header(&self) -> Option<AuthHeader> {
         let state = self.store.lock();
         let stamped = state.current.as_ref()?;
         self.used.store(state.generation, Ordering::Release);
