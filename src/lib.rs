@@ -120,7 +120,7 @@ pub use error::{
     ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, parse_retry_after,
 };
 pub use fallback::{Fallback, FallbackLayer};
-pub use guard::Deadline;
+pub use guard::{Attempts, Deadline};
 pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
 pub use provider::{
     Anthropic, AnthropicBuilder, Gemini, GeminiBuilder, OpenAi, OpenAiBuilder, Preset,

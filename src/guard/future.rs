@@ -150,6 +150,15 @@ where
                     this.state.set(State::Waiting { wait });
                 }
                 None => {
+                    let sent = this.attempts.get().max(*this.guard_attempts);
+                    if sent > 1 {
+                        tracing::warn!(
+                            attempts = sent,
+                            reason = failure.kind(),
+                            error = %failure,
+                            "llm call failed after {sent} attempts"
+                        );
+                    }
                     this.state.set(State::Done);
                     return Poll::Ready(Err(failure));
                 }

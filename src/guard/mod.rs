@@ -186,12 +186,52 @@ impl Called {
     }
 }
 
-/// Counts the HTTP attempts of one logical call across every layer: the
-/// outermost guard puts it in the request's extensions, providers bump it.
+/// Counts the HTTP requests one logical call sent, across every layer
+/// (retries, a credential refresh, a fallback), carried in
+/// [`ChatRequest::extensions`]: each provider counts the request it sends.
+///
+/// A successful call reports the count as
+/// [`ResponseMeta::attempts`](crate::ResponseMeta::attempts). To know it
+/// whatever the outcome — a call that failed after its retries, say — put
+/// one in the request before the call and read it after: clones share the
+/// count. Use a fresh one per call.
+///
+/// ```
+/// use llm_tower::mock::{MockServer, Reply};
+/// use llm_tower::retry::{RetryPolicy, TransportRetryLayer};
+/// use llm_tower::{Attempts, ChatRequest, Message, OpenAi};
+/// use std::time::Duration;
+/// use tower::{Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let server = MockServer::start().await;
+/// server.set_default(Reply::api_error(500, "server_error", "down"));
+/// let provider = OpenAi::builder().base_url(server.openai_url()).build().unwrap();
+/// let svc = TransportRetryLayer::new(RetryPolicy::default().max_retries(2)).layer(provider);
+///
+/// let attempts = Attempts::new();
+/// let mut req = ChatRequest::new("gpt-4o-mini").message(Message::user("hi"));
+/// req.extensions.insert(attempts.clone());
+/// let err = svc.oneshot(req).await.unwrap_err();
+/// eprintln!("{err} (after {} attempts)", attempts.get());
+/// assert_eq!(attempts.get(), 3);
+/// # }
+/// ```
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Attempts(Arc<AtomicU32>);
+pub struct Attempts(Arc<AtomicU32>);
 
 impl Attempts {
+    /// A counter at zero.
+    pub fn new() -> Self {
+        Attempts::default()
+    }
+
+    /// The requests sent so far.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+
     /// The call's counter, installed if the request has none yet.
     pub(crate) fn of(request: &mut ChatRequest) -> Attempts {
         request
@@ -202,10 +242,6 @@ impl Attempts {
 
     /// Counts one more attempt; returns the count including it.
     pub(crate) fn bump(&self) -> u32 {
-        self.0.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    pub(crate) fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1)
     }
 }
