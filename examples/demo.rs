@@ -12,14 +12,49 @@ use futures_util::StreamExt;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
     Anthropic, ChatRequest, ChatStream, Credential, Error, FallbackLayer, Message, OpenAi,
-    RateLimitLayer, RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer, Tool,
-    TransportRetryLayer,
+    RateLimitLayer, RefreshLayer, RetryPolicy, StopReason, StreamEvent, StreamTimeoutLayer, Tool,
+    TransportRetryLayer, Usage,
 };
 use serde_json::json;
 use tower::{ServiceBuilder, ServiceExt};
 
 fn scene(title: &str) {
     println!("\n== {title}");
+}
+
+/// Why the model stopped, as the wire names it (`end_turn`, `tool_use`, …).
+fn stop_text(reason: Option<&StopReason>) -> String {
+    let name = match reason {
+        None => return "not given".to_owned(),
+        Some(StopReason::EndTurn) => "end_turn",
+        Some(StopReason::MaxTokens) => "max_tokens",
+        Some(StopReason::StopSequence) => "stop_sequence",
+        Some(StopReason::ToolUse) => "tool_use",
+        Some(StopReason::ContentFilter) => "content_filter",
+        Some(StopReason::Refusal) => "refusal",
+        Some(StopReason::PauseTurn) => "pause_turn",
+        Some(StopReason::Other(other)) => other,
+        Some(other) => return format!("{other:?}"),
+    };
+    name.to_owned()
+}
+
+/// Token counts, or that none were reported.
+fn usage_text(usage: Option<&Usage>) -> String {
+    match usage {
+        Some(u) => format!("{} in, {} out", u.input_tokens, u.output_tokens),
+        None => "not reported".to_owned(),
+    }
+}
+
+/// A duration the way people write it: `1s`, `1.5s`, `250ms`.
+fn duration_text(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// A number a server may leave out.
+fn count_text(n: Option<u64>) -> String {
+    n.map_or_else(|| "?".to_owned(), |n| n.to_string())
 }
 
 fn question() -> ChatRequest {
@@ -35,7 +70,9 @@ async fn show(mut stream: ChatStream) -> Option<Error> {
                 print!("{text}");
                 let _ = std::io::stdout().flush();
             }
-            Ok(StreamEvent::Done { stop_reason }) => println!("   [done: {stop_reason:?}]"),
+            Ok(StreamEvent::Done { stop_reason }) => {
+                println!("   [done, stop: {}]", stop_text(stop_reason.as_ref()));
+            }
             Ok(_) => {}
             Err(e) => {
                 println!();
@@ -53,7 +90,7 @@ fn outcome(result: Result<llm_tower::Completion, Error>) {
             println!("   error class: {}", e.kind());
             println!("   retryable:   {}", e.is_retryable());
             if let Some(d) = e.retry_after() {
-                println!("   retry after: {d:?}");
+                println!("   retry after: {}", duration_text(d));
             }
             if let Some(p) = e.partial() {
                 println!("   kept output: {:?}", p.text);
@@ -122,11 +159,12 @@ async fn main() -> Result<(), Error> {
             .await?;
         let call = &c.tool_calls[0];
         println!(
-            "   stream={stream:<5} -> {}({}) stop={:?} usage={:?}",
+            "   {:<13} -> {}({}); stop: {}; usage: {}",
+            if stream { "streamed" } else { "not streamed" },
             call.name,
             call.arguments,
-            c.stop_reason,
-            c.usage.map(|u| (u.input_tokens, u.output_tokens))
+            stop_text(c.stop_reason.as_ref()),
+            usage_text(c.usage.as_ref())
         );
     }
 
@@ -239,7 +277,7 @@ async fn main() -> Result<(), Error> {
                 .replace("Bearer ", "")
         })
         .collect();
-    println!("   keys the server saw, in order: {keys:?}");
+    println!("   keys the server saw, in order: {}", keys.join(", "));
     server.accept_any_key();
 
     scene("Idle timeout: a stream that stalls before output is cut and retried");
@@ -303,8 +341,10 @@ async fn main() -> Result<(), Error> {
     let stream = paced.clone().oneshot(question()).await?;
     if let Some(requests) = stream.meta().rate_limit.and_then(|r| r.requests) {
         println!(
-            "   reported: {:?} of {:?} requests left, full again in {:?}",
-            requests.remaining, requests.limit, requests.reset
+            "   reported: {} of {} requests left, full again in {}",
+            count_text(requests.remaining),
+            count_text(requests.limit),
+            requests.reset.map_or_else(|| "?".to_owned(), duration_text)
         );
     }
     stream.completion().await?;
