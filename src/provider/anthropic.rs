@@ -185,10 +185,10 @@ impl Wire for AnthropicWire {
         body.insert("messages".into(), Value::Array(messages));
         body.insert("stream".into(), req.stream.into());
         if let Some(t) = req.temperature {
-            body.insert("temperature".into(), t.into());
+            body.insert("temperature".into(), super::decimal(t));
         }
         if let Some(p) = req.top_p {
-            body.insert("top_p".into(), p.into());
+            body.insert("top_p".into(), super::decimal(p));
         }
         if !req.stop.is_empty() {
             body.insert("stop_sequences".into(), req.stop.clone().into());

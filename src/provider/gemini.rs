@@ -212,10 +212,10 @@ impl Wire for GeminiWire {
             config.insert("maxOutputTokens".into(), n.into());
         }
         if let Some(t) = req.temperature {
-            config.insert("temperature".into(), t.into());
+            config.insert("temperature".into(), super::decimal(t));
         }
         if let Some(p) = req.top_p {
-            config.insert("topP".into(), p.into());
+            config.insert("topP".into(), super::decimal(p));
         }
         if !req.stop.is_empty() {
             config.insert("stopSequences".into(), req.stop.clone().into());

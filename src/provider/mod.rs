@@ -107,6 +107,17 @@ pub(crate) fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, V
     }
 }
 
+/// `x` as the decimal a person wrote: `0.2f32` is sent as `0.2`, not as the
+/// `0.20000000298023224` its widening to `f64` gives. Not a number: `null`.
+pub(crate) fn decimal(x: f32) -> Value {
+    // f32's Display is the shortest text that reads back as the same f32.
+    x.to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(Value::Null, Value::Number)
+}
+
 /// The error for an answer past [`MAX_PARTS`].
 pub(crate) fn too_many(provider: &'static str, what: &'static str) -> crate::Error {
     crate::Error::decode(

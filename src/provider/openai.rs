@@ -298,10 +298,10 @@ impl Wire for OpenAiWire {
             body.insert(self.max_tokens_field.into(), n.into());
         }
         if let Some(t) = req.temperature {
-            body.insert("temperature".into(), t.into());
+            body.insert("temperature".into(), super::decimal(t));
         }
         if let Some(p) = req.top_p {
-            body.insert("top_p".into(), p.into());
+            body.insert("top_p".into(), super::decimal(p));
         }
         if !req.stop.is_empty() {
             body.insert("stop".into(), req.stop.clone().into());
