@@ -436,15 +436,28 @@ async fn the_key_stays_out_of_debug_output() {
     assert!(!text.contains("SECRET"), "{text}");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_streamed_answer_arrives_delta_by_delta() {
+    // One chunk a second: each delta reaches the caller when its chunk
+    // arrives, not when the answer is whole.
     let server = MockServer::start().await;
-    server.push(Reply::text(["a", "b", "c"]));
+    server.push(Reply::text(["a", "b", "c"]).delay(Duration::from_secs(1)));
+    let started = tokio::time::Instant::now();
     let mut stream = gemini(&server).oneshot(ChatRequest::new("")).await.unwrap();
     let mut seen = Vec::new();
+    let mut arrivals = Vec::new();
     while let Some(e) = stream.next().await {
-        seen.push(e.unwrap());
+        let e = e.unwrap();
+        if let StreamEvent::TextDelta { text } = &e {
+            arrivals.push((text.clone(), started.elapsed().as_secs()));
+        }
+        seen.push(e);
     }
     assert_eq!(texts(&seen), ["a", "b", "c"]);
     assert!(matches!(seen[0], StreamEvent::MessageStart { .. }));
+    assert_eq!(
+        arrivals,
+        [("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+        "each delta as its chunk arrives"
+    );
 }

@@ -430,6 +430,30 @@ async fn a_10_mb_line_is_refused_without_buffering_it() {
         matches!(&e, Error::Decode { source: llm_tower::DecodeError::EventTooLarge { limit }, .. } if *limit == 4 << 20),
         "{e:?}"
     );
+    // A line that never ends: a client that read to the line's end before
+    // judging its size would wait here forever. The error comes once the
+    // limit is passed.
+    let endless = format!("data: {}", "x".repeat(6 << 20));
+    let e = tokio::time::timeout(
+        Duration::from_secs(30),
+        error_of(
+            &server,
+            Reply::sse([endless]).chunk_size(64 * 1024).stall_after(1),
+            "openai",
+        ),
+    )
+    .await
+    .expect("refused at the limit, not at the end of the line");
+    assert!(
+        matches!(
+            &e,
+            Error::Decode {
+                source: llm_tower::DecodeError::EventTooLarge { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     // A smaller limit applies to non-streaming bodies too.
     server.push(Reply::text(["x".repeat(2000)]));
     let svc = OpenAi::builder()
@@ -636,12 +660,22 @@ async fn secrets_stay_out_of_debug_output() {
     ] {
         assert!(!text.contains(secret), "{secret} leaked: {text}");
     }
-    // The errors of a refused call do not echo the key either.
+    // A refused call's error does not repeat the key, even where the server
+    // echoed it.
     let e = error_of(
         &server,
-        Reply::api_error(401, "invalid_api_key", "Incorrect API key provided"),
+        Reply::api_error(
+            401,
+            "invalid_api_key",
+            "Incorrect API key provided: sk-test-openai.",
+        ),
         "openai",
     )
     .await;
-    assert!(!format!("{e} {e:?}").contains("sk-test-openai"));
+    let shown = format!("{e} {e:?}");
+    assert!(!shown.contains("sk-test-openai"), "{shown}");
+    assert!(
+        shown.contains("Incorrect API key provided: [redacted]."),
+        "{shown}"
+    );
 }

@@ -225,7 +225,17 @@ async fn what_is_never_retried() {
         let started = Instant::now();
         server.push(reply);
         let (_, err) = call(&svc, true).await;
-        assert!(err.is_some());
+        let err = err.unwrap_or_else(|| panic!("{status} {kind}: no error"));
+        let want = match status {
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 | 413 | 422 => "invalid_request",
+            429 => "rate_limited",
+            503 => "overloaded",
+            other => panic!("no class given for {other}"),
+        };
+        assert_eq!(err.kind(), want, "{status} {kind}: {err}");
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status));
         assert_eq!(server.request_count() - before, 1, "{status} {kind}");
         assert_eq!(
             started.elapsed(),
@@ -271,10 +281,7 @@ async fn overload_events_mid_stream_before_output_are_retried() {
 async fn a_deadline_that_would_pass_during_the_wait_returns_now() {
     let server = MockServer::start().await;
     let svc = openai(&server, RetryPolicy::default());
-    server.push_all([
-        Reply::api_error(500, "api_error", "boom"),
-        Reply::text(WORDS),
-    ]);
+    server.push(Reply::api_error(500, "api_error", "boom"));
     let mut req = hello(true);
     req.extensions
         .insert(Deadline::after(Duration::from_millis(100)));
@@ -283,13 +290,24 @@ async fn a_deadline_that_would_pass_during_the_wait_returns_now() {
     assert!(matches!(err, Error::Server { .. }));
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(server.request_count(), 1);
+    assert_eq!(server.pending_replies(), 0);
 
-    // A deadline far enough away lets the retry happen.
+    // A deadline far enough away lets the retry happen: the 500, a backoff,
+    // then the success, on the second request.
     let mut req = hello(true);
     req.extensions
         .insert(Deadline::after(Duration::from_secs(5)));
-    server.push(Reply::api_error(500, "api_error", "boom"));
-    assert!(svc.oneshot(req).await.is_ok());
+    server.push_all([
+        Reply::api_error(500, "api_error", "boom"),
+        Reply::text(WORDS),
+    ]);
+    let started = Instant::now();
+    let stream = svc.oneshot(req).await.unwrap();
+    assert_eq!(stream.meta().attempts, 2);
+    assert!(started.elapsed() > Duration::ZERO, "waited a backoff");
+    assert_eq!(stream.completion().await.unwrap().text, WORDS.concat());
+    assert_eq!(server.request_count(), 3);
+    assert_eq!(server.pending_replies(), 0);
 }
 
 #[tokio::test(start_paused = true)]
