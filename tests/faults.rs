@@ -655,7 +655,7 @@ fn check_requests(
 /// Runs the whole matrix for one provider and mode, then checks that no
 /// secret reached tracing output or any `Debug` / `Display` on the way.
 async fn matrix(provider: Provider, stream: bool) {
-    let (captured, _capturing) = Captured::start();
+    let (captured, _capturing) = Captured::everywhere();
     let mut seen = Vec::new();
     let mut failures = Vec::new();
     let cases = cases();

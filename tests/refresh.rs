@@ -167,7 +167,7 @@ async fn unauthorized_then_success_refreshes_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_refresh_returns_the_original_401_and_logs() {
-    let (captured, _capturing) = Captured::start();
+    let (captured, _capturing) = Captured::everywhere();
     let server = MockServer::start().await;
     server.accept_keys(["k2"]);
     let (src, calls) = failing_source();
@@ -463,7 +463,7 @@ async fn a_credential_on_one_request_overrides_the_configured_key() {
 
 #[tokio::test(start_paused = true)]
 async fn credentials_stay_out_of_debug_and_logs() {
-    let (captured, _capturing) = Captured::start();
+    let (captured, _capturing) = Captured::everywhere();
     let server = MockServer::start().await;
     server.accept_keys(["token-B-secret"]);
     let (src, _) = source_taking(&["token-B-secret"], Duration::ZERO);
@@ -497,4 +497,22 @@ async fn credentials_stay_out_of_debug_and_logs() {
         assert!(!text.contains(secret), "{secret} in Debug output: {text}");
         assert!(!logs.contains(secret), "{secret} in tracing output: {logs}");
     }
+}
+
+/// The secrets checks above read what every thread logged, not only the
+/// test's own: a worker thread's events reach the capture.
+#[test]
+fn the_capture_sees_other_threads() {
+    let (captured, _capturing) = Captured::everywhere();
+    std::thread::spawn(|| tracing::warn!(key = "sk-from-a-worker", "from another thread"))
+        .join()
+        .unwrap();
+    assert!(
+        captured
+            .events()
+            .iter()
+            .any(|e| e.contains("from another thread") && e.contains("sk-from-a-worker")),
+        "{:#?}",
+        captured.events()
+    );
 }

@@ -144,10 +144,15 @@ pub fn texts(events: &[StreamEvent]) -> Vec<String> {
         .collect()
 }
 
-/// Every tracing event's fields, as `name=value` text, captured on this
-/// thread while the returned guard lives.
+/// Every tracing event's fields, as `name=value` text, captured while the
+/// returned guard lives: on this thread ([`Captured::start`]), or on every
+/// thread of the process ([`Captured::everywhere`]).
 #[derive(Clone, Default)]
 pub struct Captured(Arc<Mutex<Vec<String>>>);
+
+/// The captures that also take what threads without a subscriber of their
+/// own emit (a multi-threaded runtime's workers, blocking-pool threads).
+static EVERYWHERE: Mutex<Vec<Captured>> = Mutex::new(Vec::new());
 
 impl Captured {
     /// Starts capturing on this thread.
@@ -161,22 +166,47 @@ impl Captured {
     pub fn start() -> (Captured, Capturing) {
         use tracing_subscriber::layer::SubscriberExt;
         let captured = Captured::default();
-        let anchor =
-            tracing::Dispatch::new(tracing_subscriber::registry().with(Captured::default()));
-        let guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
+        let anchor = tracing::Dispatch::new(
+            tracing_subscriber::registry().with(CaptureLayer(Captured::default())),
+        );
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(CaptureLayer(captured.clone())),
+        );
         tracing::callsite::rebuild_interest_cache();
         (
             captured,
             Capturing {
                 _guard: guard,
                 _anchor: anchor,
+                everywhere: None,
             },
         )
     }
 
+    /// Starts capturing on this thread and on every thread that has no
+    /// subscriber of its own: what a "no secret in any output" check needs.
+    /// Other tests' threads of that kind are captured too, so use it for
+    /// checks that more events cannot break.
+    pub fn everywhere() -> (Captured, Capturing) {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            use tracing_subscriber::layer::SubscriberExt;
+            let fan_out = tracing_subscriber::registry().with(CaptureLayer(FanOut));
+            tracing::subscriber::set_global_default(fan_out)
+                .expect("no other global subscriber in the tests");
+        });
+        let (captured, mut capturing) = Captured::start();
+        EVERYWHERE.lock().unwrap().push(captured.clone());
+        capturing.everywhere = Some(captured.clone());
+        (captured, capturing)
+    }
+
     pub fn events(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
+    }
+
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
     }
 }
 
@@ -184,6 +214,42 @@ impl Captured {
 pub struct Capturing {
     _guard: tracing::subscriber::DefaultGuard,
     _anchor: tracing::Dispatch,
+    everywhere: Option<Captured>,
+}
+
+impl Drop for Capturing {
+    fn drop(&mut self) {
+        if let Some(c) = self.everywhere.take() {
+            EVERYWHERE
+                .lock()
+                .unwrap()
+                .retain(|other| !Arc::ptr_eq(&other.0, &c.0));
+        }
+    }
+}
+
+/// Where a capturing layer writes.
+trait Sink {
+    fn push_line(&self, line: String);
+}
+
+impl Sink for Captured {
+    fn push_line(&self, line: String) {
+        self.push(line);
+    }
+}
+
+/// The process-wide subscriber's sink: every capture started with
+/// [`Captured::everywhere`].
+#[derive(Clone, Copy)]
+struct FanOut;
+
+impl Sink for FanOut {
+    fn push_line(&self, line: String) {
+        for c in EVERYWHERE.lock().unwrap().iter() {
+            c.push(line.clone());
+        }
+    }
 }
 
 /// Fields as `name=value` text.
@@ -195,15 +261,19 @@ impl tracing::field::Visit for Fields {
     }
 }
 
-impl<S> tracing_subscriber::Layer<S> for Captured
+/// The layer that writes what it sees to its sink.
+struct CaptureLayer<K>(K);
+
+impl<S, K> tracing_subscriber::Layer<S> for CaptureLayer<K>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    K: Sink + 'static,
 {
     fn on_event(&self, event: &tracing::Event<'_>, ctx: tracing_subscriber::layer::Context<'_, S>) {
         let within = ctx.event_span(event).map(|s| s.name()).unwrap_or("-");
         let mut f = Fields(format!("{} [in {within}] ", event.metadata().level()));
         event.record(&mut f);
-        self.0.lock().unwrap().push(f.0);
+        self.0.push_line(f.0);
     }
 
     fn on_new_span(
@@ -239,10 +309,7 @@ where
                 .get::<Fields>()
                 .map(|f| f.0.clone())
                 .unwrap_or_default();
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("CLOSED {} {fields}", span.name()));
+            self.0.push_line(format!("CLOSED {} {fields}", span.name()));
         }
     }
 }
