@@ -34,23 +34,76 @@ fn reply(fault: Fault, attempt: usize) -> Reply {
         Fault::ResetAfter(n) => text.reset_after(n),
         Fault::TruncateAfter(n) => text.truncate_after(n),
         Fault::OverloadedAfter(n) => text.error_event_after(n, "overloaded_error", "Overloaded"),
-        Fault::Status(s) => Reply::api_error(
-            s,
-            if s == 400 {
-                "invalid_request_error"
-            } else {
-                "api_error"
-            },
-            "scripted",
-        ),
+        Fault::Status(s) => Reply::api_error(s, status_type(s), "scripted"),
     }
+}
+
+/// The error type a provider sends with each status.
+fn status_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// Every status a provider answers with, and the class it stands for.
+const STATUSES: [(u16, &str); 14] = [
+    (400, "invalid_request"),
+    (401, "unauthorized"),
+    (403, "forbidden"),
+    (404, "invalid_request"),
+    (408, "timeout"),
+    (409, "invalid_request"),
+    (413, "invalid_request"),
+    (422, "invalid_request"),
+    (429, "rate_limited"),
+    (500, "server"),
+    (502, "server"),
+    (503, "overloaded"),
+    (504, "server"),
+    (529, "overloaded"),
+];
+
+/// The class of the error a fault ends its attempt with. A non-streaming
+/// body with a fault in it is cut in its middle (the mock cannot put an
+/// error event inside one JSON body): a reset there is a transport error, a
+/// clean end leaves JSON that does not parse.
+fn class(fault: Fault, stream: bool) -> &'static str {
+    match fault {
+        Fault::None => "none",
+        Fault::TruncateAfter(_) | Fault::OverloadedAfter(_) if !stream => "decode",
+        Fault::ResetBeforeHeaders | Fault::ResetAfter(_) | Fault::TruncateAfter(_) => "transport",
+        Fault::OverloadedAfter(_) => "overloaded",
+        Fault::Status(s) => STATUSES
+            .iter()
+            .find(|(st, _)| *st == s)
+            .map_or("?", |(_, c)| c),
+    }
+}
+
+/// What the official SDKs retry: 408, 409, 429 and 5xx.
+fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 409 | 429 | 500..=599)
 }
 
 #[derive(Debug, PartialEq)]
 enum Outcome {
-    Success { attempt: usize },
-    Interrupted { attempt: usize, delivered: usize },
-    Failed,
+    Success {
+        attempt: usize,
+    },
+    Interrupted {
+        attempt: usize,
+        delivered: usize,
+        class: &'static str,
+    },
+    Failed {
+        class: &'static str,
+    },
 }
 
 /// The retry rules, stated directly.
@@ -60,14 +113,15 @@ fn expected(script: &[Fault], max_retries: usize, stream: bool) -> (Outcome, usi
         let fault = script.get(attempt).copied().unwrap_or(Fault::None);
         let retryable = match fault {
             Fault::None => return (Outcome::Success { attempt }, requests),
-            Fault::Status(400) => false,
-            Fault::Status(_) | Fault::ResetBeforeHeaders => true,
+            Fault::Status(s) => retryable_status(s),
+            Fault::ResetBeforeHeaders => true,
             Fault::ResetAfter(n) | Fault::TruncateAfter(n) | Fault::OverloadedAfter(n) => {
                 if stream && n > 0 {
                     return (
                         Outcome::Interrupted {
                             attempt,
                             delivered: n,
+                            class: class(fault, stream),
                         },
                         requests,
                     );
@@ -76,20 +130,28 @@ fn expected(script: &[Fault], max_retries: usize, stream: bool) -> (Outcome, usi
             }
         };
         if !retryable || attempt >= max_retries {
-            return (Outcome::Failed, requests);
+            return (
+                Outcome::Failed {
+                    class: class(fault, stream),
+                },
+                requests,
+            );
         }
     }
     unreachable!()
 }
 
+/// Faults at every position: before the head, after 0 to all `DELTAS`
+/// deltas (the last one: after every delta, before the end), and every
+/// status.
 fn fault() -> impl Strategy<Value = Fault> {
     prop_oneof![
         2 => Just(Fault::None),
         1 => Just(Fault::ResetBeforeHeaders),
-        2 => (0..DELTAS).prop_map(Fault::ResetAfter),
-        1 => (0..DELTAS).prop_map(Fault::TruncateAfter),
-        1 => (0..DELTAS).prop_map(Fault::OverloadedAfter),
-        1 => prop_oneof![Just(500u16), Just(429), Just(503), Just(400)].prop_map(Fault::Status),
+        2 => (0..=DELTAS).prop_map(Fault::ResetAfter),
+        1 => (0..=DELTAS).prop_map(Fault::TruncateAfter),
+        1 => (0..=DELTAS).prop_map(Fault::OverloadedAfter),
+        2 => prop::sample::select(&STATUSES[..]).prop_map(|(s, _)| Fault::Status(s)),
     ]
 }
 
@@ -152,17 +214,22 @@ async fn run(
         "requests for {:?}",
         outcome
     );
+    let kind = error.as_ref().map(llm_tower::Error::kind);
     match outcome {
         Outcome::Success { attempt } => {
             prop_assert!(error.is_none(), "{:?}", error);
             prop_assert_eq!(seen, deltas(attempt));
         }
-        Outcome::Interrupted { attempt, delivered } => {
-            prop_assert!(error.is_some());
+        Outcome::Interrupted {
+            attempt,
+            delivered,
+            class,
+        } => {
+            prop_assert_eq!(kind, Some(class), "{:?}", error);
             prop_assert_eq!(&seen[..], &deltas(attempt)[..delivered]);
         }
-        Outcome::Failed => {
-            prop_assert!(error.is_some());
+        Outcome::Failed { class } => {
+            prop_assert_eq!(kind, Some(class), "{:?}", error);
             prop_assert!(seen.is_empty(), "{:?}", seen);
         }
     }

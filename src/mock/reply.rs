@@ -17,9 +17,10 @@ use serde_json::{Value, json};
 /// ([`sse`](Reply::sse), [`body`](Reply::body)) are sent as they are.
 ///
 /// Faults are placed by a count of *deltas* for generated streams (the events
-/// before the first delta, `message_start` and the like, are always sent) and
-/// of *events* for raw SSE replies. A non-streaming body cut by a fault is cut
-/// in its middle.
+/// before the first delta, `message_start` and the like, are always sent;
+/// after the last delta, a fault falls before the events that end the
+/// answer) and of *events* for raw SSE replies. A non-streaming body cut by
+/// a fault is cut in its middle.
 ///
 /// ```
 /// use llm_tower::mock::Reply;
@@ -453,10 +454,14 @@ impl Reply {
             out.extend(self.pieces(bytes));
         };
         let mut fault = self.fault.as_ref();
+        // A fault after the last delta falls before the frame that follows
+        // it (the finish chunk, `content_block_stop`): the answer is cut
+        // with all its output and without its end.
+        let total = frames.iter().filter(|f| f.counted).count();
         for frame in frames {
             if let Some((n, f)) = fault
-                && frame.counted
                 && counted == *n
+                && (frame.counted || counted == total)
             {
                 fault = None;
                 match f {
