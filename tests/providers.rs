@@ -548,10 +548,11 @@ async fn resets_are_transport_errors_by_phase() {
 
 #[tokio::test]
 async fn connection_refused_is_a_connect_error() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Bound, never listening: connecting is refused, and the port is held
+    // so that no other test's server takes it meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
     let svc = OpenAi::builder()
         .base_url(format!("http://127.0.0.1:{port}/v1"))
         .model("m")
@@ -588,7 +589,7 @@ async fn invalid_utf8_split_across_chunks_is_replaced_not_fatal() {
     assert_eq!(c.text, "café 🌊 \u{FFFD}!");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn stalled_stream_can_be_dropped() {
     let server = MockServer::start().await;
     server.push(Reply::text(["a", "b"]).stall_after(1));
@@ -602,10 +603,12 @@ async fn stalled_stream_can_be_dropped() {
         }
     }
     assert!(got_text);
-    let next = tokio::time::timeout(Duration::from_millis(100), stream.next()).await;
+    let next = tokio::time::timeout(Duration::from_secs(60), stream.next()).await;
     assert!(next.is_err(), "the stream stalls");
+    assert_eq!(server.live_connections(), 1);
     drop(stream);
-    // The client closed the connection: the server sees it go.
+    // The client closed the connection: the server sees it go as soon as
+    // it runs (a paused clock: the sleeps take no real time).
     for _ in 0..100 {
         if server.live_connections() == 0 {
             return;
