@@ -11,31 +11,70 @@ use tower::ServiceExt;
 const CHUNKS: [usize; 5] = [1, 3, 7, 64, 1 << 20];
 
 async fn openai(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>) {
+    let transport = FixtureTransport::sse(fixture(name), chunk);
     let svc = OpenAi::builder()
         .api_key("sk-fixture")
         .model("m")
-        .build_with(FixtureTransport::sse(fixture(name), chunk))
+        .build_with(transport.clone())
         .unwrap();
-    drain(
+    let out = drain(
         svc.oneshot(ChatRequest::new("").message(Message::user("hi")))
             .await
             .unwrap(),
     )
-    .await
+    .await;
+    sent_once(
+        &transport,
+        "https://api.openai.com/v1/chat/completions",
+        ("authorization", "Bearer sk-fixture"),
+        json!([{"role": "user", "content": "hi"}]),
+    );
+    out
 }
 
 async fn anthropic(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>) {
+    let transport = FixtureTransport::sse(fixture(name), chunk);
     let svc = Anthropic::builder()
         .api_key("sk-ant-fixture")
         .model("m")
-        .build_with(FixtureTransport::sse(fixture(name), chunk))
+        .build_with(transport.clone())
         .unwrap();
-    drain(
+    let out = drain(
         svc.oneshot(ChatRequest::new("").message(Message::user("hi")))
             .await
             .unwrap(),
     )
-    .await
+    .await;
+    sent_once(
+        &transport,
+        "https://api.anthropic.com/v1/messages",
+        ("x-api-key", "sk-ant-fixture"),
+        json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]),
+    );
+    out
+}
+
+/// The transport was handed exactly one request: a streaming POST of the
+/// conversation (`messages`, as the provider spells it) to `uri`, with the
+/// key in its header.
+fn sent_once(
+    transport: &FixtureTransport,
+    uri: &str,
+    key: (&str, &str),
+    messages: serde_json::Value,
+) {
+    let seen = transport.seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "one request per call");
+    let r = &seen[0];
+    assert_eq!(r.method(), http::Method::POST);
+    assert_eq!(r.uri(), uri);
+    assert_eq!(r.headers()[key.0], key.1);
+    assert_eq!(r.headers()["accept"], "text/event-stream");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body: serde_json::Value = serde_json::from_slice(r.body()).unwrap();
+    assert_eq!(body["model"], "m");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["messages"], messages);
 }
 
 /// The same events whatever the chunking.
