@@ -682,3 +682,53 @@ async fn secrets_stay_out_of_debug_output() {
         "{shown}"
     );
 }
+
+/// An error body is read up to 64 KiB: what lies beyond is never parsed,
+/// and a body that never ends does not hold the call.
+#[tokio::test(start_paused = true)]
+async fn an_error_body_is_read_up_to_64_kib() {
+    let server = MockServer::start().await;
+    // The error's type comes after 64 KiB of padding: unread, so the class
+    // is the status's (a 500 is `server`, where `overloaded_error` would
+    // have made it `overloaded`).
+    let padded = format!(
+        r#"{{"pad": "{}", "error": {{"type": "overloaded_error", "message": "busy"}}}}"#,
+        "x".repeat(64 * 1024)
+    );
+    let e = error_of(
+        &server,
+        Reply::body(500, "application/json", padded),
+        "openai",
+    )
+    .await;
+    assert!(matches!(e, Error::Server { .. }), "{e:?}");
+    let api = e.api_error().unwrap();
+    assert_eq!(api.error_type(), None);
+    assert!(
+        api.message().unwrap().len() <= 200,
+        "a snippet, not the body"
+    );
+
+    // Just under the cap, the same body is read whole.
+    let fits = r#"{"pad": "xxxx", "error": {"type": "overloaded_error", "message": "busy"}}"#;
+    let e = error_of(
+        &server,
+        Reply::body(500, "application/json", fits),
+        "openai",
+    )
+    .await;
+    assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+
+    // An error body that stops after 64 KiB and never ends: the error comes
+    // at once, not after a wait for the rest.
+    // (A body with a stall is cut in its middle, here after 80 KiB.)
+    let endless = "y".repeat(160 * 1024);
+    server.push(Reply::body(503, "application/json", endless).stall_after(0));
+    let started = tokio::time::Instant::now();
+    let e = tokio::time::timeout(Duration::from_secs(3600), openai(&server).oneshot(hello()))
+        .await
+        .expect("the error does not wait for the body's end")
+        .unwrap_err();
+    assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue};
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::transport::ReqwestTransport;
-use llm_tower::{Anthropic, ChatRequest, Error, Message, OpenAi, TimeoutPhase};
+use llm_tower::{Anthropic, ChatRequest, Error, Gemini, Message, OpenAi, TimeoutPhase};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_http::set_header::SetRequestHeaderLayer;
 use tower_http::trace::TraceLayer;
@@ -139,10 +139,16 @@ async fn a_redirect_to_another_host_is_not_followed_and_carries_no_key() {
         .model("m")
         .build()
         .unwrap();
+    let gemini = Gemini::builder()
+        .base_url(origin.gemini_url())
+        .api_key("AIza-secret-gemini")
+        .model("m")
+        .build()
+        .unwrap();
     // 302 is followed as a GET by clients that follow redirects, 307 with
     // the method and body kept.
     for status in [302, 307] {
-        for _ in 0..2 {
+        for _ in 0..3 {
             origin.push(
                 Reply::body(status, "text/plain", "moved").header("location", target.clone()),
             );
@@ -150,6 +156,7 @@ async fn a_redirect_to_another_host_is_not_followed_and_carries_no_key() {
         let results = [
             openai.clone().oneshot(hello()).await.map(drop),
             anthropic.clone().oneshot(hello()).await.map(drop),
+            gemini.clone().oneshot(hello()).await.map(drop),
         ];
         for result in results {
             let err = result.unwrap_err();
@@ -160,6 +167,6 @@ async fn a_redirect_to_another_host_is_not_followed_and_carries_no_key() {
             );
         }
     }
-    assert_eq!(origin.request_count(), 4);
+    assert_eq!(origin.request_count(), 6);
     assert_eq!(elsewhere.request_count(), 0, "no redirect was followed");
 }
