@@ -373,8 +373,14 @@ struct WireUsage {
 
 #[derive(Debug, Clone, Copy)]
 enum BlockKind {
+    /// A client tool call: the caller runs it.
     Tool(usize),
+    /// Text, thinking: blocks whose arguments deltas would be a protocol
+    /// error.
     Other,
+    /// A block this crate does not model (a server tool's call and result,
+    /// a newer type): its deltas are skipped, as an unknown event is.
+    Unmodeled,
 }
 
 /// Decodes one Messages response.
@@ -471,9 +477,10 @@ impl AnthropicDecoder {
                 push_text(out, block.text, |text| StreamEvent::TextDelta { text });
                 BlockKind::Other
             }
-            // Server tools and other block types carry no text this crate
-            // models yet.
-            _ => BlockKind::Other,
+            // Server tools (`server_tool_use`, whose input streams as
+            // `input_json_delta` like a client tool's, and their results)
+            // run at the provider: nothing for the caller to do.
+            _ => BlockKind::Unmodeled,
         };
         if new {
             self.blocks.push(kind);
@@ -503,6 +510,7 @@ impl AnthropicDecoder {
                         StreamEvent::ToolCallDelta { index, arguments }
                     });
                 }
+                Some(BlockKind::Unmodeled) => {}
                 _ => out.push_back(Err(Error::decode(
                     NAME,
                     crate::DecodeError::Protocol(format!(
