@@ -508,3 +508,35 @@ async fn a_fallback_future_polled_again_answers_instead_of_panicking() {
     let again = std::future::poll_fn(|cx| future.as_mut().poll(cx)).await;
     assert!(matches!(again, Err(Error::Config { .. })), "{again:?}");
 }
+
+/// Token counts at the top of the `u64` range add up without overflowing:
+/// Gemini's input is its prompt plus its tools' prompt, its output the
+/// candidates plus the thoughts.
+#[tokio::test]
+async fn gemini_token_counts_saturate() {
+    let server = MockServer::start().await;
+    let body = serde_json::json!({
+        "candidates": [{"content": {"parts": [{"text": "hi"}], "role": "model"},
+                        "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": u64::MAX, "toolUsePromptTokenCount": 5,
+                          "candidatesTokenCount": u64::MAX, "thoughtsTokenCount": 7},
+    });
+    server.push(Reply::body(200, "application/json", body.to_string()));
+    let svc = llm_tower::Gemini::builder()
+        .base_url(server.gemini_url())
+        .model("m")
+        .build()
+        .unwrap();
+    let c = svc
+        .oneshot(ChatRequest::new("").stream(false))
+        .await
+        .unwrap()
+        .completion()
+        .await
+        .unwrap();
+    let usage = c.usage.unwrap();
+    assert_eq!(
+        (usage.input_tokens, usage.output_tokens),
+        (u64::MAX, u64::MAX)
+    );
+}

@@ -404,9 +404,13 @@ struct WireUsage {
 impl From<WireUsage> for Usage {
     fn from(u: WireUsage) -> Usage {
         Usage {
-            input_tokens: u.prompt_token_count + u.tool_use_prompt_token_count.unwrap_or(0),
+            input_tokens: u
+                .prompt_token_count
+                .saturating_add(u.tool_use_prompt_token_count.unwrap_or(0)),
             // Our output count includes reasoning; Gemini's does not.
-            output_tokens: u.candidates_token_count + u.thoughts_token_count.unwrap_or(0),
+            output_tokens: u
+                .candidates_token_count
+                .saturating_add(u.thoughts_token_count.unwrap_or(0)),
             cache_read_input_tokens: u.cached_content_token_count,
             cache_creation_input_tokens: None,
             reasoning_tokens: u.thoughts_token_count,
