@@ -296,7 +296,9 @@ async fn both_modes_and_a_named_model_reach_their_paths() {
             .await
             .unwrap();
         assert_eq!(c.tool_calls[0].name, "tide");
-        assert_eq!(c.tool_calls[0].id, "c1");
+        // The API sends no call id (nor does the mock): the client makes
+        // one up, so that a result can name its call.
+        assert_eq!(c.tool_calls[0].id, "gemini-call-0");
         assert_eq!(c.tool_calls[0].arguments, json!({"port": "Brest"}));
         assert_eq!(c.stop_reason, Some(StopReason::ToolUse));
     }
@@ -460,4 +462,26 @@ async fn a_streamed_answer_arrives_delta_by_delta() {
         [("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
         "each delta as its chunk arrives"
     );
+}
+
+/// A call id the server does send (Vertex AI and newer models may) is kept.
+#[tokio::test]
+async fn a_call_id_the_server_sends_is_kept() {
+    let server = MockServer::start().await;
+    let body = json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"id": "c1", "name": "tide", "args": {"port": "Brest"}}}
+        ]}, "finishReason": "STOP"}],
+        "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4},
+    });
+    server.push(Reply::body(200, "application/json", body.to_string()));
+    let c = gemini(&server)
+        .oneshot(ChatRequest::new("").stream(false))
+        .await
+        .unwrap()
+        .completion()
+        .await
+        .unwrap();
+    assert_eq!(c.tool_calls[0].id, "c1");
+    assert_eq!(c.tool_calls[0].arguments, json!({"port": "Brest"}));
 }

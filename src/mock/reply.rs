@@ -101,7 +101,8 @@ impl Reply {
         )
     }
 
-    /// A successful answer that calls tool `name` (call id `id`), its JSON
+    /// A successful answer that calls tool `name` (call id `id`; Gemini's
+    /// API sends no call ids, nor does the mock to Gemini), its JSON
     /// arguments streamed in these fragments.
     pub fn tool_call<I, S>(id: impl Into<String>, name: impl Into<String>, arguments: I) -> Self
     where
@@ -629,12 +630,13 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
                 Content::Text(d) => vec![json!({"text": d.concat()})],
                 Content::Tool {
                     text,
-                    id,
+                    id: _,
                     name,
                     arguments,
                 } => {
+                    // Gemini's calls carry no id.
                     let call = json!({"functionCall": {
-                        "id": id, "name": name, "args": tool_args(arguments),
+                        "name": name, "args": tool_args(arguments),
                     }});
                     if text.is_empty() {
                         vec![call]
@@ -706,7 +708,8 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
             let body = json!({
                 "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
                 "content": blocks, "stop_reason": stop, "stop_sequence": null,
-                "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+                "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                          "cache_read_input_tokens": 0, "output_tokens": output_tokens},
             });
             ("application/json", Vec::new(), Some(body.to_string()))
         }
@@ -756,10 +759,10 @@ fn gemini_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64) -> Vec
         Content::Text(deltas) => (*deltas, None),
         Content::Tool {
             text,
-            id,
+            id: _,
             name,
             arguments,
-        } => (*text, Some((id, name, arguments))),
+        } => (*text, Some((name, arguments))),
     };
     for d in deltas {
         output += 1;
@@ -769,9 +772,9 @@ fn gemini_frames(asked: &Asked, content: &Content<'_>, input_tokens: u64) -> Vec
             true,
         ));
     }
-    if let Some((id, name, arguments)) = tool {
+    if let Some((name, arguments)) = tool {
         output += arguments.len() as u64 + 1;
-        let part = json!({"functionCall": {"id": id, "name": name, "args": tool_args(arguments)}});
+        let part = json!({"functionCall": {"name": name, "args": tool_args(arguments)}});
         let usage = gemini_usage(input_tokens, output);
         frames.push(chunk(gemini_response(asked, part, None, usage), true));
     }
@@ -893,14 +896,19 @@ fn anthropic_frames(
         text: format!("event: {name}\ndata: {data}\n\n"),
         counted: false,
     };
-    let mut frames = vec![event(
-        "message_start",
-        json!({"type": "message_start", "message": {
-            "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
-            "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
-        }}),
-    )];
+    let mut frames = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                          "cache_read_input_tokens": 0, "output_tokens": 1},
+            }}),
+        ),
+        // The API sends pings to keep the connection alive; one comes early.
+        event("ping", json!({"type": "ping"})),
+    ];
     let mut last_block = 0;
     let stop = match content {
         Content::Text(deltas) => {
@@ -969,8 +977,10 @@ fn anthropic_frames(
     ));
     frames.push(event(
         "message_delta",
+        // The usage is cumulative, input included, as the API now sends it.
         json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
-               "usage": {"output_tokens": output_tokens}}),
+               "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                         "cache_read_input_tokens": 0, "output_tokens": output_tokens}}),
     ));
     frames.push(event("message_stop", json!({"type": "message_stop"})));
     frames
