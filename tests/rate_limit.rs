@@ -367,3 +367,255 @@ async fn a_zero_budget_refuses_every_call_without_sending_it() {
     assert!(!err.is_retryable());
     assert_eq!(server.request_count(), 0);
 }
+
+// ---- End to end: token budgets, Gemini, pauses, wake-ups, stalls ----
+
+/// An OpenAI stream whose usage says `input` prompt tokens and `output`
+/// completion tokens.
+fn answer_with_usage(input: u64, output: u64) -> Reply {
+    Reply::sse([
+        "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"ok\"}}]}\n\n".to_owned(),
+        "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n".to_owned(),
+        format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{input},\"completion_tokens\":{output},\"total_tokens\":{}}}}}\n\n",
+            input + output
+        ),
+        "data: [DONE]\n\n".to_owned(),
+    ])
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_budgets_pace_calls_by_what_they_cost() {
+    // Each call: a 4,000-byte message (estimated at 1,004 input tokens) and
+    // 10 output tokens at most; the server reports 1,000 and 10. A budget of
+    // 2,500 takes two calls a minute.
+    let big = || {
+        ChatRequest::new("")
+            .message(Message::user("x".repeat(4000)))
+            .max_tokens(10)
+            .stream(true)
+    };
+    for (what, layer) in [
+        (
+            "input_tokens_per_minute",
+            RateLimitLayer::new().input_tokens_per_minute(2500),
+        ),
+        (
+            "tokens_per_minute",
+            RateLimitLayer::new().tokens_per_minute(2500),
+        ),
+    ] {
+        let server = MockServer::start().await;
+        server.set_default(answer_with_usage(1000, 10));
+        let svc = boxed(layer, openai_at(&server));
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(complete(&svc, big()).await.unwrap(), "ok", "{what}");
+        }
+        assert_eq!(
+            arrivals(&server, t0),
+            [0.0, 0.0, 60.0, 60.0, 120.0],
+            "{what}: two calls in any minute"
+        );
+    }
+}
+
+fn gemini_at(server: &MockServer) -> llm_tower::Gemini {
+    llm_tower::Gemini::builder()
+        .base_url(server.gemini_url())
+        .model("m")
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn gemini_sends_no_headers_the_budget_and_its_429s_pace_it() {
+    // The server allows 2 requests a minute and says nothing of it until
+    // it refuses; the budget keeps every call within it.
+    let server = MockServer::start().await;
+    server.limit_requests(2);
+    let svc = boxed(
+        RateLimitLayer::new().requests_per_minute(2),
+        gemini_at(&server),
+    );
+    let t0 = Instant::now();
+    let done = futures_util::future::join_all((0..6).map(|_| complete(&svc, hello()))).await;
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    assert_eq!(server.rate_limited_count(), 0);
+    let times = arrivals(&server, t0);
+    assert_eq!(busiest_minute(&times), 2, "{times:?}");
+
+    // Without a budget, its 429 pauses the callers after it.
+    let server = MockServer::start().await;
+    server.push(Reply::api_error(429, "rate_limit_error", "quota").header("retry-after", "9"));
+    let svc = boxed(RateLimitLayer::new(), gemini_at(&server));
+    let t0 = Instant::now();
+    let err = complete(&svc, hello()).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    let done = futures_util::future::join_all((0..3).map(|_| complete(&svc, hello()))).await;
+    assert!(done.iter().all(Result::is_ok));
+    let times = arrivals(&server, t0);
+    assert!(times[1..].iter().all(|&t| t == 9.0), "{times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_anthropic_429_carries_the_servers_rate_limit_state() {
+    let server = MockServer::start().await;
+    server.limit_requests(1);
+    let svc: Svc = BoxCloneService::new(anthropic_at(&server));
+    complete(&svc, hello()).await.unwrap();
+    let err = complete(&svc, hello()).await.unwrap_err();
+    assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
+    let info = err
+        .api_error()
+        .and_then(|e| e.rate_limit())
+        .copied()
+        .unwrap();
+    let requests = info.requests.unwrap();
+    assert_eq!((requests.limit, requests.remaining), (Some(1), Some(0)));
+    let reset = requests.reset.unwrap().as_secs_f64();
+    assert!((59.0..=60.0).contains(&reset), "{reset}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_reschedules_calls_already_waiting() {
+    // One request a minute. The first call's 429 arrives at 5 s, asking for
+    // 90 s; the second call was already asleep until 60 s. It goes at 95 s.
+    let server = MockServer::start().await;
+    server.push(
+        Reply::api_error(429, "rate_limit_error", "slow down")
+            .header("retry-after", "90")
+            .delay(Duration::from_secs(5)),
+    );
+    let svc = boxed(
+        RateLimitLayer::new().requests_per_minute(1),
+        openai_at(&server),
+    );
+    let t0 = Instant::now();
+    let first = tokio::spawn({
+        let svc = svc.clone();
+        async move { complete(&svc, hello()).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = tokio::spawn({
+        let svc = svc.clone();
+        async move { complete(&svc, hello()).await }
+    });
+    assert!(matches!(
+        first.await.unwrap(),
+        Err(Error::RateLimited { .. })
+    ));
+    assert!(second.await.unwrap().is_ok());
+    assert_eq!(arrivals(&server, t0), [0.0, 95.0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_models_429_does_not_pause_another() {
+    let server = MockServer::start().await;
+    server.push(Reply::api_error(429, "rate_limit_error", "slow down").header("retry-after", "30"));
+    let svc = boxed(RateLimitLayer::new(), openai_at(&server));
+    let t0 = Instant::now();
+    let mut a = hello();
+    a.model = "a".into();
+    assert!(complete(&svc, a.clone()).await.is_err());
+    let mut b = hello();
+    b.model = "b".into();
+    complete(&svc, b).await.unwrap();
+    complete(&svc, a).await.unwrap();
+    assert_eq!(arrivals(&server, t0), [0.0, 0.0, 30.0]);
+}
+
+/// Counts how often the service below is asked whether it is ready.
+#[derive(Clone)]
+struct CountsReady<S> {
+    inner: S,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tower::Service<ChatRequest>> tower::Service<ChatRequest> for CountsReady<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatRequest) -> S::Future {
+        self.inner.call(req)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_waiting_call_is_woken_once_and_holds_nothing_meanwhile() {
+    // Twenty calls against a budget of one a minute: each sleeps until its
+    // own slot, then readies the service below. A call woken by every
+    // opening (a herd) would ask the service below again and again.
+    let server = MockServer::start().await;
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let svc: Svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(RateLimitLayer::new().requests_per_minute(1))
+            .service(CountsReady {
+                inner: openai_at(&server),
+                polls: polls.clone(),
+            }),
+    );
+    let t0 = Instant::now();
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move { complete(&svc, hello()).await })
+        })
+        .collect();
+    // Half way: ten sent, ten asleep, and nothing open for the sleepers.
+    tokio::time::sleep(Duration::from_secs(9 * 60 + 30)).await;
+    assert_eq!(server.request_count(), 10);
+    assert_eq!(server.open_responses(), 0, "no answer is held open");
+    assert!(
+        server.live_connections() <= 1,
+        "the sleepers opened no connection: {}",
+        server.live_connections()
+    );
+    for c in calls {
+        assert!(c.await.unwrap().is_ok());
+    }
+    let times = arrivals(&server, t0);
+    let want: Vec<f64> = (0..20).map(|i| f64::from(i) * 60.0).collect();
+    assert_eq!(times, want);
+    // Every call readies the service below through the layer's poll_ready;
+    // a call that must wait lets that go (it holds nothing while asleep)
+    // and readies it once more when its slot comes: 20 + 19.
+    assert_eq!(
+        polls.load(std::sync::atomic::Ordering::SeqCst),
+        20 + 19,
+        "each sleeper readied the service below once when woken"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wait_for_a_slot_is_not_a_stall() {
+    // The README's order: the rate limit above the first-output timeout. A
+    // call that waits 60 s for its slot is not cut by a 5 s limit on the
+    // time to first output, nor retried.
+    let server = MockServer::start().await;
+    let svc: Svc = BoxCloneService::new(
+        ServiceBuilder::new()
+            .layer(TransportRetryLayer::new(RetryPolicy::default()))
+            .layer(RateLimitLayer::new().requests_per_minute(1))
+            .layer(
+                StreamTimeoutLayer::new()
+                    .first_event(Duration::from_secs(5))
+                    .idle(Duration::from_secs(5)),
+            )
+            .service(openai_at(&server)),
+    );
+    let t0 = Instant::now();
+    complete(&svc, hello()).await.unwrap();
+    complete(&svc, hello()).await.unwrap();
+    assert_eq!(arrivals(&server, t0), [0.0, 60.0]);
+}
