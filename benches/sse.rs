@@ -28,8 +28,8 @@ use llm_tower::{Anthropic, ChatRequest, OpenAi};
 use sse_stream::SseByteStream;
 
 use common::{
-    ANTHROPIC_TEXT, Canned, EVENTS, OPENAI_TEXT, anthropic_transcript, baseline_text, fixed_chunks,
-    openai_transcript, random_chunks,
+    ANTHROPIC_TEXT, Canned, EVENTS, OPENAI_TEXT, anthropic_transcript, baseline_text,
+    baseline_text_typed, fixed_chunks, openai_transcript, random_chunks,
 };
 use tower::ServiceExt;
 
@@ -141,20 +141,28 @@ fn decode(c: &mut Criterion) {
             "openai" => OPENAI_TEXT,
             _ => ANTHROPIC_TEXT,
         };
-        group.bench_with_input(
-            BenchmarkId::new(format!("eventsource-stream+serde_json/{name}"), split),
-            &chunks,
-            |b, chunks| {
-                b.iter(|| {
-                    let mut texts = Vec::new();
-                    drain(as_stream(chunks).eventsource(), |e| {
-                        texts.extend(baseline_text(&e.unwrap().data, text_at));
-                    });
-                    assert!(texts.len() >= EVENTS - 4, "{} texts", texts.len());
-                    black_box(texts)
-                })
-            },
-        );
+        for (baseline, extract) in [
+            (
+                "eventsource-stream+serde_json",
+                baseline_text as fn(&str, &str) -> Option<String>,
+            ),
+            ("eventsource-stream+typed-serde", baseline_text_typed),
+        ] {
+            group.bench_with_input(
+                BenchmarkId::new(format!("{baseline}/{name}"), split),
+                &chunks,
+                |b, chunks| {
+                    b.iter(|| {
+                        let mut texts = Vec::new();
+                        drain(as_stream(chunks).eventsource(), |e| {
+                            texts.extend(extract(&e.unwrap().data, text_at));
+                        });
+                        assert!(texts.len() >= EVENTS - 4, "{} texts", texts.len());
+                        black_box(texts)
+                    })
+                },
+            );
+        }
     }
     group.finish();
 }

@@ -2,8 +2,10 @@
 //! (a non-streaming answer) and per streamed event (a 10,000-event stream),
 //! both through an in-process transport so no socket noise hides it.
 //!
-//! No tracing subscriber is installed: the span's cost with one is the
-//! subscriber's.
+//! The full stack is the README's, layer for layer; it runs with no
+//! tracing subscriber (`full`) and with an application's `fmt` subscriber
+//! at INFO writing to nowhere (`full+subscriber`), whose filtering and
+//! formatting cost is then part of the figure.
 //!
 //! `cargo bench --bench stack`
 
@@ -17,15 +19,26 @@ use common::{Boxed, Canned, EVENTS, count_events, fixed_chunks, full_stack, open
 
 const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1763000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
 
-fn services(transport: Canned) -> [(&'static str, Boxed); 2] {
+/// Each service, and whether it runs under a subscriber.
+fn services(transport: Canned) -> [(&'static str, Boxed, bool); 3] {
     let provider = OpenAi::builder()
         .model("gpt-4o-mini")
         .build_with(transport)
         .expect("valid configuration");
     [
-        ("bare", Boxed::new(provider.clone())),
-        ("full", full_stack(provider, 64)),
+        ("bare", Boxed::new(provider.clone()), false),
+        ("full", full_stack(provider.clone(), 64), false),
+        ("full+subscriber", full_stack(provider, 64), true),
     ]
+}
+
+/// Runs `f` with the benchmark's subscriber as the default, when asked.
+fn traced<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    if on {
+        tracing::subscriber::with_default(common::subscriber(), f)
+    } else {
+        f()
+    }
 }
 
 fn request(stream: bool) -> ChatRequest {
@@ -43,12 +56,14 @@ fn stack(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("stack/unary");
     group.throughput(Throughput::Elements(1));
-    for (name, svc) in services(Canned::json(ANSWER)) {
+    for (name, svc, subscribed) in services(Canned::json(ANSWER)) {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let n = count_events(svc.clone().oneshot(request(false)).await).await;
-                    assert_eq!(n, 4, "start, text, usage, done");
+            traced(subscribed, || {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let n = count_events(svc.clone().oneshot(request(false)).await).await;
+                        assert_eq!(n, 4, "start, text, usage, done");
+                    })
                 })
             })
         });
@@ -58,12 +73,14 @@ fn stack(c: &mut Criterion) {
     let mut group = c.benchmark_group("stack/stream");
     group.throughput(Throughput::Elements(EVENTS as u64));
     let chunks = fixed_chunks(&openai_transcript(), 1024);
-    for (name, svc) in services(Canned::sse(chunks)) {
+    for (name, svc, subscribed) in services(Canned::sse(chunks)) {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter(|| {
-                rt.block_on(async {
-                    let n = count_events(svc.clone().oneshot(request(true)).await).await;
-                    assert!(n >= EVENTS, "{n} events");
+            traced(subscribed, || {
+                b.iter(|| {
+                    rt.block_on(async {
+                        let n = count_events(svc.clone().oneshot(request(true)).await).await;
+                        assert!(n >= EVENTS, "{n} events");
+                    })
                 })
             })
         });

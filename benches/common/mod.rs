@@ -155,9 +155,13 @@ impl tower::Service<http::Request<RequestBody>> for Canned {
 pub type Boxed =
     tower::util::BoxCloneService<llm_tower::ChatRequest, llm_tower::ChatStream, llm_tower::Error>;
 
-/// The README's recommended stack without its fallback (which only acts on
-/// failures): tracing, a total timeout, refresh, transport retry, first-event
-/// and idle timeouts, the stream-aware concurrency limit.
+/// The README's recommended stack, layer for layer: tracing, the
+/// `map_request` default, a total timeout, the fallback (to a clone of the
+/// provider), refresh, transport retry, the rate limit, first-event and idle
+/// timeouts, the stream-aware concurrency limit. The rate limit's budgets
+/// are set (so every call is booked, as in the README) but far above what a
+/// benchmark sends, so that no call waits: what is measured is the
+/// bookkeeping, not the pacing.
 pub fn full_stack<S>(provider: S, max_streams: usize) -> Boxed
 where
     S: tower::Service<
@@ -172,18 +176,30 @@ where
     use std::time::Duration;
 
     use llm_tower::{
-        Credential, GenAiTraceLayer, RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer,
-        StreamTimeoutLayer, TransportRetryLayer,
+        ChatRequest, Credential, Error, FallbackLayer, GenAiTraceLayer, RateLimitLayer,
+        RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer,
+        TransportRetryLayer,
     };
 
     async fn token() -> Result<Credential, std::io::Error> {
         Ok(Credential::bearer("sk-bench"))
     }
+    let backup = provider.clone();
     let stack = tower::ServiceBuilder::new()
         .layer(GenAiTraceLayer::new())
+        .map_request(|mut req: ChatRequest| {
+            req.max_tokens.get_or_insert(1024);
+            req
+        })
         .layer(StreamTimeoutLayer::new().total(Duration::from_secs(120)))
+        .layer(FallbackLayer::new(backup).when(|e| matches!(e, Error::Overloaded { .. })))
         .layer(RefreshLayer::new(token).initial(Credential::bearer("sk-bench")))
         .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .layer(
+            RateLimitLayer::new()
+                .requests_per_minute(1 << 40)
+                .tokens_per_minute(1 << 50),
+        )
         .layer(
             StreamTimeoutLayer::new()
                 .first_event(Duration::from_secs(30))
@@ -192,6 +208,16 @@ where
         .layer(StreamConcurrencyLimitLayer::new(max_streams))
         .service(provider);
     tower::util::BoxCloneService::new(stack)
+}
+
+/// A `tracing` subscriber as an application installs one: `fmt` at the
+/// default `INFO` level, writing to nowhere, so that its filtering and
+/// formatting cost is measured, not a terminal's.
+pub fn subscriber() -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish()
 }
 
 /// Reads a stream to its end; returns how many events it had.
@@ -211,6 +237,55 @@ pub async fn count_events(stream: Result<llm_tower::ChatStream, llm_tower::Error
 pub const OPENAI_TEXT: &str = "/choices/0/delta/content";
 /// See [`OPENAI_TEXT`].
 pub const ANTHROPIC_TEXT: &str = "/delta/text";
+
+/// What a careful user writes per event: typed structs that borrow the
+/// text from the event where they can, with only the fields needed to
+/// find it.
+pub fn baseline_text_typed(data: &str, pointer: &str) -> Option<String> {
+    use std::borrow::Cow;
+
+    #[derive(serde::Deserialize)]
+    struct OpenAiChunk<'a> {
+        #[serde(borrow, default)]
+        choices: Vec<OpenAiChoice<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct OpenAiChoice<'a> {
+        #[serde(borrow)]
+        delta: OpenAiDelta<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct OpenAiDelta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AnthropicEvent<'a> {
+        #[serde(borrow, default)]
+        delta: Option<AnthropicDelta<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AnthropicDelta<'a> {
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    }
+
+    if data == "[DONE]" {
+        return None;
+    }
+    if pointer == OPENAI_TEXT {
+        let chunk: OpenAiChunk<'_> = serde_json::from_str(data).expect("valid JSON");
+        chunk
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.delta.content)
+            .map(Cow::into_owned)
+    } else {
+        let event: AnthropicEvent<'_> = serde_json::from_str(data).expect("valid JSON");
+        event.delta.and_then(|d| d.text).map(Cow::into_owned)
+    }
+}
 
 /// What a `reqwest-eventsource` user writes per event: parse the data as a
 /// `serde_json::Value` and take the text out (`None` for `[DONE]` and for
