@@ -911,7 +911,8 @@ macro_rules! common_builder_methods {
 
         /// A header sent on every request (`OpenAI-Organization`,
         /// `anthropic-beta`, a gateway's key…). Its value is treated as a
-        /// secret in `Debug` output.
+        /// secret: left out of `Debug` output, and masked where an error
+        /// message from the server repeats it.
         pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
             self.common.headers.push((name.into(), value.into()));
             self
