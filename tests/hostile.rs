@@ -11,7 +11,7 @@ use llm_tower::{
     ChatRequest, CompletionBuilder, Credential, Deadline, DecodeError, Error, Message, RetryPolicy,
     StreamEvent, StreamTimeoutLayer, TimeoutPhase, TransportRetryLayer,
 };
-use support::{anthropic_at, drain, openai_at};
+use support::{anthropic_at, drain, gemini_at, openai_at};
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 fn hello() -> ChatRequest {
@@ -522,12 +522,7 @@ async fn gemini_token_counts_saturate() {
                           "candidatesTokenCount": u64::MAX, "thoughtsTokenCount": 7},
     });
     server.push(Reply::body(200, "application/json", body.to_string()));
-    let svc = llm_tower::Gemini::builder()
-        .base_url(server.gemini_url())
-        .model("m")
-        .build()
-        .unwrap();
-    let c = svc
+    let c = gemini_at(&server)
         .oneshot(ChatRequest::new("").stream(false))
         .await
         .unwrap()

@@ -12,7 +12,7 @@ use llm_tower::{
     ChatRequest, Deadline, Error, Message, RateLimitLayer, RetryPolicy,
     StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
 };
-use support::{Svc, anthropic_at, boxed, openai_at};
+use support::{Svc, anthropic_at, boxed, gemini_at, openai_at};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::util::BoxCloneService;
@@ -439,14 +439,6 @@ async fn token_budgets_pace_calls_by_what_they_cost() {
             "{what}: two calls in any minute"
         );
     }
-}
-
-fn gemini_at(server: &MockServer) -> llm_tower::Gemini {
-    llm_tower::Gemini::builder()
-        .base_url(server.gemini_url())
-        .model("m")
-        .build()
-        .unwrap()
 }
 
 #[tokio::test(start_paused = true)]

@@ -671,15 +671,12 @@ async fn the_mock_sends_what_the_apis_send() {
                     continue;
                 }
                 let mock = body_paths(&mock_body(reply, dialect, stream).await, stream);
-                let mut recorded = std::collections::BTreeSet::new();
+                let mut api = std::collections::BTreeSet::new();
                 for name in &recordings {
-                    recorded.extend(body_paths(&recorded_body(name), stream));
+                    api.extend(body_paths(&recorded(name), stream));
                 }
-                let invented: Vec<_> = mock
-                    .difference(&recorded)
-                    .filter(|p| !arguments(p))
-                    .collect();
-                let missing: Vec<_> = recorded
+                let invented: Vec<_> = mock.difference(&api).filter(|p| !arguments(p)).collect();
+                let missing: Vec<_> = api
                     .difference(&mock)
                     .filter(|p| !not_mocked(p) && !arguments(p))
                     .collect();
@@ -694,10 +691,6 @@ async fn the_mock_sends_what_the_apis_send() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-fn recorded_body(name: &str) -> Vec<u8> {
-    recorded(name)
 }
 
 /// The recordings of one dialect and mode that answer with text, or with

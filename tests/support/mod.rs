@@ -46,6 +46,15 @@ pub fn anthropic_at(server: &MockServer) -> Anthropic {
         .unwrap()
 }
 
+/// A Gemini service for the mock server, default model `m`.
+pub fn gemini_at(server: &MockServer) -> llm_tower::Gemini {
+    llm_tower::Gemini::builder()
+        .base_url(server.gemini_url())
+        .model("m")
+        .build()
+        .unwrap()
+}
+
 /// Reads a transcript written for these tests, from `tests/fixtures`.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
