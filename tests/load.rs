@@ -1,6 +1,10 @@
-//! Load with faults: 1,000 concurrent calls per provider through the recommended stack
+//! Load with faults: 1,000 concurrent calls per provider through the README's
+//! recommended stack, layer for layer (tracing, `map_request`, total timeout,
+//! fallback, refresh, retry, rate limit, stream timeouts, concurrency limit),
 //! against the mock server, with faults on 10% of requests before output and
-//! 1% after, and the key expiring twice on the way.
+//! 1% after, the key expiring twice on the way, one call in 25 meeting a
+//! primary that is down (overloaded on every attempt, so the fallback takes
+//! it) and a request budget that makes calls wait.
 //!
 //! The server decides each request's fate from the call it belongs to and
 //! its attempt number, and logs what it played. A model of the stack's
@@ -19,8 +23,9 @@ use std::time::Duration;
 
 use llm_tower::mock::{MockServer, RecordedRequest, Reply};
 use llm_tower::{
-    Anthropic, ChatRequest, Credential, Gemini, GenAiTraceLayer, Message, OpenAi, RefreshLayer,
-    RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
+    Anthropic, ChatRequest, Credential, Error, FallbackLayer, Gemini, GenAiTraceLayer, Message,
+    OpenAi, RateLimitLayer, RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer,
+    StreamTimeoutLayer, TransportRetryLayer,
 };
 use support::{Svc, drain, texts};
 use tower::util::BoxCloneService;
@@ -36,6 +41,22 @@ const EXPIRY_EVERY: usize = 400;
 const WORDS: usize = 10;
 /// `RetryPolicy::default()`'s.
 const MAX_RETRIES: u32 = 2;
+/// The stream-aware concurrency limit.
+const OPEN_STREAMS: usize = 16;
+/// One call in this many finds the primary down: a 529 on every attempt.
+const DOWN_EVERY: usize = 25;
+/// The rate limit's request budget: fewer than the calls and their retries
+/// need, so that some wait for the window to move.
+const REQUESTS_PER_MINUTE: u64 = 900;
+/// The token budget: each call counts as its `max_tokens` (1,024) until its
+/// usage comes in, and slots are given in order of arrival, so a budget the
+/// burst overruns would book the last calls minutes ahead, past their
+/// deadline. This one lets the request budget bind first.
+const TOKENS_PER_MINUTE: u64 = 2_000_000;
+/// The fallback's own key; it never expires.
+const BACKUP_KEY: &str = "backup-key";
+/// The fallback's model.
+const BACKUP_MODEL: &str = "backup";
 
 fn words() -> Vec<String> {
     (0..WORDS).map(|i| format!("t{i} ")).collect()
@@ -62,8 +83,28 @@ enum Outcome {
 }
 
 /// The stack's policies, applied to what the server played for one call:
-/// the outcome, and how many requests it takes to get there.
-fn model(played: &[Played]) -> (Outcome, usize) {
+/// the outcome, and how many requests the primary and the fallback take to
+/// get there.
+fn model(played: &[Played], backup: &[Played]) -> (Outcome, usize, usize) {
+    let (primary, needed) = model_primary(played);
+    // The README's fallback takes over only when the primary's own retries
+    // and refresh end in `Overloaded` before any output; it is called once,
+    // with no retry of its own.
+    if primary != Outcome::Failed("overloaded") {
+        return (primary, needed, 0);
+    }
+    let outcome = match backup.first() {
+        None => Outcome::Failed("(no fallback request)"),
+        Some(Played::Healthy) => Outcome::Text(words().concat()),
+        Some(Played::Before(class)) => Outcome::Failed(class),
+        Some(Played::After(n, class)) => Outcome::Interrupted(words()[..*n].concat(), class),
+        Some(Played::Expired) => Outcome::Failed("unauthorized"),
+    };
+    (outcome, needed, 1)
+}
+
+/// The primary's part: refresh, then retries.
+fn model_primary(played: &[Played]) -> (Outcome, usize) {
     let words = words();
     let mut refreshed = false;
     let mut retries = 0;
@@ -96,7 +137,13 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The fate of attempt `attempt` of call `call`.
+/// The primary is down for this call.
+fn down(call: usize) -> bool {
+    call % DOWN_EVERY == 7
+}
+
+/// The fate of attempt `attempt` of call `call` (the fallback's one request
+/// is attempt `FALLBACK`).
 fn fate(call: usize, attempt: usize) -> (Reply, Played) {
     let h = mix(((call as u64) << 16) | attempt as u64);
     let roll = h % 1000;
@@ -145,6 +192,9 @@ fn fate(call: usize, attempt: usize) -> (Reply, Played) {
     }
 }
 
+/// The attempt number the fallback's request draws its fate with.
+const FALLBACK: usize = 1 << 12;
+
 /// The server's side: the valid key, and what it played to each call.
 #[derive(Default)]
 struct Script {
@@ -154,6 +204,8 @@ struct Script {
     /// When the current key was first presented, in requests.
     in_use_since: Option<usize>,
     played: HashMap<usize, Vec<Played>>,
+    /// What the fallback was played, by call.
+    backup: HashMap<usize, Vec<Played>>,
 }
 
 fn key(generation: usize) -> String {
@@ -175,7 +227,20 @@ fn respond(script: &Mutex<Script>, req: &RecordedRequest) -> Reply {
         .or_else(|| req.header("x-goog-api-key"))
         .unwrap_or("")
         .to_owned();
+    let to_backup = req.path.contains(BACKUP_MODEL) || req.json()["model"] == BACKUP_MODEL;
     let mut s = script.lock().unwrap();
+    if to_backup {
+        let (reply, played) = if presented == BACKUP_KEY {
+            fate(call, FALLBACK)
+        } else {
+            (
+                Reply::api_error(401, "authentication_error", "not the fallback's key"),
+                Played::Expired,
+            )
+        };
+        s.backup.entry(call).or_default().push(played);
+        return reply;
+    }
     s.requests += 1;
     let current = key(s.generation);
     if presented == current && s.in_use_since.is_none() {
@@ -194,6 +259,11 @@ fn respond(script: &Mutex<Script>, req: &RecordedRequest) -> Reply {
             Reply::api_error(401, "authentication_error", "expired key"),
             Played::Expired,
         )
+    } else if down(call) {
+        (
+            Reply::api_error(529, "overloaded_error", "down"),
+            Played::Before("overloaded"),
+        )
     } else {
         fate(call, attempt)
     };
@@ -208,35 +278,35 @@ enum Provider {
     Gemini,
 }
 
+/// A provider of `kind` on `server`, for `model`, with `key` if any (the
+/// primary's comes from the refresh layer).
+fn provider(kind: Provider, server: &MockServer, model: &str, key: Option<&str>) -> Svc {
+    macro_rules! build {
+        ($ty:ident, $url:expr) => {{
+            let mut builder = $ty::builder().base_url($url).model(model);
+            if let Some(key) = key {
+                builder = builder.api_key(key);
+            }
+            BoxCloneService::new(builder.build().unwrap())
+        }};
+    }
+    match kind {
+        Provider::OpenAi => build!(OpenAi, server.openai_url()),
+        Provider::Anthropic => build!(Anthropic, server.anthropic_url()),
+        Provider::Gemini => build!(Gemini, server.gemini_url()),
+    }
+}
+
+/// The README's recommended stack, layer for layer and in its order. The
+/// stream timeouts are shorter (a stall costs virtual time only, but three
+/// of them must fit in the total with the rate limit's waits).
 fn stack(
-    provider: Provider,
+    kind: Provider,
     server: &MockServer,
+    backup_server: &MockServer,
     script: Arc<Mutex<Script>>,
     refreshes: Arc<AtomicUsize>,
 ) -> Svc {
-    let inner: Svc = match provider {
-        Provider::OpenAi => BoxCloneService::new(
-            OpenAi::builder()
-                .base_url(server.openai_url())
-                .model("m")
-                .build()
-                .unwrap(),
-        ),
-        Provider::Anthropic => BoxCloneService::new(
-            Anthropic::builder()
-                .base_url(server.anthropic_url())
-                .model("m")
-                .build()
-                .unwrap(),
-        ),
-        Provider::Gemini => BoxCloneService::new(
-            Gemini::builder()
-                .base_url(server.gemini_url())
-                .model("m")
-                .build()
-                .unwrap(),
-        ),
-    };
     // Sent as each provider takes its key.
     let credential = Credential::api_key;
     let refresh = RefreshLayer::new(move || {
@@ -246,19 +316,30 @@ fn stack(
         async move { Ok::<_, std::io::Error>(credential(secret)) }
     })
     .initial(credential(key(0)));
+    let backup = provider(kind, backup_server, BACKUP_MODEL, Some(BACKUP_KEY));
     BoxCloneService::new(
         ServiceBuilder::new()
             .layer(GenAiTraceLayer::new())
-            .layer(StreamTimeoutLayer::new().total(Duration::from_secs(30)))
+            .map_request(|mut req: ChatRequest| {
+                req.max_tokens.get_or_insert(1024);
+                req
+            })
+            .layer(StreamTimeoutLayer::new().total(Duration::from_secs(120)))
+            .layer(FallbackLayer::new(backup).when(|e| matches!(e, Error::Overloaded { .. })))
             .layer(refresh)
             .layer(TransportRetryLayer::new(RetryPolicy::default()))
+            .layer(
+                RateLimitLayer::new()
+                    .requests_per_minute(REQUESTS_PER_MINUTE)
+                    .tokens_per_minute(TOKENS_PER_MINUTE),
+            )
             .layer(
                 StreamTimeoutLayer::new()
                     .first_event(Duration::from_secs(3))
                     .idle(Duration::from_secs(3)),
             )
-            .layer(StreamConcurrencyLimitLayer::new(100))
-            .service(inner),
+            .layer(StreamConcurrencyLimitLayer::new(OPEN_STREAMS))
+            .service(provider(kind, server, "m", None)),
     )
 }
 
@@ -267,8 +348,19 @@ async fn load(provider: Provider) {
     let script = Arc::new(Mutex::new(Script::default()));
     let responder = script.clone();
     server.respond_with(move |req| respond(&responder, req));
+    // The fallback's own server, so the primary's peak of open responses is
+    // the concurrency limit's alone.
+    let backup_server = MockServer::start().await;
+    let responder = script.clone();
+    backup_server.respond_with(move |req| respond(&responder, req));
     let refreshes = Arc::new(AtomicUsize::new(0));
-    let svc = stack(provider, &server, script.clone(), refreshes.clone());
+    let svc = stack(
+        provider,
+        &server,
+        &backup_server,
+        script.clone(),
+        refreshes.clone(),
+    );
 
     let calls: Vec<_> = (0..CALLS)
         .map(|call| {
@@ -290,15 +382,18 @@ async fn load(provider: Provider) {
     let script = script.lock().unwrap();
     let mut tally: HashMap<String, usize> = HashMap::new();
     let mut requests = 0;
+    let mut fallbacks = 0;
     for (call, (events, error)) in results.into_iter().enumerate() {
         let played = &script.played[&call];
-        let (want, needed) = model(played);
+        let backup = script.backup.get(&call).map_or(&[][..], Vec::as_slice);
+        let (want, needed, backup_needed) = model(played, backup);
         assert_eq!(
-            played.len(),
-            needed,
-            "{provider:?} call {call}: the server saw {played:?}"
+            (played.len(), backup.len()),
+            (needed, backup_needed),
+            "{provider:?} call {call}: the server saw {played:?}, then {backup:?}; got {error:?}"
         );
-        requests += played.len();
+        requests += played.len() + backup.len();
+        fallbacks += backup.len();
         let deltas = texts(&events);
         let got = match &error {
             None => Outcome::Text(deltas.concat()),
@@ -318,7 +413,33 @@ async fn load(provider: Provider) {
         };
         *tally.entry(label).or_default() += 1;
     }
-    assert_eq!(requests, server.request_count());
+    assert_eq!(
+        requests,
+        server.request_count() + backup_server.request_count()
+    );
+    assert_eq!(fallbacks, backup_server.request_count());
+    assert!(
+        fallbacks >= CALLS / DOWN_EVERY,
+        "every call whose primary was down went to the fallback ({fallbacks})"
+    );
+    // The request budget, from the server's side: never more than it in any
+    // 60 seconds, and binding (more requests than it, so some waited).
+    let mut sent: Vec<_> = server.requests().iter().map(|r| r.received_at).collect();
+    sent.sort();
+    let budget = REQUESTS_PER_MINUTE as usize;
+    assert!(
+        sent.len() > budget,
+        "the budget binds: {} requests",
+        sent.len()
+    );
+    for (i, t) in sent.iter().enumerate().skip(budget) {
+        assert!(
+            *t - sent[i - budget] >= Duration::from_secs(60),
+            "{provider:?}: request {i} came {:?} after request {}, over the budget of {budget} a minute",
+            *t - sent[i - budget],
+            i - budget,
+        );
+    }
     let expiries = script.generation;
     assert_eq!(expiries, 2, "the key expired twice during the load");
     assert_eq!(
@@ -327,16 +448,18 @@ async fn load(provider: Provider) {
         "exactly one refresh per expiry"
     );
     assert!(
-        server.peak_open_responses() <= 100,
-        "{} responses open at once, over the concurrency limit of 100",
+        server.peak_open_responses() <= OPEN_STREAMS,
+        "{} responses open at once, over the concurrency limit of {OPEN_STREAMS}",
         server.peak_open_responses()
     );
     let mut tally: Vec<_> = tally.into_iter().collect();
     tally.sort();
     println!(
-        "{provider:?}: {CALLS} calls, {requests} requests, {expiries} key expiries, \
-         peak {} open responses; {tally:?}",
-        server.peak_open_responses()
+        "{provider:?}: {CALLS} calls, {requests} requests ({fallbacks} to the fallback), \
+         {expiries} key expiries, peak {} open responses, last request {:?} after the first; \
+         {tally:?}",
+        server.peak_open_responses(),
+        sent[sent.len() - 1] - sent[0],
     );
 }
 
@@ -348,7 +471,7 @@ async fn a_thousand_calls_with_faults_lose_nothing_and_repeat_nothing() {
         load(Provider::Anthropic).await;
         load(Provider::Gemini).await;
     };
-    // Virtual time: every call is bounded by its 30 s total limit.
+    // Virtual time: every call is bounded by its 120 s total limit.
     tokio::time::timeout(Duration::from_secs(600), run)
         .await
         .expect("the load finishes within its bounds");
