@@ -4,11 +4,13 @@ mod support;
 
 use std::time::Duration;
 
+use futures_core::Stream;
+use futures_util::StreamExt;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
     ChatRequest, ChatStream, Credential, Error, FallbackLayer, GenAiTraceLayer, Message,
-    RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer, TimeoutPhase,
-    TransportRetryLayer,
+    RateLimitLayer, RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer,
+    TimeoutPhase, TransportRetryLayer,
 };
 use support::{Captured, anthropic_at, openai_at};
 use tokio::time::Instant;
@@ -37,6 +39,11 @@ fn production(server: &MockServer) -> BoxCloneService<ChatRequest, ChatStream, E
                 .initial(Credential::bearer("k1")),
         )
         .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .layer(
+            RateLimitLayer::new()
+                .requests_per_minute(500)
+                .tokens_per_minute(200_000),
+        )
         .layer(
             StreamTimeoutLayer::new()
                 .first_event(Duration::from_secs(30))
@@ -190,6 +197,33 @@ async fn errors_keep_their_class_through_towers_boxed_layers() {
     let err = svc.oneshot(hello()).await.unwrap_err();
     assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
     assert_eq!(err.retry_after(), Some(Duration::from_secs(90)));
+}
+
+/// Every layer passes the size hint on honestly: whatever it says at any
+/// point, the events still to come fall within it.
+#[tokio::test(start_paused = true)]
+async fn the_stacks_size_hint_never_promises_too_few_events() {
+    let server = MockServer::start().await;
+    server.push(Reply::text(["a", "b", "c", "d"]));
+    let mut stream = production(&server).oneshot(hello()).await.unwrap();
+    let mut hints = vec![stream.size_hint()];
+    while let Some(event) = stream.next().await {
+        event.unwrap();
+        hints.push(stream.size_hint());
+    }
+    let total = hints.len() - 1;
+    assert!(total >= 5, "{total} events");
+    for (seen, (lower, upper)) in hints.into_iter().enumerate() {
+        let left = total - seen;
+        assert!(
+            lower <= left,
+            "after {seen}: at least {lower}, but {left} came"
+        );
+        assert!(
+            upper.is_none_or(|u| u >= left),
+            "after {seen}: at most {upper:?}, but {left} came"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

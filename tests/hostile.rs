@@ -481,6 +481,8 @@ async fn the_rate_limit_queue_is_bounded() {
     };
     assert!(error.is_local(), "{err}");
     assert_eq!(error.error_type(), Some("rate_limit_queue_full"));
+    let message = error.message().unwrap_or_default();
+    assert!(message.starts_with("2 calls already wait"), "{message}");
     assert!(
         retry_after.is_some_and(|w| w >= Duration::from_secs(60)),
         "{retry_after:?}"

@@ -220,8 +220,16 @@ async fn a_call_that_cannot_start_before_its_deadline_fails_at_once() {
     assert!(error.is_local());
     assert_eq!(error.provider(), "openai");
     assert_eq!(error.status(), None);
+    assert_eq!(error.error_type(), Some("rate_limit_deadline"));
     let wait = retry_after.unwrap();
     assert!((59.0..=60.0).contains(&wait.as_secs_f64()), "{wait:?}");
+    assert_eq!(error.retry_after(), Some(wait));
+    // Says why, and how far the slot was, in the caller's log.
+    let message = error.message().unwrap_or_default();
+    assert!(
+        message.contains("before the call's deadline") && message.contains(&format!("{wait:.1?}")),
+        "{message}"
+    );
     assert!(
         err.to_string().contains("client's rate limit for openai"),
         "{err}"

@@ -196,6 +196,40 @@ async fn a_failing_refresh_returns_the_original_401_and_logs() {
     );
 }
 
+/// With no credential yet, a failed fetch fails the calls waiting on it
+/// with the source's reason: the one that fetched and the one that waited.
+#[tokio::test(start_paused = true)]
+async fn a_failed_first_fetch_fails_every_waiting_call_with_its_reason() {
+    let server = MockServer::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let svc = openai(
+        &server,
+        RefreshLayer::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Err::<Credential, _>(std::io::Error::other("identity provider unreachable"))
+            }
+        }),
+    );
+    let (first, second) = tokio::join!(svc.clone().oneshot(hello()), svc.clone().oneshot(hello()));
+    for result in [first, second] {
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::Refresh { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "credential refresh failed: identity provider unreachable"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one fetch for both");
+    assert_eq!(
+        server.request_count(),
+        0,
+        "nothing sent without a credential"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_second_refusal_is_returned_unchanged() {
     let server = MockServer::start().await;
@@ -486,6 +520,13 @@ async fn credentials_stay_out_of_debug_and_logs() {
         "{layer:?} {svc:?} {stream:?} {req:?} {:?} {:?}",
         Credential::bearer("token-A-secret"),
         stream.meta()
+    );
+    // Debug still says what is safe to say: the policy's margin and the
+    // credential's generation.
+    let debug = format!("{layer:?}");
+    assert!(
+        debug.contains("margin") && debug.contains("generation"),
+        "{debug}"
     );
     let logs = captured.events().join("\n");
     for secret in [

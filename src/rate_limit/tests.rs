@@ -311,6 +311,55 @@ fn idle_books_are_recognised() {
 }
 
 #[test]
+fn a_json_estimate_never_counts_less_than_the_json() {
+    use serde_json::json;
+    for value in [
+        json!(["a", "b", "c"]),
+        json!({"k": ["x", "y"], "n": null, "t": true}),
+        json!([[], [[]], {}]),
+        json!({"city": "Paris", "days": [1, 2, 3]}),
+        json!({"a": {"b": {"c": ["deep", "er"]}}}),
+    ] {
+        let real = serde_json::to_string(&value).unwrap().len() as u64;
+        let estimate = super::json_len(&value, 0);
+        assert!(
+            (real..=2 * real + 16).contains(&estimate),
+            "{value}: {estimate} for {real} bytes"
+        );
+    }
+}
+
+#[test]
+fn past_the_model_cap_only_idle_books_are_dropped() {
+    use tower::Layer;
+    let limit = super::RateLimitLayer::new()
+        .requests_per_minute(10)
+        .layer(());
+    let shared = &limit.shared;
+    // The first model's books live apart and are never dropped.
+    let _first = shared.books("first");
+    // Paused by a 429: not idle, though nothing holds its books now.
+    crate::lock(&shared.books("paused")).rate_limited(Some(secs(30.0)), Instant::now());
+    // Held by a call in flight: kept, idle or not.
+    let held = shared.books("held");
+    for i in 0..super::MAX_IDLE_MODELS {
+        drop(shared.books(&format!("idle-{i}")));
+    }
+    let models = crate::lock(&shared.models);
+    assert!(
+        models.contains_key("paused"),
+        "a paused model's pause was forgotten"
+    );
+    assert!(models.contains_key("held"));
+    assert!(
+        models.len() < super::MAX_IDLE_MODELS,
+        "idle books were kept: {} models",
+        models.len()
+    );
+    drop(held);
+}
+
+#[test]
 fn estimate_counts_text_images_tools_and_max_tokens() {
     let text = "x".repeat(400);
     let req = ChatRequest::new("m")
@@ -342,6 +391,19 @@ fn estimate_counts_text_images_tools_and_max_tokens() {
         7 + 15 + r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.len();
     let expected = 4 + (2 + schema_bytes as u64).div_ceil(4);
     assert!(input.abs_diff(expected) <= 4, "{input} vs about {expected}");
+
+    // A tool call the assistant made counts its id, name and arguments.
+    let arguments = serde_json::json!({"city": "Paris", "days": 3});
+    let call = ChatRequest::new("m").message(Message::new(
+        Role::Assistant,
+        vec![ContentPart::ToolUse {
+            id: "call_1".into(),
+            name: "weather".into(),
+            arguments: arguments.clone(),
+        }],
+    ));
+    let bytes = 6 + 7 + super::json_len(&arguments, 0);
+    assert_eq!(estimate(&call), (4 + bytes.div_ceil(4), 0));
 
     // A schema deeper than any real one is estimated, not recursed into.
     let mut deep = serde_json::json!(1);
