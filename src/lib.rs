@@ -36,36 +36,49 @@
 //! # }
 //! ```
 //!
-//! The pieces:
-//! - [`chat`]: the request, the event stream and the folded [`Completion`].
-//! - [`provider`]: [`OpenAi`] (and every OpenAI-compatible server, with
-//!   [`Preset`]s), [`Anthropic`] and [`Gemini`], generic over their HTTP
-//!   transport.
-//! - [`transport`]: the default reqwest transport.
-//! - [`guard`]: the stream guard — retry while, and only while, the caller
-//!   has seen no output — and [`retry`], the [`TransportRetryLayer`] built on
-//!   it; [`refresh`], the [`RefreshLayer`] that renews credentials on 401.
-//! - [`timeout`]: first-event, idle and total deadlines over the stream;
-//!   [`limit`]: a concurrency limit held for the life of the stream;
-//!   [`rate_limit`]: pacing by the provider's rate-limit headers and a
-//!   budget of requests and tokens;
-//!   [`fallback`]: a second service for failures before output; [`trace`]:
-//!   one span per call with OpenTelemetry GenAI attributes.
+//! # Map of the crate
 //!
-//! The README's "Stacking layers" section gives the recommended order.
-//! - [`sse`]: the incremental server-sent-events decoder.
-//! - [`Error`]: one error type whose variants are classes a policy can act on.
-//! - `mock` (feature `mock`): a scriptable server on loopback speaking both
-//!   wire formats, for tests and demos.
+//! Three floors, and the arrows go down only: a module imports from its own
+//! floor or below, never above (`tests/layering.rs` checks it).
+//!
+//! - **Layers**, the middleware: [`guard`], the stream guard that retries
+//!   while, and only while, the caller has seen no output, with [`retry`]
+//!   ([`TransportRetryLayer`]) and [`refresh`] ([`RefreshLayer`], credentials
+//!   renewed on 401) built on it; [`timeout`] (first-event, idle and total
+//!   deadlines over the stream); [`limit`] (a concurrency limit held for the
+//!   life of the stream); [`rate_limit`] (pacing by the provider's headers and
+//!   a budget of requests and tokens); [`fallback`] (a second service for
+//!   failures before output); [`trace`] (one span per call with
+//!   OpenTelemetry GenAI attributes). The README's "Stacking layers" gives
+//!   their order.
+//! - **Providers** and their transport: [`provider`] ([`OpenAi`] and every
+//!   OpenAI-compatible server through [`Preset`]s, [`Anthropic`], [`Gemini`]),
+//!   generic over the HTTP service under them; [`transport`], the default
+//!   reqwest one. `mock` (feature `mock`) is a scriptable server on loopback
+//!   speaking the providers' wire formats, for tests and demos.
+//! - **The ground** every floor stands on: [`chat`] (the request, the event
+//!   stream, the folded [`Completion`]) and [`Error`] (one error type whose
+//!   variants are classes a policy can act on); what travels with a call in
+//!   its request — its [`Deadline`], its [`Attempts`], the credential a
+//!   layer supplies — and [`Credential`] itself; what the response headers
+//!   say ([`RateLimitInfo`], [`parse_retry_after`]); [`sse`], the incremental
+//!   server-sent-events decoder.
+//!
+//! So a layer reads what a provider wrote into the request or the stream
+//! through the ground floor's types, not through the provider, and a
+//! provider never names a layer.
 
 #![deny(missing_docs, unreachable_pub)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 
+mod auth;
+mod call;
 pub mod chat;
 mod error;
 pub mod fallback;
 pub mod guard;
+mod headers;
 pub mod limit;
 #[cfg(feature = "mock")]
 pub mod mock;
@@ -112,21 +125,21 @@ pub(crate) fn later_or_far(
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use auth::Credential;
+pub use call::{Attempts, Deadline};
 pub use chat::{
     ChatRequest, ChatStream, Completion, CompletionBuilder, ContentPart, Image, Message,
     ResponseMeta, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, Usage,
 };
-pub use error::{
-    ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, parse_retry_after,
-};
+pub use error::{ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase};
 pub use fallback::{Fallback, FallbackLayer};
-pub use guard::{Attempts, Deadline};
+pub use headers::{RateLimitInfo, parse_retry_after};
 pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
 pub use provider::{
     Anthropic, AnthropicBuilder, Gemini, GeminiBuilder, OpenAi, OpenAiBuilder, Preset,
 };
-pub use rate_limit::{RateLimit, RateLimitInfo, RateLimitLayer};
-pub use refresh::{Credential, Refresh, RefreshLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use refresh::{Refresh, RefreshLayer};
 pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};
 pub use timeout::{StreamTimeout, StreamTimeoutLayer};
 pub use trace::{GenAiTrace, GenAiTraceLayer};

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ContentPart, Message, Role, StopReason, StreamEvent, Usage};
-use crate::{Error, RateLimitInfo};
+use crate::Error;
+use crate::headers::RateLimitInfo;
 
 type BoxEventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Send>>;
 

@@ -8,8 +8,9 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
-    default_transport, provider_service, secret_header, truncated,
+    default_transport, provider_service, truncated,
 };
+use crate::auth::secret_header;
 use crate::chat::{
     ChatRequest, ContentPart, DenseIndex, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
 };

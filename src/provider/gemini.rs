@@ -10,8 +10,9 @@ use serde_json::{Map, Value, json};
 
 use super::{
     Client, Common, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
-    default_transport, provider_service, secret_header, truncated,
+    default_transport, provider_service, truncated,
 };
+use crate::auth::secret_header;
 use crate::chat::{
     ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
 };

@@ -47,13 +47,11 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use serde_json::{Map, Value};
 
+use crate::auth::{AuthHeader, Credential, SuppliedCredential, secret_header};
 use crate::chat::{ChatRequest, ChatStream, ResponseMeta, StreamEvent};
-use crate::error::{
-    BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, request_id_header, snippet,
-};
-use crate::rate_limit::RateLimitInfo;
+use crate::error::{BoxError, DecodeError, Error, TimeoutPhase, TransportPhase, snippet};
+use crate::headers::{RateLimitInfo, request_id_header};
 use crate::redact::Secrets;
-use crate::refresh::AuthHeader;
 use crate::sse::{Event, SseDecoder, SseError};
 use crate::transport::{RequestBody, ReqwestTransport};
 
@@ -276,9 +274,9 @@ impl<W: Wire, S> Client<W, S> {
         }
         // A managed credential (read now, at send time) or one stamped on this
         // request replaces the configured key.
-        let credential = match req.extensions.get::<crate::refresh::CredentialHandle>() {
-            Some(handle) => handle.header(),
-            None => match req.extensions.get::<crate::refresh::Credential>() {
+        let credential = match req.extensions.get::<SuppliedCredential>() {
+            Some(supplied) => supplied.header(),
+            None => match req.extensions.get::<Credential>() {
                 Some(c) => Some(c.header_pair()?),
                 None => None,
             },
@@ -326,9 +324,9 @@ where
         };
         let attempt = req
             .extensions
-            .get::<crate::guard::Attempts>()
-            .map_or(1, crate::guard::Attempts::bump);
-        if let Some(called) = req.extensions.get::<crate::guard::Called>() {
+            .get::<crate::call::Attempts>()
+            .map_or(1, crate::call::Attempts::bump);
+        if let Some(called) = req.extensions.get::<crate::call::Called>() {
             called.set(W::NAME);
         }
         let secrets = Secrets::of(http_req.headers());
@@ -813,18 +811,6 @@ pub(crate) fn endpoint(provider: &str, base: &str, path: &str) -> Result<Uri, Er
         )));
     }
     Ok(uri)
-}
-
-/// A header value holding a secret: marked sensitive so that `Debug` (ours,
-/// http's, hyper's) prints no value.
-pub(crate) fn secret_header(provider: &str, value: &str) -> Result<HeaderValue, Error> {
-    let mut v = HeaderValue::from_str(value).map_err(|_| {
-        Error::config(format!(
-            "{provider}: the credential contains characters not allowed in a header"
-        ))
-    })?;
-    v.set_sensitive(true);
-    Ok(v)
 }
 
 /// Settings every provider builder has.

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::info::{Quota, RateLimitInfo};
+use crate::headers::{Quota, RateLimitInfo};
 
 /// The budget's window.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);

@@ -73,10 +73,9 @@ use crate::lock;
 use crate::{ApiError, ChatRequest, ChatStream, ContentPart, Deadline, Error, StreamEvent};
 
 mod books;
-mod info;
 
+pub use crate::headers::{Quota, RateLimitInfo};
 use books::{Booking, Books, LIMITS, Refusal};
-pub use info::{Quota, RateLimitInfo};
 
 /// Applies [`RateLimit`]. See the [module docs](self).
 ///

@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::books::{Booking, Books, LIMITS, Refusal, amounts};
 use super::estimate;
-use super::info::{Quota, RateLimitInfo};
+use crate::headers::{Quota, RateLimitInfo};
 use crate::{ChatRequest, ContentPart, Image, Message, Role, Tool};
 
 const NONE: [Option<u64>; LIMITS] = [None; LIMITS];

@@ -65,8 +65,9 @@ use crate::{BoxError, ChatRequest, ChatStream, Error};
 
 mod credential;
 
-pub(crate) use credential::AuthHeader;
-pub use credential::{AuthScheme, Credential, CredentialFuture, CredentialSource};
+use crate::auth::{AuthHeader, CredentialSupply, SuppliedCredential};
+pub use crate::auth::{AuthScheme, Credential};
+pub use credential::{CredentialFuture, CredentialSource};
 
 type Classifier = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
 
@@ -347,10 +348,10 @@ impl GuardPolicy for RefreshPolicy {
     }
 
     fn prepare(&self, state: &mut CallState, request: &mut ChatRequest) {
-        request.extensions.insert(CredentialHandle {
-            store: self.store.clone(),
-            used: state.used.clone(),
-        });
+        request.extensions.insert(SuppliedCredential::new(
+            self.store.clone(),
+            state.used.clone(),
+        ));
     }
 
     fn on_failure(&self, state: &mut CallState, error: &Error) -> Option<Self::Wait> {
@@ -475,21 +476,13 @@ impl std::error::Error for SharedError {
     }
 }
 
-/// Put in a request's extensions by [`RefreshPolicy`]: providers read the
-/// current credential through it when they send, and it records which
-/// generation they sent.
-#[derive(Clone)]
-pub(crate) struct CredentialHandle {
-    store: Arc<Store>,
-    used: Arc<AtomicU64>,
-}
-
-impl CredentialHandle {
-    /// The header to send now, recording its generation as used.
-    pub(crate) fn header(&self) -> Option<AuthHeader> {
-        let state = self.store.lock();
+/// What [`RefreshPolicy`] puts in each request: providers read the current
+/// credential from the store when they send, and record which generation
+/// they sent.
+impl CredentialSupply for Store {
+    fn current(&self) -> Option<(AuthHeader, u64)> {
+        let state = self.lock();
         let stamped = state.current.as_ref()?;
-        self.used.store(state.generation, Ordering::Release);
-        Some(stamped.header.clone())
+        Some((stamped.header.clone(), state.generation))
     }
 }

@@ -11,7 +11,8 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::retry::budget::Budget;
 
-use crate::guard::{Deadline, GuardPolicy};
+use crate::call::Deadline;
+use crate::guard::GuardPolicy;
 use crate::{ChatRequest, Error};
 
 /// When and how long [`TransportRetryLayer`](super::TransportRetryLayer)

@@ -59,8 +59,8 @@ use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::call::{Called, Deadline};
 use crate::chat::Events;
-use crate::guard::{Called, Deadline};
 use crate::{ChatRequest, ChatStream, Error, StreamEvent, TimeoutPhase};
 
 /// Applies [`StreamTimeout`]. See the [module docs](self).

@@ -218,7 +218,7 @@ fn skew(a: SystemTime, b: SystemTime) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::tests::headers;
+    use crate::headers::tests::headers;
 
     fn quota(limit: u64, remaining: u64, reset_ms: u64) -> Option<Quota> {
         Some(Quota {
