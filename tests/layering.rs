@@ -30,7 +30,7 @@ const BELOW: &[&str] = &[
     "sse.rs",
     "redact.rs",
     "chat",
-    "error.rs",
+    "error",
     "transport.rs",
     "provider",
     "mock",
