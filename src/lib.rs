@@ -67,6 +67,21 @@
 //! So a layer reads what a provider wrote into the request or the stream
 //! through the ground floor's types, not through the provider, and a
 //! provider never names a layer.
+//!
+//! # Extending
+//!
+//! - **A layer of one's own that sees the stream**:
+//!   [`ChatStream::map_events`] puts a stream between the answer's events and
+//!   the caller (to watch, change, hold back or cut them), and
+//!   [`ChatStream::hold`] ties a value — a permit, a guard — to the life of
+//!   the answer. `examples/redact_layer.rs` removes a pattern from text
+//!   deltas, also across delta boundaries.
+//! - **A provider of one's own**: a [`provider::Wire`] says how a request is
+//!   encoded and gives a [`provider::Decode`]r for the answer;
+//!   [`provider::Provider`] runs it over the client the built-in providers
+//!   share, so credentials, error classification, SSE limits, secret
+//!   masking and every layer work the same. `examples/custom_provider.rs`
+//!   speaks an invented wire format, served by the mock server.
 
 #![deny(missing_docs, unreachable_pub)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]

@@ -12,37 +12,14 @@ use std::time::{Duration, Instant};
 use llm_tower::mock::{MockServer, Reply};
 use tokio::process::Command;
 
+mod support;
+
 /// The longest any run may take before the test gives up on it.
 const KILL_AFTER: Duration = Duration::from_secs(30);
 
-/// The example's binary: the test runs from `target/<profile>/deps`, the
-/// examples are in `target/<profile>/examples`.
+/// The example's binary.
 fn chat_exe() -> PathBuf {
-    let test_exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = test_exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("the test runs from target/<profile>/deps");
-    let exe = profile_dir
-        .join("examples")
-        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
-    let rebuild = "run `cargo build --example chat --all-features` (or a plain `cargo test`, \
-                   which builds the examples) first";
-    let built = std::fs::metadata(&exe)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing: {rebuild}", exe.display()));
-    // `cargo test --test chat_cli` does not rebuild the example: do not test
-    // an old one.
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/chat.rs");
-    if let Ok(changed) = std::fs::metadata(&source).and_then(|m| m.modified()) {
-        assert!(
-            built >= changed,
-            "{} is older than {}: {rebuild}",
-            exe.display(),
-            source.display()
-        );
-    }
-    exe
+    support::example_exe("chat")
 }
 
 /// Runs chat with `args`, keys set the way a test wants, and kills it if it

@@ -28,8 +28,7 @@ mod stream;
 
 pub use event::{StopReason, StreamEvent, Usage};
 pub use request::{ChatRequest, ContentPart, Image, Message, Role, Tool, ToolChoice};
-pub(crate) use stream::Events;
-pub use stream::{ChatStream, Completion, CompletionBuilder, ResponseMeta, ToolCall};
+pub use stream::{ChatStream, Completion, CompletionBuilder, Events, ResponseMeta, ToolCall};
 
 /// Maps sparse indices (`tool_calls[].index` and `content_block_start.index`
 /// from a server, `ToolCallStart::index` from a caller) to dense positions

@@ -28,9 +28,10 @@ pub struct ChatStream {
 }
 
 /// A [`ChatStream`]'s events without its metadata: what a layer's stream
-/// wraps. Small, so each wrapping layer adds one short hop per event, not a
-/// whole `ChatStream` with placeholder metadata.
-pub(crate) struct Events {
+/// wraps (see [`ChatStream::map_events`]). Small, so each wrapping layer
+/// adds one short hop per event, not a whole `ChatStream` with placeholder
+/// metadata. Values [held](ChatStream::hold) before the wrap stay with it.
+pub struct Events {
     /// Events to deliver before `events`: what a retrying layer held back
     /// while it could still retry. A queue here, rather than another boxed
     /// wrapper per layer, keeps each event one virtual call away.
@@ -41,6 +42,15 @@ pub(crate) struct Events {
     /// here rather than by a wrapping stream, which would cost every event
     /// another hop.
     held: Vec<Box<dyn Send>>,
+}
+
+impl fmt::Debug for Events {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Events")
+            .field("prefix", &self.prefix)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stream for Events {
@@ -134,22 +144,53 @@ impl ChatStream {
         &mut self.meta
     }
 
-    /// A stream of the same answer whose events go through `wrap` (a layer's
-    /// stream that watches or cuts them); the metadata stays on the outside.
-    pub(crate) fn wrap<S>(self, wrap: impl FnOnce(Events) -> S) -> ChatStream
+    /// The same answer, its events passed through `f`: what a stream-aware
+    /// layer does to watch, change, hold back or cut them (a timeout, a
+    /// filter, a meter). The metadata stays on the outside, where
+    /// [`meta`](Self::meta) reads it.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use llm_tower::{ChatStream, ResponseMeta, StreamEvent};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), llm_tower::Error> {
+    /// let stream = ChatStream::from_events(
+    ///     ResponseMeta::new("test", "m"),
+    ///     vec![Ok(StreamEvent::TextDelta { text: "hello".into() })],
+    /// );
+    /// let shouting = stream.map_events(|events| {
+    ///     events.map(|item| match item {
+    ///         Ok(StreamEvent::TextDelta { text }) => {
+    ///             Ok(StreamEvent::TextDelta { text: text.to_uppercase() })
+    ///         }
+    ///         other => other,
+    ///     })
+    /// });
+    /// assert_eq!(shouting.completion().await?.text, "HELLO");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn map_events<S>(self, f: impl FnOnce(Events) -> S) -> ChatStream
     where
         S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
     {
-        ChatStream::new(self.meta, wrap(self.events))
+        ChatStream::new(self.meta, f(self.events))
     }
 
-    /// Keeps `value` alive until the stream ends, fails or is dropped.
-    pub(crate) fn hold(&mut self, value: impl Send + 'static) {
+    /// Keeps `value` alive until the stream ends, fails or is dropped, then
+    /// drops it: how a layer ties a slot, a permit or a guard to the life
+    /// of the answer rather than of the response future (as
+    /// [`StreamConcurrencyLimit`](crate::StreamConcurrencyLimit) does). No
+    /// extra hop per event.
+    pub fn hold(&mut self, value: impl Send + 'static) {
         self.events.held.push(Box::new(value));
     }
 
-    /// Puts `events` in front of what is left to deliver, in order.
-    pub(crate) fn prepend(
+    /// Puts `events` in front of what is left to deliver, in order: how a
+    /// layer that held events back (while it could still retry) gives them
+    /// to the caller.
+    pub fn prepend(
         &mut self,
         events: impl IntoIterator<Item = StreamEvent, IntoIter: DoubleEndedIterator>,
     ) {

@@ -146,7 +146,7 @@ impl LimitState {
                     humantime::format_rfc3339_millis(std::time::SystemTime::now() + self.reset)
                         .to_string(),
                 ),
-            Dialect::Gemini => reply,
+            Dialect::Gemini | Dialect::Other => reply,
         }
     }
 }
@@ -338,7 +338,9 @@ impl MockServer {
     ///   (OAuth access tokens, which Google's APIs and Vertex AI take).
     ///
     /// A key in any other header — `x-api-key` to OpenAI, say — counts as
-    /// none. The 401's message echoes the key presented, in full, as some
+    /// none. A path none of these APIs has (a wire of one's own) is not
+    /// checked: its key header is for [`respond_with`](Self::respond_with)
+    /// to read. The 401's message echoes the key presented, in full, as some
     /// real servers do (OpenAI's `Incorrect API key provided: sk-…`, masked
     /// there): a test can check that the client never shows it.
     ///
@@ -563,10 +565,7 @@ async fn handle(
     } else if gemini.is_some() {
         Dialect::Gemini
     } else {
-        let body =
-            format!("{{\"error\":{{\"message\":\"no route for {path}\",\"type\":\"not_found\"}}}}");
-        lock(&shared.requests).push(recorded);
-        return Ok(simple(StatusCode::NOT_FOUND, "application/json", body));
+        Dialect::Other
     };
     let (stream, model) = gemini.unwrap_or_else(|| {
         (
@@ -614,6 +613,14 @@ async fn handle(
         }
     };
     lock(&shared.requests).push(recorded);
+    // Made-up text has no shape on a path no provider has: the server
+    // does not know it, as a real one would not.
+    let reply = if dialect == Dialect::Other && reply.is_generated() {
+        let body = serde_json::json!({"error": {"message": format!("no route for {path}"), "type": "not_found"}});
+        Reply::body(404, "application/json", body.to_string())
+    } else {
+        reply
+    };
     let reply = match limited {
         Some((state, _)) => state.headers(dialect, reply),
         None => reply,
@@ -677,6 +684,9 @@ impl KeyHeader {
             // Google's APIs (and Vertex AI) take OAuth access tokens as
             // bearer tokens.
             Dialect::Gemini => &[KeyHeader::XGoogApiKey, KeyHeader::Bearer],
+            // A wire of the caller's own: its key header is its own to
+            // check (in `respond_with`).
+            Dialect::Other => &[],
         }
     }
 
@@ -706,6 +716,9 @@ impl fmt::Display for KeyHeader {
 /// reads keys from: a 401's message, which echoes the key presented in full.
 fn key_refusal(dialect: Dialect, request: &RecordedRequest, keys: &[String]) -> Option<String> {
     let accepted = KeyHeader::accepted(dialect);
+    if accepted.is_empty() {
+        return None;
+    }
     let presented = |h: &KeyHeader| h.key(request).map(|key| (*h, key));
     if accepted
         .iter()

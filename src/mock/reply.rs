@@ -308,6 +308,12 @@ pub(crate) enum Dialect {
     OpenAi,
     Anthropic,
     Gemini,
+    /// A path none of the providers' APIs has: a wire of the caller's own
+    /// (see [`MockServer::respond_with`](super::MockServer::respond_with)).
+    /// Replies that are bytes as given ([`Reply::sse`], [`Reply::body`],
+    /// [`Reply::reset`]) play as usual; errors take OpenAI's shape; text
+    /// made up for a dialect is a 404.
+    Other,
 }
 
 /// What the request asked for, as far as rendering cares.
@@ -343,6 +349,12 @@ struct Frame {
 }
 
 impl Reply {
+    /// Whether this reply's content is made up in the request's dialect
+    /// (text, a tool call) rather than given as bytes.
+    pub(crate) fn is_generated(&self) -> bool {
+        matches!(self.kind, Kind::Text(_) | Kind::ToolCall { .. })
+    }
+
     pub(crate) fn render(&self, asked: &Asked) -> Option<Rendered> {
         let (content_type, frames, whole): (&'static str, Vec<Frame>, Option<String>) =
             match &self.kind {
@@ -477,7 +489,9 @@ impl Reply {
                         let body = error_body(dialect, status, error_type, message);
                         let text = match dialect {
                             Dialect::Anthropic => format!("event: error\ndata: {body}\n\n"),
-                            Dialect::OpenAi | Dialect::Gemini => format!("data: {body}\n\n"),
+                            Dialect::OpenAi | Dialect::Gemini | Dialect::Other => {
+                                format!("data: {body}\n\n")
+                            }
                         };
                         push(&mut out, Bytes::from(text));
                     }
@@ -534,6 +548,8 @@ fn text_delta(dialect: Dialect, text: &[u8]) -> Bytes {
             b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"",
             b"\"}],\"role\":\"model\"},\"index\":0}]}\n\n",
         ),
+        // The text itself, as the data of an event.
+        Dialect::Other => (b"data: ", b"\n\n"),
     };
     let mut out = Vec::with_capacity(before.len() + text.len() + after.len());
     out.extend_from_slice(before);
@@ -586,7 +602,7 @@ fn error_body(dialect: Dialect, status: StatusCode, error_type: &str, message: &
         Dialect::Gemini => json!({"error": {
             "code": status.as_u16(), "message": message, "status": gemini_status(error_type),
         }}),
-        Dialect::OpenAi => {
+        Dialect::OpenAi | Dialect::Other => {
             json!({"error": {"message": message, "type": error_type, "param": null, "code": error_type}})
         }
         Dialect::Anthropic => json!({
@@ -684,6 +700,14 @@ fn generated(asked: &Asked, content: &Content<'_>) -> (&'static str, Vec<Frame>,
             });
             ("application/json", Vec::new(), Some(body.to_string()))
         }
+        // Not played: the server answers 404 for made-up content on a path
+        // no provider has (see `Dialect::Other`); OpenAI's shape otherwise.
+        (Dialect::Other, true) => (
+            "text/event-stream",
+            openai_frames(asked, content, input_tokens, output_tokens),
+            None,
+        ),
+        (Dialect::Other, false) => ("application/json", Vec::new(), Some("{}".to_owned())),
         (Dialect::Anthropic, false) => {
             let (blocks, stop) = match content {
                 Content::Text(d) => (

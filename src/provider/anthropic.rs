@@ -7,8 +7,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
-    default_transport, provider_service, truncated,
+    Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
+    provider_service,
 };
 use crate::auth::secret_header;
 use crate::chat::{
@@ -152,7 +152,9 @@ pub(crate) struct AnthropicWire {
 impl Wire for AnthropicWire {
     const NAME: &'static str = NAME;
 
-    fn encode_body(&self, req: &ChatRequest, model: &str) -> Map<String, Value> {
+    type Decoder = AnthropicDecoder;
+
+    fn encode(&self, req: &ChatRequest, model: &str) -> Result<Map<String, Value>, Error> {
         let mut body = Map::new();
         body.insert("model".into(), model.into());
         body.insert(
@@ -219,11 +221,15 @@ impl Wire for AnthropicWire {
             };
             body.insert("tool_choice".into(), v);
         }
-        body
+        Ok(body)
     }
 
-    fn decoder(&self) -> Decoder {
-        Decoder::Anthropic(AnthropicDecoder::default())
+    fn decoder(&self) -> AnthropicDecoder {
+        AnthropicDecoder::default()
+    }
+
+    fn api_key_header(&self, value: &HeaderValue) -> (HeaderName, HeaderValue) {
+        (HeaderName::from_static("x-api-key"), value.clone())
     }
 }
 
@@ -387,8 +393,6 @@ enum BlockKind {
 /// Decodes one Messages response.
 #[derive(Debug, Default)]
 pub(crate) struct AnthropicDecoder {
-    done: bool,
-    stop_reason: Option<StopReason>,
     /// The wire indices of the content blocks started so far, and the
     /// kind of each, by position.
     block_index: DenseIndex,
@@ -427,39 +431,39 @@ impl AnthropicDecoder {
         })
     }
 
-    fn block(&mut self, index: u64, block: Block<'_>, out: &mut Queue) {
+    fn block(&mut self, index: u64, block: Block<'_>, out: &mut Decoded) {
         let Ok((position, new)) = self.block_index.insert(index, super::MAX_PARTS) else {
-            out.push_back(Err(super::too_many(NAME, "content blocks")));
+            out.too_many("content blocks");
             return;
         };
         let kind = match &*block.kind {
             "tool_use" => {
                 if self.tool_calls >= super::MAX_PARTS {
-                    out.push_back(Err(super::too_many(NAME, "tool calls")));
+                    out.too_many("tool calls");
                     return;
                 }
                 let ordinal = self.tool_calls;
                 self.tool_calls += 1;
-                out.push_back(Ok(StreamEvent::ToolCallStart {
+                out.push(StreamEvent::ToolCallStart {
                     index: ordinal,
                     id: block.id.map(Cow::into_owned).unwrap_or_default(),
                     name: block.name.map(Cow::into_owned).unwrap_or_default(),
-                }));
+                });
                 // A streamed block starts with `input: {}` and sends its
                 // arguments as deltas; a whole message has them here.
                 if let Some(input) = block.input.filter(|i| !is_empty_object(i.get())) {
-                    out.push_back(Ok(StreamEvent::ToolCallDelta {
+                    out.push(StreamEvent::ToolCallDelta {
                         index: ordinal,
                         arguments: input.get().to_owned(),
-                    }));
+                    });
                 }
                 BlockKind::Tool(ordinal)
             }
             "redacted_thinking" => {
                 if let Some(data) = block.data {
-                    out.push_back(Ok(StreamEvent::RedactedThinking {
+                    out.push(StreamEvent::RedactedThinking {
                         data: data.into_owned(),
-                    }));
+                    });
                 }
                 BlockKind::Other
             }
@@ -468,9 +472,9 @@ impl AnthropicDecoder {
                     text,
                 });
                 if let Some(sig) = block.signature.filter(|s| !s.is_empty()) {
-                    out.push_back(Ok(StreamEvent::ThinkingSignature {
+                    out.push(StreamEvent::ThinkingSignature {
                         signature: sig.into_owned(),
-                    }));
+                    });
                 }
                 BlockKind::Other
             }
@@ -490,7 +494,7 @@ impl AnthropicDecoder {
         }
     }
 
-    fn delta(&mut self, ev: BlockDeltaEvent<'_>, out: &mut Queue) {
+    fn delta(&mut self, ev: BlockDeltaEvent<'_>, out: &mut Decoded) {
         let d = ev.delta;
         match &*d.kind {
             "text_delta" => push_text(out, d.text, |text| StreamEvent::TextDelta { text }),
@@ -512,23 +516,16 @@ impl AnthropicDecoder {
                     });
                 }
                 Some(BlockKind::Unmodeled) => {}
-                _ => out.push_back(Err(Error::decode(
+                _ => out.fail(Error::decode(
                     NAME,
                     crate::DecodeError::Protocol(format!(
                         "input_json_delta for block {} which is not a tool_use block",
                         ev.index
                     )),
-                ))),
+                )),
             },
             _ => {}
         }
-    }
-
-    fn done(&mut self, out: &mut Queue) {
-        self.done = true;
-        out.push_back(Ok(StreamEvent::Done {
-            stop_reason: self.stop_reason.take(),
-        }));
     }
 }
 
@@ -538,32 +535,22 @@ fn is_empty_object(raw: &str) -> bool {
 }
 
 fn push_text(
-    out: &mut Queue,
+    out: &mut Decoded,
     text: Option<Cow<'_, str>>,
     make: impl FnOnce(String) -> StreamEvent,
 ) {
     if let Some(t) = text.filter(|t| !t.is_empty()) {
-        out.push_back(Ok(make(t.into_owned())));
+        out.push(make(t.into_owned()));
     }
 }
 
-fn parse<'a, T: Deserialize<'a>>(data: &'a str, context: &str, out: &mut Queue) -> Option<T> {
-    match serde_json::from_str(data) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            out.push_back(Err(Error::json(NAME, context, data, e)));
-            None
-        }
-    }
-}
-
-impl WireDecoder for AnthropicDecoder {
-    fn event(&mut self, event: Event<'_>, out: &mut Queue) {
+impl Decode for AnthropicDecoder {
+    fn event(&mut self, event: Event<'_>, out: &mut Decoded) {
         // The SSE event name says which struct to parse (serde's internally
         // tagged enums would buffer every object); streams whose proxy
         // dropped the names fall back to the data's `type`.
         let name: Cow<'_, str> = if event.event == "message" {
-            match parse::<Typed<'_>>(event.data, "message", out) {
+            match out.json::<Typed<'_>>(event.data, "message") {
                 Some(t) => Cow::Owned(t.kind.into_owned()),
                 None => return,
             }
@@ -573,96 +560,75 @@ impl WireDecoder for AnthropicDecoder {
         let data = event.data;
         match &*name {
             "content_block_delta" => {
-                if let Some(ev) = parse::<BlockDeltaEvent<'_>>(data, &name, out) {
+                if let Some(ev) = out.json::<BlockDeltaEvent<'_>>(data, &name) {
                     self.delta(ev, out);
                 }
             }
             "content_block_start" => {
-                if let Some(ev) = parse::<BlockStartEvent<'_>>(data, &name, out) {
+                if let Some(ev) = out.json::<BlockStartEvent<'_>>(data, &name) {
                     self.block(ev.index, ev.content_block, out);
                 }
             }
             "message_start" => {
-                if let Some(ev) = parse::<MessageStartEvent<'_>>(data, &name, out) {
-                    out.push_back(Ok(StreamEvent::MessageStart {
-                        id: ev.message.id.map(Cow::into_owned),
-                        model: ev.message.model.map(Cow::into_owned),
-                    }));
+                if let Some(ev) = out.json::<MessageStartEvent<'_>>(data, &name) {
+                    out.start(
+                        ev.message.id.map(Cow::into_owned),
+                        ev.message.model.map(Cow::into_owned),
+                    );
                     if let Some(u) = ev.message.usage {
                         let usage = self.merge_usage(u);
-                        out.push_back(Ok(usage));
+                        out.push(usage);
                     }
                 }
             }
             "message_delta" => {
-                if let Some(ev) = parse::<MessageDeltaEvent<'_>>(data, &name, out) {
+                if let Some(ev) = out.json::<MessageDeltaEvent<'_>>(data, &name) {
                     if let Some(reason) = ev.delta.and_then(|d| d.stop_reason) {
-                        self.stop_reason = Some(stop_reason(&reason));
+                        out.stop_reason(stop_reason(&reason));
                     }
                     if let Some(u) = ev.usage {
                         let usage = self.merge_usage(u);
-                        out.push_back(Ok(usage));
+                        out.push(usage);
                     }
                 }
             }
-            "message_stop" => self.done(out),
-            "error" => out.push_back(Err(Error::from_event_data(NAME, "error", data))),
+            "message_stop" => out.end(),
+            "error" => out.error_event(data, "error"),
             // ping, content_block_stop, and events added after this crate.
             _ => {}
         }
     }
 
-    fn body(&mut self, body: &[u8], out: &mut Queue) {
-        let text = String::from_utf8_lossy(body);
-        let text = text.trim();
-        if text.is_empty() {
-            out.push_back(Err(truncated(NAME)));
-            return;
-        }
-        let Some(kind) = parse::<Typed<'_>>(text, "body", out) else {
+    fn body(&mut self, text: &str, out: &mut Decoded) {
+        let Some(kind) = out.json::<Typed<'_>>(text, "body") else {
             return;
         };
         if kind.kind == "error" {
-            out.push_back(Err(Error::from_event_data(NAME, "body", text)));
+            out.error_event(text, "body");
             return;
         }
-        let Some(msg) = parse::<FullMessage<'_>>(text, "body", out) else {
+        let Some(msg) = out.json::<FullMessage<'_>>(text, "body") else {
             return;
         };
-        out.push_back(Ok(StreamEvent::MessageStart {
-            id: msg.id.map(Cow::into_owned),
-            model: msg.model.map(Cow::into_owned),
-        }));
+        out.start(msg.id.map(Cow::into_owned), msg.model.map(Cow::into_owned));
         for (index, block) in (0..).zip(msg.content) {
             self.block(index, block, out);
-            if out.back().is_some_and(Result::is_err) {
+            if out.has_failed() {
                 return;
             }
         }
         if let Some(u) = msg.usage {
             let usage = self.merge_usage(u);
-            out.push_back(Ok(usage));
+            out.push(usage);
         }
-        self.stop_reason = msg.stop_reason.map(|r| stop_reason(&r));
-        self.done(out);
+        if let Some(reason) = msg.stop_reason {
+            out.stop_reason(stop_reason(&reason));
+        }
+        out.end();
     }
 
-    fn is_done(&self) -> bool {
-        self.done
-    }
-
-    fn finish(&mut self, out: &mut Queue) {
-        if self.done {
-            return;
-        }
-        // Cut after `message_delta` said why generation stopped: only
-        // `message_stop` is missing, the answer is whole.
-        if self.stop_reason.is_some() {
-            self.done(out);
-        } else {
-            out.push_back(Err(truncated(NAME)));
-        }
-    }
+    // A body cut after `message_delta` said why generation stopped misses
+    // only `message_stop`: the shared ending counts the answer whole.
 }
 
 fn stop_reason(reason: &str) -> StopReason {

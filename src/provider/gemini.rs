@@ -9,8 +9,8 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Client, Common, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
-    default_transport, provider_service, truncated,
+    Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
+    provider_service,
 };
 use crate::auth::secret_header;
 use crate::chat::{
@@ -127,14 +127,15 @@ impl GeminiBuilder {
             None
         } else {
             Some([
-                model_uri(&common, &common.model, false)?,
-                model_uri(&common, &common.model, true)?,
+                model_uri(&common.endpoint, &common.model, false)?,
+                model_uri(&common.endpoint, &common.model, true)?,
             ])
         };
         Ok(Gemini {
             client: Client {
                 wire: std::sync::Arc::new(GeminiWire {
                     include_thoughts: self.include_thoughts,
+                    default_model: common.model.clone(),
                     default_uris,
                 }),
                 common: std::sync::Arc::new(common),
@@ -147,12 +148,13 @@ impl GeminiBuilder {
 #[derive(Debug)]
 pub(crate) struct GeminiWire {
     include_thoughts: bool,
+    default_model: String,
     /// The default model's URIs: not streaming, streaming.
     default_uris: Option<[Uri; 2]>,
 }
 
 /// Where a call to `model` goes: the model and the mode are in the path.
-fn model_uri(common: &Common, model: &str, stream: bool) -> Result<Uri, Error> {
+fn model_uri(endpoint: &Uri, model: &str, stream: bool) -> Result<Uri, Error> {
     // `models/x` and `tunedModels/x` name their collection; a bare id is a
     // model.
     let collection = if model.contains('/') { "" } else { "models/" };
@@ -166,7 +168,7 @@ fn model_uri(common: &Common, model: &str, stream: bool) -> Result<Uri, Error> {
             "gemini: invalid model name {model:?}"
         )));
     }
-    format!("{}{collection}{model}:{method}", common.endpoint)
+    format!("{endpoint}{collection}{model}:{method}")
         .parse()
         .map_err(|e| Error::config(format!("gemini: invalid model name {model:?}: {e}")))
 }
@@ -174,10 +176,12 @@ fn model_uri(common: &Common, model: &str, stream: bool) -> Result<Uri, Error> {
 impl Wire for GeminiWire {
     const NAME: &'static str = NAME;
 
-    fn uri(&self, common: &Common, model: &str, stream: bool) -> Result<Uri, Error> {
+    type Decoder = GeminiDecoder;
+
+    fn uri(&self, endpoint: &Uri, model: &str, stream: bool) -> Result<Uri, Error> {
         match &self.default_uris {
-            Some(uris) if model == common.model => Ok(uris[usize::from(stream)].clone()),
-            _ => model_uri(common, model, stream),
+            Some(uris) if model == self.default_model => Ok(uris[usize::from(stream)].clone()),
+            _ => model_uri(endpoint, model, stream),
         }
     }
 
@@ -185,7 +189,7 @@ impl Wire for GeminiWire {
         (API_KEY, value.clone())
     }
 
-    fn encode_body(&self, req: &ChatRequest, _model: &str) -> Map<String, Value> {
+    fn encode(&self, req: &ChatRequest, _model: &str) -> Result<Map<String, Value>, Error> {
         let mut body = Map::new();
         let mut system = Vec::new();
         let mut contents = Vec::with_capacity(req.messages.len());
@@ -258,11 +262,11 @@ impl Wire for GeminiWire {
                 json!({"functionCallingConfig": config}),
             );
         }
-        body
+        Ok(body)
     }
 
-    fn decoder(&self) -> Decoder {
-        Decoder::Gemini(GeminiDecoder::default())
+    fn decoder(&self) -> GeminiDecoder {
+        GeminiDecoder::default()
     }
 }
 
@@ -423,34 +427,24 @@ impl From<WireUsage> for Usage {
 /// `GenerateContentResponse`.
 #[derive(Debug, Default)]
 pub(crate) struct GeminiDecoder {
-    started: bool,
-    done: bool,
-    stop_reason: Option<StopReason>,
     /// Usage is cumulative in every chunk: the last is sent before `Done`.
     usage: Option<Usage>,
     tool_calls: usize,
 }
 
 impl GeminiDecoder {
-    fn chunk(&mut self, data: &str, context: &str, out: &mut Queue) {
-        let chunk: Chunk<'_> = match serde_json::from_str(data) {
-            Ok(c) => c,
-            Err(e) => {
-                out.push_back(Err(Error::json(NAME, context, data, e)));
-                return;
-            }
+    fn chunk(&mut self, data: &str, context: &str, out: &mut Decoded) {
+        let Some(chunk) = out.json::<Chunk<'_>>(data, context) else {
+            return;
         };
         if chunk.error.is_some() {
-            out.push_back(Err(Error::from_event_data(NAME, "error", data)));
+            out.error_event(data, "error");
             return;
         }
-        if !self.started {
-            self.started = true;
-            out.push_back(Ok(StreamEvent::MessageStart {
-                id: chunk.response_id.map(Cow::into_owned),
-                model: chunk.model_version.map(Cow::into_owned),
-            }));
-        }
+        out.start(
+            chunk.response_id.map(Cow::into_owned),
+            chunk.model_version.map(Cow::into_owned),
+        );
         if let Some(u) = chunk.usage_metadata {
             self.usage = Some(u.into());
         }
@@ -463,49 +457,50 @@ impl GeminiDecoder {
                 self.part(part, out);
             }
             if let Some(reason) = candidate.finish_reason {
-                self.stop_reason = Some(self.stop_reason(&reason));
+                out.stop_reason(self.stop_reason(&reason));
             }
         }
         // A prompt refused outright has no candidate at all.
-        if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason) {
-            self.stop_reason
-                .get_or_insert_with(|| match reason.as_ref() {
-                    "SAFETY" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "IMAGE_SAFETY" => {
-                        StopReason::ContentFilter
-                    }
-                    other => StopReason::Other(other.to_owned()),
-                });
+        if let Some(reason) = chunk.prompt_feedback.and_then(|f| f.block_reason)
+            && !out.has_stop_reason()
+        {
+            out.stop_reason(match reason.as_ref() {
+                "SAFETY" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "IMAGE_SAFETY" => {
+                    StopReason::ContentFilter
+                }
+                other => StopReason::Other(other.to_owned()),
+            });
         }
     }
 
-    fn part(&mut self, part: Part<'_>, out: &mut Queue) {
+    fn part(&mut self, part: Part<'_>, out: &mut Decoded) {
         if let Some(text) = part.text.filter(|t| !t.is_empty()) {
             let text = text.into_owned();
-            out.push_back(Ok(if part.thought {
+            out.push(if part.thought {
                 StreamEvent::ThinkingDelta { text }
             } else {
                 StreamEvent::TextDelta { text }
-            }));
+            });
         }
         if let Some(call) = part.function_call {
             let index = self.tool_calls;
             self.tool_calls += 1;
-            out.push_back(Ok(StreamEvent::ToolCallStart {
+            out.push(StreamEvent::ToolCallStart {
                 index,
                 id: call
                     .id
                     .map_or_else(|| format!("{MADE_UP_ID}{index}"), Cow::into_owned),
                 name: call.name.into_owned(),
-            }));
-            out.push_back(Ok(StreamEvent::ToolCallDelta {
+            });
+            out.push(StreamEvent::ToolCallDelta {
                 index,
                 arguments: call.args.map_or("{}", RawValue::get).to_owned(),
-            }));
+            });
         }
         if let Some(signature) = part.thought_signature.filter(|s| !s.is_empty()) {
-            out.push_back(Ok(StreamEvent::ThinkingSignature {
+            out.push(StreamEvent::ThinkingSignature {
                 signature: signature.into_owned(),
-            }));
+            });
         }
     }
 
@@ -521,70 +516,49 @@ impl GeminiDecoder {
         }
     }
 
-    fn done(&mut self, out: &mut Queue) {
-        self.done = true;
+    /// The last usage seen, then `Done`.
+    fn end(&mut self, out: &mut Decoded) {
         if let Some(u) = self.usage.take() {
-            out.push_back(Ok(StreamEvent::Usage(u)));
+            out.push(StreamEvent::Usage(u));
         }
-        out.push_back(Ok(StreamEvent::Done {
-            stop_reason: self.stop_reason.take(),
-        }));
+        out.end();
     }
 }
 
-impl WireDecoder for GeminiDecoder {
-    fn event(&mut self, event: Event<'_>, out: &mut Queue) {
+/// Gemini sends no terminator: a stream ends with its body, whole once a
+/// finish reason was seen.
+impl Decode for GeminiDecoder {
+    fn event(&mut self, event: Event<'_>, out: &mut Decoded) {
         let data = event.data.trim();
         if !data.is_empty() {
             self.chunk(data, event.event, out);
         }
     }
 
-    fn body(&mut self, body: &[u8], out: &mut Queue) {
-        let text = String::from_utf8_lossy(body);
-        let text = text.trim();
-        if text.is_empty() {
-            out.push_back(Err(truncated(NAME)));
-            return;
-        }
+    fn body(&mut self, text: &str, out: &mut Decoded) {
         // A body is one response, or (from a server that streams without
         // SSE) a JSON array of them.
         if text.starts_with('[') {
-            match serde_json::from_str::<Vec<&RawValue>>(text) {
-                Ok(items) => {
-                    for item in items {
-                        self.chunk(item.get(), "body", out);
-                        if out.back().is_some_and(Result::is_err) {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => {
-                    out.push_back(Err(Error::json(NAME, "body", text, e)));
+            let Some(items) = out.json::<Vec<&RawValue>>(text, "body") else {
+                return;
+            };
+            for item in items {
+                self.chunk(item.get(), "body", out);
+                if out.has_failed() {
                     return;
                 }
             }
         } else {
             self.chunk(text, "body", out);
         }
-        if out.back().is_none_or(Result::is_ok) {
-            self.done(out);
+        if !out.has_failed() {
+            self.end(out);
         }
     }
 
-    fn is_done(&self) -> bool {
-        // Gemini sends no terminator: the stream ends with the body.
-        self.done
-    }
-
-    fn finish(&mut self, out: &mut Queue) {
-        if self.done {
-            return;
-        }
-        if self.stop_reason.is_some() {
-            self.done(out);
-        } else {
-            out.push_back(Err(truncated(NAME)));
+    fn finish(&mut self, out: &mut Decoded) {
+        if out.has_stop_reason() {
+            self.end(out);
         }
     }
 }

@@ -2,13 +2,13 @@
 
 use std::borrow::Cow;
 
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::header::AUTHORIZATION;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    Client, CommonBuilder, Decoder, Queue, Wire, WireDecoder, common_builder_methods,
-    default_transport, provider_service, truncated,
+    Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
+    provider_service,
 };
 use crate::auth::secret_header;
 use crate::chat::{
@@ -287,7 +287,9 @@ pub(crate) struct OpenAiWire {
 impl Wire for OpenAiWire {
     const NAME: &'static str = NAME;
 
-    fn encode_body(&self, req: &ChatRequest, model: &str) -> Map<String, Value> {
+    type Decoder = OpenAiDecoder;
+
+    fn encode(&self, req: &ChatRequest, model: &str) -> Result<Map<String, Value>, Error> {
         let mut body = Map::new();
         body.insert("model".into(), model.into());
         body.insert("messages".into(), Value::Array(encode_messages(req)));
@@ -332,25 +334,11 @@ impl Wire for OpenAiWire {
             };
             body.insert("tool_choice".into(), v);
         }
-        body
+        Ok(body)
     }
 
-    fn decoder(&self) -> Decoder {
-        Decoder::OpenAi(OpenAiDecoder::default())
-    }
-
-    fn api_key_header(&self, value: &HeaderValue) -> (HeaderName, HeaderValue) {
-        let mut bearer = b"Bearer ".to_vec();
-        bearer.extend_from_slice(value.as_bytes());
-        match HeaderValue::from_bytes(&bearer) {
-            Ok(mut v) => {
-                v.set_sensitive(true);
-                (AUTHORIZATION, v)
-            }
-            // A valid value after a valid prefix is valid: unreachable, but
-            // sending the key as it came is the honest fallback.
-            Err(_) => (HeaderName::from_static("x-api-key"), value.clone()),
-        }
+    fn decoder(&self) -> OpenAiDecoder {
+        OpenAiDecoder::default()
     }
 }
 
@@ -537,33 +525,23 @@ impl From<WireUsage> for Usage {
 /// Decodes one Chat Completions response.
 #[derive(Debug, Default)]
 pub(crate) struct OpenAiDecoder {
-    started: bool,
-    done: bool,
-    stop_reason: Option<StopReason>,
     /// The wire indices of the tool calls started so far.
     tools: DenseIndex,
 }
 
 impl OpenAiDecoder {
-    fn chunk(&mut self, data: &str, context: &str, out: &mut Queue) {
-        let chunk: Chunk<'_> = match serde_json::from_str(data) {
-            Ok(c) => c,
-            Err(e) => {
-                out.push_back(Err(Error::json(NAME, context, data, e)));
-                return;
-            }
+    fn chunk(&mut self, data: &str, context: &str, out: &mut Decoded) {
+        let Some(chunk) = out.json::<Chunk<'_>>(data, context) else {
+            return;
         };
         if chunk.error.is_some() {
-            out.push_back(Err(Error::from_event_data(NAME, "error", data)));
+            out.error_event(data, "error");
             return;
         }
-        if !self.started {
-            self.started = true;
-            out.push_back(Ok(StreamEvent::MessageStart {
-                id: chunk.id.map(Cow::into_owned),
-                model: chunk.model.map(Cow::into_owned),
-            }));
-        }
+        out.start(
+            chunk.id.map(Cow::into_owned),
+            chunk.model.map(Cow::into_owned),
+        );
         for choice in chunk.choices {
             // Only the first choice: `n > 1` is not supported.
             if choice.index != 0 {
@@ -575,30 +553,29 @@ impl OpenAiDecoder {
                 return;
             }
             if let Some(reason) = choice.finish_reason {
-                self.stop_reason = Some(stop_reason(&reason));
+                out.stop_reason(stop_reason(&reason));
             }
         }
         if let Some(u) = chunk.usage {
-            out.push_back(Ok(StreamEvent::Usage(u.into())));
+            out.push(StreamEvent::Usage(u.into()));
         }
     }
 
     /// `Err` once the answer failed: nothing may follow.
-    fn delta(&mut self, delta: Delta<'_>, out: &mut Queue) -> Result<(), ()> {
+    fn delta(&mut self, delta: Delta<'_>, out: &mut Decoded) -> Result<(), ()> {
         let text_event = |text: Option<Cow<'_, str>>, make: fn(String) -> StreamEvent| {
-            text.filter(|t| !t.is_empty())
-                .map(|t| Ok(make(t.into_owned())))
+            text.filter(|t| !t.is_empty()).map(|t| make(t.into_owned()))
         };
         if let Some(e) = text_event(delta.reasoning_content.or(delta.reasoning), |text| {
             StreamEvent::ThinkingDelta { text }
         }) {
-            out.push_back(e);
+            out.push(e);
         }
         if let Some(e) = text_event(delta.content, |text| StreamEvent::TextDelta { text }) {
-            out.push_back(e);
+            out.push(e);
         }
         if let Some(e) = text_event(delta.refusal, |text| StreamEvent::RefusalDelta { text }) {
-            out.push_back(e);
+            out.push(e);
         }
         for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
             let wire = call.index.unwrap_or(position as u64);
@@ -607,77 +584,49 @@ impl OpenAiDecoder {
                 None => (None, None),
             };
             let Ok((index, new)) = self.tools.insert(wire, super::MAX_PARTS) else {
-                out.push_back(Err(super::too_many(NAME, "tool calls")));
+                out.too_many("tool calls");
                 return Err(());
             };
             if new {
-                out.push_back(Ok(StreamEvent::ToolCallStart {
+                out.push(StreamEvent::ToolCallStart {
                     index,
                     id: call
                         .id
                         .map_or_else(|| format!("call_{index}"), Cow::into_owned),
                     name: name.map(Cow::into_owned).unwrap_or_default(),
-                }));
+                });
             }
             if let Some(arguments) = arguments.filter(|a| !a.is_empty()) {
-                out.push_back(Ok(StreamEvent::ToolCallDelta {
+                out.push(StreamEvent::ToolCallDelta {
                     index,
                     arguments: arguments.into_owned(),
-                }));
+                });
             }
         }
         Ok(())
     }
-
-    fn done(&mut self, out: &mut Queue) {
-        self.done = true;
-        out.push_back(Ok(StreamEvent::Done {
-            stop_reason: self.stop_reason.take(),
-        }));
-    }
 }
 
-impl WireDecoder for OpenAiDecoder {
-    fn event(&mut self, event: Event<'_>, out: &mut Queue) {
+/// A stream cut after the model said why it stopped lost at most the usage
+/// chunk: the answer is whole (the shared ending does that).
+impl Decode for OpenAiDecoder {
+    fn event(&mut self, event: Event<'_>, out: &mut Decoded) {
         if event.event == "error" {
-            out.push_back(Err(Error::from_event_data(NAME, "error", event.data)));
+            out.error_event(event.data, "error");
             return;
         }
         let data = event.data.trim();
         if data == "[DONE]" {
-            self.done(out);
+            out.end();
         } else if !data.is_empty() {
             self.chunk(data, event.event, out);
         }
     }
 
-    fn body(&mut self, body: &[u8], out: &mut Queue) {
-        let text = String::from_utf8_lossy(body);
-        let text = text.trim();
-        if text.is_empty() {
-            out.push_back(Err(truncated(NAME)));
-            return;
-        }
-        self.chunk(text, "body", out);
-        if out.back().is_some_and(Result::is_ok) {
-            self.done(out);
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.done
-    }
-
-    fn finish(&mut self, out: &mut Queue) {
-        if self.done {
-            return;
-        }
-        // A stream cut after the model said why it stopped lost at most the
-        // usage chunk: the answer is whole.
-        if self.stop_reason.is_some() {
-            self.done(out);
-        } else {
-            out.push_back(Err(truncated(NAME)));
+    fn body(&mut self, body: &str, out: &mut Decoded) {
+        self.chunk(body, "body", out);
+        if !out.has_failed() {
+            out.end();
         }
     }
 }

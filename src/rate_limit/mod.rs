@@ -401,7 +401,7 @@ impl Tracker {
                 books.absorb(info, Instant::now());
             }
         }
-        stream.wrap(|events| Watch {
+        stream.map_events(|events| Watch {
             events,
             tracker: self,
         })

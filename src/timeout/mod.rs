@@ -230,7 +230,7 @@ where
             // The head's timer is set for the stream's first deadline (the
             // nearer of first-event and total) and carries on.
             let sleep = this.sleep.take();
-            return Poll::Ready(Ok(stream.wrap(|inner| TimeoutStream {
+            return Poll::Ready(Ok(stream.map_events(|inner| TimeoutStream {
                 inner: Some(inner),
                 deadline: next_deadline(*this.first, *this.total, None),
                 delivered: false,

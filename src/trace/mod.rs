@@ -199,7 +199,7 @@ where
                 span.record("gen_ai.system", meta.provider);
                 span.record("gen_ai.request.model", meta.model.as_str());
                 span.record("llm.attempts", meta.attempts);
-                Poll::Ready(Ok(stream.wrap(|inner| TracedStream {
+                Poll::Ready(Ok(stream.map_events(|inner| TracedStream {
                     inner,
                     span: Some(span),
                     started: *this.started,

@@ -322,3 +322,39 @@ where
         }
     }
 }
+
+/// A built example's binary: the tests run from `target/<profile>/deps`,
+/// the examples are in `target/<profile>/examples`. A plain `cargo test`
+/// builds the examples before it runs the tests; with a target filter
+/// (`cargo test --test chat_cli`) build them first (`cargo build --examples
+/// --all-features`). An example older than its source is refused, so that
+/// an old build is never tested.
+pub fn example_exe(name: &str) -> std::path::PathBuf {
+    let test_exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test runs from target/<profile>/deps");
+    let exe = profile_dir
+        .join("examples")
+        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    let rebuild = format!(
+        "run `cargo build --example {name} --all-features` (or a plain `cargo test`, \
+         which builds the examples) first"
+    );
+    let built = std::fs::metadata(&exe)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {rebuild}", exe.display()));
+    let source = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.rs"));
+    if let Ok(changed) = std::fs::metadata(&source).and_then(|m| m.modified()) {
+        assert!(
+            built >= changed,
+            "{} is older than {}: {rebuild}",
+            exe.display(),
+            source.display()
+        );
+    }
+    exe
+}
