@@ -367,4 +367,17 @@ impl Stream for TimeoutStream {
             phase,
         })))
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.inner {
+            // A deadline may pass before the next event: then one error
+            // takes the place of what was left, so at least one item of a
+            // stream that has any; never more than the stream has.
+            Some(inner) => {
+                let (lower, upper) = inner.size_hint();
+                (lower.min(1), upper)
+            }
+            None => (0, Some(0)),
+        }
+    }
 }

@@ -295,6 +295,11 @@ impl Stream for TracedStream {
         }
         item
     }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // Every event passes as it is.
+        self.inner.size_hint()
+    }
 }
 
 /// A stop reason as the conventions spell finish reasons.
