@@ -1,0 +1,158 @@
+//! Anthropic Messages, as the mock writes it.
+
+use serde_json::{Value, json};
+
+use super::{MESSAGE_ID, tool_args};
+use crate::mock::render::{Asked, Content, Frame};
+
+/// An error body: `{"type": "error", "error": {type, message}, "request_id"}`.
+pub(super) fn error_body(error_type: &str, message: &str) -> Value {
+    json!({
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": "req_mock",
+    })
+}
+
+/// What comes before and after a text delta's raw text.
+pub(super) const TEXT_DELTA: (&[u8], &[u8]) = (
+    b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"",
+    b"\"}}\n\n",
+);
+
+/// The whole answer, not streamed.
+pub(super) fn whole(
+    asked: &Asked,
+    content: &Content<'_>,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Value {
+    let (blocks, stop) = match content {
+        Content::Text(d) => (
+            vec![json!({"type": "text", "text": d.concat()})],
+            "end_turn",
+        ),
+        Content::Tool {
+            text,
+            id,
+            name,
+            arguments,
+        } => {
+            let call =
+                json!({"type": "tool_use", "id": id, "name": name, "input": tool_args(arguments)});
+            let blocks = if text.is_empty() {
+                vec![call]
+            } else {
+                vec![json!({"type": "text", "text": text.concat()}), call]
+            };
+            (blocks, "tool_use")
+        }
+    };
+    json!({
+        "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
+        "content": blocks, "stop_reason": stop, "stop_sequence": null,
+        "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0, "output_tokens": output_tokens},
+    })
+}
+
+/// The answer streamed.
+pub(super) fn frames(
+    asked: &Asked,
+    content: &Content<'_>,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Vec<Frame> {
+    let event = |name: &str, data: Value| Frame {
+        text: format!("event: {name}\ndata: {data}\n\n"),
+        counted: false,
+    };
+    let mut frames = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": MESSAGE_ID, "type": "message", "role": "assistant", "model": asked.model,
+                "content": [], "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                          "cache_read_input_tokens": 0, "output_tokens": 1},
+            }}),
+        ),
+        // The API sends pings to keep the connection alive; one comes early.
+        event("ping", json!({"type": "ping"})),
+    ];
+    let mut last_block = 0;
+    let stop = match content {
+        Content::Text(deltas) => {
+            frames.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            ));
+            for d in deltas.iter() {
+                let mut f = event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}}),
+                );
+                f.counted = true;
+                frames.push(f);
+            }
+            "end_turn"
+        }
+        Content::Tool {
+            text,
+            id,
+            name,
+            arguments,
+        } => {
+            // The text, if any, is block 0 and the call the next.
+            let mut index = 0;
+            if !text.is_empty() {
+                frames.push(event(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ));
+                for d in text.iter() {
+                    let mut f = event(
+                        "content_block_delta",
+                        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": d}}),
+                    );
+                    f.counted = true;
+                    frames.push(f);
+                }
+                frames.push(event(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": 0}),
+                ));
+                index = 1;
+            }
+            frames.push(event(
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index,
+                       "content_block": {"type": "tool_use", "id": id, "name": name, "input": {}}}),
+            ));
+            for a in arguments.iter() {
+                let mut f = event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index,
+                           "delta": {"type": "input_json_delta", "partial_json": a}}),
+                );
+                f.counted = true;
+                frames.push(f);
+            }
+            last_block = index;
+            "tool_use"
+        }
+    };
+    frames.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": last_block}),
+    ));
+    frames.push(event(
+        "message_delta",
+        // The usage is cumulative, input included, as the API now sends it.
+        json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null},
+               "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0,
+                         "cache_read_input_tokens": 0, "output_tokens": output_tokens}}),
+    ));
+    frames.push(event("message_stop", json!({"type": "message_stop"})));
+    frames
+}
