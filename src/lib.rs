@@ -41,10 +41,11 @@
 //! Three floors, and the arrows go down only: a module imports from its own
 //! floor or below, never above (`tests/layering.rs` checks it).
 //!
-//! - **Layers**, the middleware: [`guard`], the stream guard that retries
-//!   while, and only while, the caller has seen no output, with [`retry`]
+//! - **Layers**, the middleware: [`engine`], the attempt engine that waits
+//!   before a call when its policy says so and retries while, and only
+//!   while, the caller has seen no output, with [`retry`]
 //!   ([`TransportRetryLayer`]) and [`refresh`] ([`RefreshLayer`], credentials
-//!   renewed on 401) built on it; [`timeout`] (first-event, idle and total
+//!   fetched before and renewed on 401) built on it; [`timeout`] (first-event, idle and total
 //!   deadlines over the stream); [`limit`] (a concurrency limit held for the
 //!   life of the stream); [`rate_limit`] (pacing by the provider's headers and
 //!   a budget of requests and tokens); [`fallback`] (a second service for
@@ -90,9 +91,9 @@
 mod auth;
 mod call;
 pub mod chat;
+pub mod engine;
 mod error;
 pub mod fallback;
-pub mod guard;
 mod headers;
 pub mod limit;
 #[cfg(feature = "mock")]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 /// The middleware: each may use what is below it, and nothing below may
 /// use them.
 const LAYERS: &[&str] = &[
-    "guard",
+    "engine",
     "retry",
     "refresh",
     "rate_limit",
@@ -192,9 +192,9 @@ fn every_module_is_placed() {
 #[test]
 fn the_reference_finder_sees_groups_and_paths() {
     let text =
-        "use crate::{a::b, Error, c::{d, e}};\nlet x = crate::retry::Policy;\n$crate::guard::X";
+        "use crate::{a::b, Error, c::{d, e}};\nlet x = crate::retry::Policy;\n$crate::engine::X";
     assert_eq!(
         crate_references(text),
-        ["a", "Error", "c", "retry", "guard"]
+        ["a", "Error", "c", "retry", "engine"]
     );
 }

@@ -263,7 +263,7 @@ pub enum DecodeError {
         limit: usize,
     },
     /// The answer sent more metadata before its first output event than a
-    /// retrying layer holds back (see [`guard`](crate::guard)).
+    /// retrying layer holds back (see [`engine`](crate::engine)).
     #[error("more than {limit} bytes of metadata before the first output event")]
     PreludeTooLarge {
         /// The limit in bytes.

@@ -36,10 +36,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
-use tower::ServiceExt;
-use tower::util::Oneshot;
 
-use crate::guard::Priming;
+use crate::engine::{Priming, Ready};
 use crate::{ChatRequest, ChatStream, Error};
 
 type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
@@ -154,8 +152,7 @@ pin_project! {
     {
         Primary { #[pin] future: F },
         Priming { priming: Priming },
-        Secondary { #[pin] future: Oneshot<B, ChatRequest> },
-        // tower's `Oneshot` panics when polled again: this answers instead.
+        Secondary { #[pin] future: Ready<B> },
         Done,
     }
 }
@@ -215,7 +212,7 @@ where
             };
             tracing::info!(reason = failure.kind(), error = %failure, "falling back to the secondary service");
             this.state.set(State::Secondary {
-                future: secondary.oneshot(request),
+                future: Ready::new(secondary, request),
             });
         }
     }

@@ -69,6 +69,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::chat::Events;
+use crate::engine::poll_call;
 use crate::lock;
 use crate::{ApiError, ChatRequest, ChatStream, ContentPart, Deadline, Error, StreamEvent};
 
@@ -603,19 +604,20 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    if let Err(e) = ready!(w.service.poll_ready(cx)) {
-                        *this.waiting = None;
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(e));
+                    let sent = ready!(poll_call(&mut w.service, &mut w.request, cx));
+                    // Sent: the booking is used. Not sent: dropping the
+                    // ticket with `waiting` gives it back.
+                    if sent.is_ok() {
+                        *this.tracker = w.ticket.0.take();
                     }
-                    let Some(request) = w.request.take() else {
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(polled_after_completion()));
-                    };
-                    *this.tracker = w.ticket.0.take();
-                    let future = w.service.call(request);
                     *this.waiting = None;
-                    this.state.set(State::Calling { future });
+                    match sent {
+                        Ok(future) => this.state.set(State::Calling { future }),
+                        Err(e) => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
                 }
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));

@@ -21,7 +21,7 @@
 //!   refresh error is logged (`tracing::warn!`); if the retried call is
 //!   refused again, the caller gets that second error unchanged.
 //!
-//! It is the [stream guard](crate::guard) with a refresh policy: a 401 sent
+//! It is the [attempt engine](crate::engine) with a refresh policy: a 401 sent
 //! as an error event inside a stream is handled like one in the response
 //! head, and nothing is retried after output.
 //!
@@ -55,12 +55,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
-use crate::guard::{Guard, GuardPolicy};
+use crate::engine::{Engine, Policy};
 use crate::{BoxError, ChatRequest, ChatStream, Error};
 
 mod credential;
@@ -147,7 +147,7 @@ impl<S> tower::Layer<S> for RefreshLayer {
 
     fn layer(&self, inner: S) -> Refresh<S> {
         Refresh {
-            guard: Guard::new(inner, self.policy.clone()),
+            engine: Engine::new(inner, self.policy.clone()),
         }
     }
 }
@@ -156,23 +156,23 @@ impl<S> tower::Layer<S> for RefreshLayer {
 /// See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct Refresh<S> {
-    guard: Guard<S, RefreshPolicy>,
+    engine: Engine<S, RefreshPolicy>,
 }
 
 impl<S> Refresh<S> {
     /// The inner service.
     pub fn get_ref(&self) -> &S {
-        self.guard.get_ref()
+        self.engine.get_ref()
     }
 
     /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
-        self.guard.get_mut()
+        self.engine.get_mut()
     }
 
     /// The inner service, consuming this one.
     pub fn into_inner(self) -> S {
-        self.guard.into_inner()
+        self.engine.into_inner()
     }
 }
 
@@ -185,79 +185,33 @@ where
     type Future = ResponseFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.guard.poll_ready(cx)
+        self.engine.poll_ready(cx)
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
-        let policy = self.guard.policy();
-        let (usable, seen) = {
-            let state = policy.store.lock();
-            let usable = state
-                .current
-                .as_ref()
-                .is_some_and(|c| !c.credential.expires_within(policy.margin));
-            (usable, state.generation)
-        };
-        if usable {
-            return ResponseFuture {
-                state: FutureState::Calling {
-                    future: self.guard.call(request),
-                },
-            };
-        }
-        // Fetch (or renew) before sending, holding nothing while the source
-        // runs: the instance driven ready is dropped, which gives back what
-        // its readiness reserved (a concurrency slot, a buffer's place), and
-        // a clone is driven ready once the credential is there.
-        let store = policy.store.clone();
-        let clone = self.guard.clone();
-        drop(std::mem::replace(&mut self.guard, clone));
-        let guard = self.guard.clone();
         ResponseFuture {
-            state: FutureState::Fetching {
-                fetch: Box::pin(store.refresh(seen)),
-                pending: Some((guard, request)),
-            },
+            inner: self.engine.call(request),
         }
     }
 }
 
-type Pending<S> = Option<(Guard<S, RefreshPolicy>, ChatRequest)>;
-
 pin_project! {
-    /// The response future of [`Refresh`].
+    /// The response future of [`Refresh`]: the [attempt engine](crate::engine)'s.
     pub struct ResponseFuture<S>
     where
-        S: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
-        S: Clone,
+        S: tower::Service<ChatRequest>,
     {
         #[pin]
-        state: FutureState<S>,
-    }
-}
-
-pin_project! {
-    #[project = FutureStateProj]
-    enum FutureState<S>
-    where
-        S: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
-        S: Clone,
-    {
-        Fetching {
-            fetch: Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>,
-            pending: Pending<S>,
-        },
-        Readying { pending: Pending<S> },
-        Calling { #[pin] future: crate::guard::ResponseFuture<S, RefreshPolicy> },
+        inner: crate::engine::ResponseFuture<S, RefreshPolicy>,
     }
 }
 
 impl<S> fmt::Debug for ResponseFuture<S>
 where
-    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+    S: tower::Service<ChatRequest>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+        fmt::Debug::fmt(&self.inner, f)
     }
 }
 
@@ -268,52 +222,14 @@ where
     type Output = Result<ChatStream, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                FutureStateProj::Fetching { fetch, pending } => {
-                    let fetched = ready!(fetch.as_mut().poll(cx));
-                    let Some((guard, request)) = pending.take() else {
-                        return Poll::Ready(Err(Error::config(
-                            "refresh future polled after completion",
-                        )));
-                    };
-                    if let Err(e) = fetched {
-                        // A credential close to expiry is still worth sending;
-                        // with none at all there is nothing to send.
-                        if guard.policy().store.lock().current.is_none() {
-                            return Poll::Ready(Err(e));
-                        }
-                    }
-                    this.state.set(FutureState::Readying {
-                        pending: Some((guard, request)),
-                    });
-                }
-                FutureStateProj::Readying { pending } => {
-                    let Some((guard, _)) = pending.as_mut() else {
-                        return Poll::Ready(Err(Error::config(
-                            "refresh future polled after completion",
-                        )));
-                    };
-                    ready!(tower::Service::poll_ready(guard, cx))?;
-                    let Some((mut guard, request)) = pending.take() else {
-                        return Poll::Ready(Err(Error::config(
-                            "refresh future polled after completion",
-                        )));
-                    };
-                    let future = tower::Service::call(&mut guard, request);
-                    this.state.set(FutureState::Calling { future });
-                }
-                FutureStateProj::Calling { future } => return future.poll(cx),
-            }
-        }
+        self.project().inner.poll(cx)
     }
 }
 
-/// The [`GuardPolicy`] of [`Refresh`]: stamp the credential handle, refresh
-/// once on the chosen errors.
+/// The [`Policy`] of [`Refresh`]: fetch a credential the call cannot be
+/// sent with, stamp the credential handle, refresh once on the chosen errors.
 #[derive(Clone)]
-pub struct RefreshPolicy {
+pub(crate) struct RefreshPolicy {
     store: Arc<Store>,
     margin: Duration,
     refresh_on: Classifier,
@@ -330,21 +246,45 @@ impl fmt::Debug for RefreshPolicy {
 
 /// What [`RefreshPolicy`] remembers for one call.
 #[derive(Debug)]
-pub struct CallState {
+pub(crate) struct CallState {
     /// The generation of the credential the last attempt was sent with.
     used: Arc<AtomicU64>,
     refreshed: bool,
 }
 
-impl GuardPolicy for RefreshPolicy {
+impl Policy for RefreshPolicy {
     type State = CallState;
-    type Wait = Pin<Box<dyn Future<Output = bool> + Send>>;
+    type Wait = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
     fn start(&self, _request: &ChatRequest) -> CallState {
         CallState {
             used: Arc::new(AtomicU64::new(NOT_SENT)),
             refreshed: false,
         }
+    }
+
+    fn before_first(&self, _state: &mut CallState, _request: &ChatRequest) -> Option<Self::Wait> {
+        let seen = {
+            let state = self.store.lock();
+            let usable = state
+                .current
+                .as_ref()
+                .is_some_and(|c| !c.credential.expires_within(self.margin));
+            if usable {
+                return None;
+            }
+            state.generation
+        };
+        // Fetch (or renew) before sending. A credential close to expiry is
+        // still worth sending if the fetch fails; with none at all there is
+        // nothing to send.
+        let store = self.store.clone();
+        Some(Box::pin(async move {
+            match store.clone().refresh(seen).await {
+                Err(e) if store.lock().current.is_none() => Err(e),
+                _ => Ok(()),
+            }
+        }))
     }
 
     fn prepare(&self, state: &mut CallState, request: &mut ChatRequest) {
@@ -371,7 +311,7 @@ impl GuardPolicy for RefreshPolicy {
             "credential refused; refreshing and retrying once"
         );
         let store = self.store.clone();
-        Some(Box::pin(async move { store.refresh(used).await.is_ok() }))
+        Some(Box::pin(async move { store.refresh(used).await }))
     }
 }
 

@@ -1,45 +1,45 @@
 use std::task::{Context, Poll};
 
 use super::RetryPolicy;
-use crate::guard::{self, Guard};
+use crate::engine::{self, Engine};
 use crate::{ChatRequest, ChatStream, Error};
 
 /// A service whose transient failures before output are retried: the
-/// [stream guard](crate::guard) with a [`RetryPolicy`].
+/// [attempt engine](crate::engine) with a [`RetryPolicy`].
 ///
-/// Its own type, not an alias of the guard, so that a compiler error about
+/// Its own type, not an alias of the engine, so that a compiler error about
 /// the service under it (say, one that is not `Clone`) names this type.
 #[derive(Debug, Clone)]
 pub struct TransportRetry<S> {
-    guard: Guard<S, RetryPolicy>,
+    engine: Engine<S, RetryPolicy>,
 }
 
 impl<S> TransportRetry<S> {
     /// `inner`, retried by `policy`.
     pub const fn new(inner: S, policy: RetryPolicy) -> Self {
         TransportRetry {
-            guard: Guard::new(inner, policy),
+            engine: Engine::new(inner, policy),
         }
     }
 
     /// The policy.
     pub fn policy(&self) -> &RetryPolicy {
-        self.guard.policy()
+        self.engine.policy()
     }
 
     /// The inner service.
     pub fn get_ref(&self) -> &S {
-        self.guard.get_ref()
+        self.engine.get_ref()
     }
 
     /// The inner service, mutably.
     pub fn get_mut(&mut self) -> &mut S {
-        self.guard.get_mut()
+        self.engine.get_mut()
     }
 
     /// The inner service, consuming this one.
     pub fn into_inner(self) -> S {
-        self.guard.into_inner()
+        self.engine.into_inner()
     }
 }
 
@@ -49,14 +49,14 @@ where
 {
     type Response = ChatStream;
     type Error = Error;
-    type Future = guard::ResponseFuture<S, RetryPolicy>;
+    type Future = engine::ResponseFuture<S, RetryPolicy>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.guard.poll_ready(cx)
+        self.engine.poll_ready(cx)
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
-        self.guard.call(request)
+        self.engine.call(request)
     }
 }
 

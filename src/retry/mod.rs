@@ -1,6 +1,6 @@
 //! Retry what is transient — never after output.
 //!
-//! [`TransportRetryLayer`] is the [stream guard](crate::guard) with a
+//! [`TransportRetryLayer`] is the [attempt engine](crate::engine) with a
 //! [`RetryPolicy`] that follows the official SDKs' conventions: connection
 //! failures, resets, truncated or undecodable bodies, timeouts, 408, 409,
 //! 429 and 5xx are retried (an `x-should-retry` header overrides the status

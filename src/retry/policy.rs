@@ -12,7 +12,7 @@ use tokio::time::{Instant, Sleep};
 use tower::retry::budget::Budget;
 
 use crate::call::Deadline;
-use crate::guard::GuardPolicy;
+use crate::engine::Policy;
 use crate::{ChatRequest, Error};
 
 /// When and how long [`TransportRetryLayer`](super::TransportRetryLayer)
@@ -223,7 +223,7 @@ fn seed() -> u64 {
     std::collections::hash_map::RandomState::new().hash_one(CALLS.fetch_add(1, Ordering::Relaxed))
 }
 
-impl GuardPolicy for RetryPolicy {
+impl Policy for RetryPolicy {
     type State = CallState;
     type Wait = Delay;
 
@@ -270,11 +270,11 @@ impl Delay {
 }
 
 impl Future for Delay {
-    type Output = bool;
+    type Output = Result<(), Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         ready!(self.project().sleep.poll(cx));
-        Poll::Ready(true)
+        Poll::Ready(Ok(()))
     }
 }
 

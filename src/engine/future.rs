@@ -6,26 +6,27 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{Attempts, GuardPolicy, Priming};
+use super::{Attempts, Policy, Priming, Ready};
 use crate::{ChatRequest, ChatStream, Error};
 
 pin_project! {
-    /// The response future of a [`Guard`](super::Guard): resolves when an
+    /// The response future of an [`Engine`](super::Engine): resolves when an
     /// attempt has delivered its first output event (or ended cleanly
     /// without any), or with the error that ended the last attempt.
     pub struct ResponseFuture<S, P>
     where
         S: Service<ChatRequest>,
-        P: GuardPolicy,
+        P: Policy,
     {
         #[pin]
-        state: State<S::Future, P::Wait>,
+        state: State<S, P::Wait>,
+        // Not ready: each later attempt drives a clone of it ready.
         service: S,
         request: ChatRequest,
         policy: P,
         call: P::State,
         attempts: Attempts,
-        guard_attempts: u32,
+        sent: u32,
         // The failure being waited out, returned if the policy gives up.
         failure: Option<Error>,
     }
@@ -33,22 +34,48 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, W> {
-        Calling { #[pin] future: F },
+    enum State<S, W>
+    where
+        S: Service<ChatRequest>,
+    {
+        Sending { #[pin] attempt: Ready<S> },
         Priming { priming: Priming },
         Waiting { #[pin] wait: W },
-        Readying,
         Done,
     }
 }
 
 impl<S, P> ResponseFuture<S, P>
 where
-    S: Service<ChatRequest>,
-    P: GuardPolicy,
+    S: Service<ChatRequest> + Clone,
+    P: Policy,
 {
-    pub(super) fn new(
-        future: S::Future,
+    /// Attempt 1, sent at once through `readied`.
+    pub(super) fn sending(
+        mut readied: S,
+        request: ChatRequest,
+        policy: P,
+        mut call: P::State,
+        attempts: Attempts,
+    ) -> Self {
+        let mut first = request.clone();
+        policy.prepare(&mut call, &mut first);
+        let attempt = Ready::called(readied.call(first));
+        ResponseFuture {
+            state: State::Sending { attempt },
+            service: readied,
+            request,
+            policy,
+            call,
+            attempts,
+            sent: 1,
+            failure: None,
+        }
+    }
+
+    /// Attempt 1, sent through a clone of `service` once `wait` is over.
+    pub(super) fn waiting(
+        wait: P::Wait,
         service: S,
         request: ChatRequest,
         policy: P,
@@ -56,13 +83,13 @@ where
         attempts: Attempts,
     ) -> Self {
         ResponseFuture {
-            state: State::Calling { future },
+            state: State::Waiting { wait },
             service,
             request,
             policy,
             call,
             attempts,
-            guard_attempts: 1,
+            sent: 0,
             failure: None,
         }
     }
@@ -71,19 +98,19 @@ where
 impl<S, P> fmt::Debug for ResponseFuture<S, P>
 where
     S: Service<ChatRequest>,
-    P: GuardPolicy,
+    P: Policy,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("attempts", &self.guard_attempts)
+            .field("attempts", &self.sent)
             .finish_non_exhaustive()
     }
 }
 
 impl<S, P> Future for ResponseFuture<S, P>
 where
-    S: Service<ChatRequest, Response = ChatStream, Error = Error>,
-    P: GuardPolicy,
+    S: Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
+    P: Policy,
 {
     type Output = Result<ChatStream, Error>;
 
@@ -91,7 +118,7 @@ where
         let mut this = self.project();
         loop {
             let failure = match this.state.as_mut().project() {
-                StateProj::Calling { future } => match ready!(future.poll(cx)) {
+                StateProj::Sending { attempt } => match ready!(attempt.poll(cx)) {
                     Ok(stream) => {
                         this.state.set(State::Priming {
                             priming: Priming::new(stream),
@@ -103,10 +130,7 @@ where
                 StateProj::Priming { priming } => match ready!(priming.poll(cx)) {
                     Ok(mut committed) => {
                         let meta = committed.meta_mut();
-                        meta.attempts = meta
-                            .attempts
-                            .max(this.attempts.get())
-                            .max(*this.guard_attempts);
+                        meta.attempts = meta.attempts.max(this.attempts.get()).max(*this.sent);
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(committed));
                     }
@@ -114,32 +138,23 @@ where
                     Err(e) => e,
                 },
                 StateProj::Waiting { wait } => {
-                    if ready!(wait.poll(cx)) {
-                        this.state.set(State::Readying);
-                        continue;
-                    }
-                    this.state.set(State::Done);
-                    let e = this
-                        .failure
-                        .take()
-                        .unwrap_or_else(|| Error::config("guard gave up without a failure"));
-                    return Poll::Ready(Err(e));
-                }
-                StateProj::Readying => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
+                    if let Err(e) = ready!(wait.poll(cx)) {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(e));
+                        // The failure waited out; before the first attempt,
+                        // the wait's own.
+                        return Poll::Ready(Err(this.failure.take().unwrap_or(e)));
                     }
+                    *this.failure = None;
                     let mut request = this.request.clone();
                     this.policy.prepare(this.call, &mut request);
-                    *this.guard_attempts += 1;
-                    let future = this.service.call(request);
-                    this.state.set(State::Calling { future });
+                    *this.sent += 1;
+                    let attempt = Ready::new(this.service.clone(), request);
+                    this.state.set(State::Sending { attempt });
                     continue;
                 }
                 StateProj::Done => {
                     return Poll::Ready(Err(Error::config(
-                        "guard response future polled after completion",
+                        "the engine's response future polled after completion",
                     )));
                 }
             };
@@ -150,7 +165,7 @@ where
                     this.state.set(State::Waiting { wait });
                 }
                 None => {
-                    let sent = this.attempts.get().max(*this.guard_attempts);
+                    let sent = this.attempts.get().max(*this.sent);
                     if sent > 1 {
                         tracing::warn!(
                             attempts = sent,
