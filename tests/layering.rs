@@ -167,6 +167,26 @@ fn nothing_below_the_layers_imports_a_layer() {
     );
 }
 
+/// Providers are generic over their transport: only the default transport
+/// knows reqwest, and tells the rest what a failure was through
+/// `transport::TransportError`.
+#[test]
+fn only_the_default_transport_names_reqwest() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let named: Vec<_> = files
+        .iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "transport.rs"))
+        .filter(|f| code(f).contains("reqwest::"))
+        .map(|f| f.strip_prefix(src()).unwrap().display().to_string())
+        .collect();
+    assert!(
+        named.is_empty(),
+        "reqwest named outside transport.rs: {named:?}"
+    );
+    assert!(code(&src().join("transport.rs")).contains("reqwest::"));
+}
+
 #[test]
 fn every_module_is_placed() {
     // A new module must be put above or below the line, so that the check

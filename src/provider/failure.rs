@@ -1,6 +1,7 @@
 //! Transport failures classified by what they are, then by phase.
 
 use crate::error::{BoxError, Error, TimeoutPhase, TransportPhase};
+use crate::transport::TransportError;
 
 /// Classifies a transport failure by what it is (a timeout, a refused
 /// connection), falling back to the phase it happened in.
@@ -13,7 +14,7 @@ pub(crate) fn transport_error(
     let mut timeout = false;
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
     while let Some(e) = source {
-        if let Some(r) = e.downcast_ref::<reqwest::Error>() {
+        if let Some(r) = e.downcast_ref::<TransportError>() {
             connect |= r.is_connect();
             timeout |= r.is_timeout();
         } else if let Some(io) = e.downcast_ref::<std::io::Error>() {
