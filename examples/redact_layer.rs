@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 
 use futures_util::{Stream, StreamExt};
-use llm_tower::chat::Events;
+use llm_tower::Events;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{ChatRequest, ChatStream, Error, Message, OpenAi, StreamEvent};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};

@@ -28,7 +28,7 @@ use crate::Error;
 /// [`RefreshLayer`](crate::RefreshLayer) manage it.
 ///
 /// ```
-/// use llm_tower::refresh::Credential;
+/// use llm_tower::Credential;
 /// use std::time::Duration;
 ///
 /// let token = Credential::bearer("eyJhbGciOi…").expires_in(Duration::from_secs(3600));

@@ -76,7 +76,7 @@ impl Called {
 ///
 /// ```
 /// use llm_tower::mock::{MockServer, Reply};
-/// use llm_tower::retry::{RetryPolicy, TransportRetryLayer};
+/// use llm_tower::{RetryPolicy, TransportRetryLayer};
 /// use llm_tower::{Attempts, ChatRequest, Message, OpenAi};
 /// use std::time::Duration;
 /// use tower::{Layer, ServiceExt};

@@ -57,8 +57,9 @@
 //!   generic over the HTTP service under them; [`transport`], the default
 //!   reqwest one. `mock` (feature `mock`) is a scriptable server on loopback
 //!   speaking the providers' wire formats, for tests and demos.
-//! - **The ground** every floor stands on: [`chat`] (the request, the event
-//!   stream, the folded [`Completion`]) and [`Error`] (one error type whose
+//! - **The ground** every floor stands on: the call's vocabulary
+//!   ([`ChatRequest`], the [`ChatStream`] of [`StreamEvent`]s, the folded
+//!   [`Completion`]) and [`Error`] (one error type whose
 //!   variants are classes a policy can act on); what travels with a call in
 //!   its request — its [`Deadline`], its [`Attempts`], the credential a
 //!   layer supplies — and [`Credential`] itself; what the response headers
@@ -68,6 +69,23 @@
 //! So a layer reads what a provider wrote into the request or the stream
 //! through the ground floor's types, not through the provider, and a
 //! provider never names a layer.
+//!
+//! # Where names live
+//!
+//! Each name is reachable one way. The crate root holds what a user names
+//! in everyday code: the call's vocabulary (requests, the stream, its
+//! events, the folded completion, [`Error`] and its parts), credentials
+//! and what a call carries, the providers, and every layer with its
+//! settings (`…Layer`, [`RetryPolicy`]). A module holds the rest of its
+//! middleware — the service its layer makes, its response future, its
+//! policy's state (as tower keeps `Retry` beside `RetryLayer`) — and what
+//! extends the crate: [`engine`], [`provider`] (builders, [`provider::Wire`],
+//! [`provider::Provider`]), [`sse`], [`transport`], `mock`.
+//!
+//! Every middleware has one shape: `XLayer` (built with methods, the
+//! settings) and `X<S>` with `X::new(inner, settings)` — the layer, or for
+//! [`limit::StreamConcurrencyLimit`] the number, as tower's
+//! `ConcurrencyLimit` takes it — and `get_ref`, `get_mut`, `into_inner`.
 //!
 //! # Extending
 //!
@@ -90,7 +108,7 @@
 
 mod auth;
 mod call;
-pub mod chat;
+mod chat;
 pub mod engine;
 mod error;
 pub mod fallback;
@@ -141,21 +159,21 @@ pub(crate) fn later_or_far(
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use auth::Credential;
+pub use auth::{AuthScheme, Credential};
 pub use call::{Attempts, Deadline};
-pub use chat::{
-    ChatRequest, ChatStream, Completion, CompletionBuilder, ContentPart, Image, Message,
-    ResponseMeta, Role, StopReason, StreamEvent, Tool, ToolCall, ToolChoice, Usage,
-};
+pub use chat::event::{StopReason, StreamEvent, Usage};
+pub use chat::request::{ChatRequest, ContentPart, Image, Message, Role, Tool, ToolChoice};
+pub use chat::stream::{ChatStream, Completion, CompletionBuilder, Events, ResponseMeta, ToolCall};
 pub use error::{ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase};
-pub use fallback::{Fallback, FallbackLayer};
+pub use fallback::layer::FallbackLayer;
 pub use headers::{RateLimitInfo, parse_retry_after};
-pub use limit::{StreamConcurrencyLimit, StreamConcurrencyLimitLayer};
-pub use provider::{
-    Anthropic, AnthropicBuilder, Gemini, GeminiBuilder, OpenAi, OpenAiBuilder, Preset,
-};
-pub use rate_limit::{RateLimit, RateLimitLayer};
-pub use refresh::{Refresh, RefreshLayer};
-pub use retry::{RetryPolicy, TransportRetry, TransportRetryLayer};
-pub use timeout::{StreamTimeout, StreamTimeoutLayer};
-pub use trace::{GenAiTrace, GenAiTraceLayer};
+pub use limit::layer::StreamConcurrencyLimitLayer;
+pub use provider::anthropic::Anthropic;
+pub use provider::gemini::Gemini;
+pub use provider::openai::{OpenAi, Preset};
+pub use rate_limit::layer::RateLimitLayer;
+pub use refresh::layer::RefreshLayer;
+pub use retry::layer::TransportRetryLayer;
+pub use retry::policy::RetryPolicy;
+pub use timeout::layer::StreamTimeoutLayer;
+pub use trace::layer::GenAiTraceLayer;

@@ -253,3 +253,76 @@ async fn a_boxed_stack_is_shared_across_tasks() {
             .all(|r| r.header("authorization") == Some("Bearer k1"))
     );
 }
+
+/// Every middleware has one shape: `X::new(inner, settings)` makes what its
+/// layer makes, and `get_ref`/`get_mut`/`into_inner` reach the service
+/// under it.
+#[tokio::test(start_paused = true)]
+async fn every_service_is_made_by_new_as_by_its_layer() {
+    use llm_tower::fallback::Fallback;
+    use llm_tower::limit::StreamConcurrencyLimit;
+    use llm_tower::rate_limit::RateLimit;
+    use llm_tower::refresh::Refresh;
+    use llm_tower::retry::TransportRetry;
+    use llm_tower::timeout::StreamTimeout;
+    use llm_tower::trace::GenAiTrace;
+    let server = MockServer::start().await;
+    server.accept_keys(["k1", "backup-key"]);
+    server.push(Reply::api_error(529, "overloaded_error", "busy"));
+    let bottom = openai_at(&server);
+    let limited = StreamConcurrencyLimit::new(bottom, 4);
+    let timed = StreamTimeout::new(
+        limited,
+        StreamTimeoutLayer::new().first_event(Duration::from_secs(5)),
+    );
+    let paced = RateLimit::new(timed, RateLimitLayer::new().requests_per_minute(100));
+    let retried = TransportRetry::new(paced, RetryPolicy::default().max_retries(0));
+    let refreshed = Refresh::new(
+        retried,
+        RefreshLayer::new(|| async { Ok::<_, std::io::Error>(Credential::bearer("k1")) }),
+    );
+    let backup = llm_tower::OpenAi::builder()
+        .base_url(server.openai_url())
+        .api_key("backup-key")
+        .model("m")
+        .build()
+        .unwrap();
+    let mut fallback = Fallback::new(
+        refreshed,
+        FallbackLayer::new(backup).when(|e| matches!(e, Error::Overloaded { .. })),
+    );
+    assert_eq!(
+        fallback.secondary().endpoint().to_string(),
+        format!("{}/chat/completions", server.openai_url())
+    );
+    let _: &mut Refresh<_> = fallback.get_mut();
+    let traced = GenAiTrace::new(fallback, GenAiTraceLayer::new());
+    let inner: &Fallback<_, _> = traced.get_ref();
+    let _ = inner
+        .get_ref()
+        .get_ref()
+        .get_ref()
+        .get_ref()
+        .get_ref()
+        .get_ref();
+    let answer = traced.oneshot(hello()).await.unwrap();
+    // The primary was overloaded (no retries left): the secondary answered,
+    // with the credential the refresh fetched before the first attempt.
+    assert_eq!(
+        answer.completion().await.unwrap().text,
+        "Hello from the mock server."
+    );
+    let keys: Vec<_> = server
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").map(str::to_owned))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            Some("Bearer k1".to_owned()),
+            Some("Bearer backup-key".to_owned())
+        ],
+        "the primary sent the fetched credential; the secondary its own key"
+    );
+}

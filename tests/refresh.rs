@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use llm_tower::Credential;
 use llm_tower::mock::{MockServer, Reply};
-use llm_tower::refresh::{Credential, CredentialSource};
+use llm_tower::refresh::CredentialSource;
 use llm_tower::transport::{RequestBody, ReqwestTransport};
 use llm_tower::{
     Anthropic, ChatRequest, Error, Message, OpenAi, RefreshLayer, RetryPolicy, TransportRetryLayer,

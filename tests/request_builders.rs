@@ -178,3 +178,36 @@ fn tool_error_and_tool_result_differ_only_in_the_flag() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn max_completion_tokens_is_a_toggle() {
+    let server = MockServer::start().await;
+    server.set_default(Reply::text(["ok"]));
+    let openai = |on| {
+        OpenAi::builder()
+            .base_url(server.openai_url())
+            .model("m")
+            .max_completion_tokens(true)
+            .max_completion_tokens(on)
+            .build()
+            .unwrap()
+    };
+    for on in [true, false] {
+        openai(on)
+            .oneshot(
+                ChatRequest::new("")
+                    .message(Message::user("hi"))
+                    .max_tokens(99),
+            )
+            .await
+            .unwrap()
+            .completion()
+            .await
+            .unwrap();
+    }
+    let sent = server.requests();
+    assert_eq!(sent[0].json()["max_completion_tokens"], 99);
+    assert_eq!(sent[0].json().get("max_tokens"), None);
+    assert_eq!(sent[1].json()["max_tokens"], 99);
+    assert_eq!(sent[1].json().get("max_completion_tokens"), None);
+}

@@ -22,13 +22,14 @@
 //! # }
 //! ```
 
-mod event;
-mod request;
-mod stream;
+pub(crate) mod event;
+pub(crate) mod request;
+pub(crate) mod stream;
 
-pub use event::{StopReason, StreamEvent, Usage};
-pub use request::{ChatRequest, ContentPart, Image, Message, Role, Tool, ToolChoice};
-pub use stream::{ChatStream, Completion, CompletionBuilder, Events, ResponseMeta, ToolCall};
+pub(crate) use event::{StopReason, StreamEvent, Usage};
+pub(crate) use request::{ChatRequest, ContentPart, Image, Message, Role, ToolChoice};
+pub(crate) use stream::Events;
+pub(crate) use stream::{ChatStream, Completion, ResponseMeta};
 
 /// Maps sparse indices (`tool_calls[].index` and `content_block_start.index`
 /// from a server, `ToolCallStart::index` from a caller) to dense positions

@@ -181,7 +181,7 @@ impl ChatStream {
     /// Keeps `value` alive until the stream ends, fails or is dropped, then
     /// drops it: how a layer ties a slot, a permit or a guard to the life
     /// of the answer rather than of the response future (as
-    /// [`StreamConcurrencyLimit`](crate::StreamConcurrencyLimit) does). No
+    /// [`StreamConcurrencyLimit`](crate::limit::StreamConcurrencyLimit) does). No
     /// extra hop per event.
     pub fn hold(&mut self, value: impl Send + 'static) {
         self.events.held.push(Box::new(value));

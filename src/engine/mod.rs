@@ -38,8 +38,8 @@
 //! in-flight attempt and any pending wait; dropping the resolved stream
 //! cancels the call. No task is spawned.
 //!
-//! [`TransportRetryLayer`](crate::retry::TransportRetryLayer) and
-//! [`RefreshLayer`](crate::refresh::RefreshLayer) are this engine with two
+//! [`TransportRetryLayer`](crate::TransportRetryLayer) and
+//! [`RefreshLayer`](crate::RefreshLayer) are this engine with two
 //! policies; custom policies implement [`Policy`].
 
 use std::future::Future;

@@ -339,7 +339,7 @@ impl ApiError {
     }
 
     /// Whether this client refused the call itself, without asking the
-    /// provider: a [`RateLimit`](crate::RateLimit) that found no room before
+    /// provider: a [`RateLimit`](crate::rate_limit::RateLimit) that found no room before
     /// the call's deadline or in its queue, or tower's `load_shed`
     /// (provider `"tower"`). [`provider`](ApiError::provider) then names the
     /// provider the call was for (`"unknown"` before any answer came).

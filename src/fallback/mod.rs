@@ -40,52 +40,11 @@ use pin_project_lite::pin_project;
 use crate::engine::{Priming, Ready};
 use crate::{ChatRequest, ChatStream, Error};
 
+pub(crate) mod layer;
+
+use layer::FallbackLayer;
+
 type Predicate = Arc<dyn Fn(&Error) -> bool + Send + Sync>;
-
-/// Applies [`Fallback`] with `secondary` as the second service.
-#[derive(Clone)]
-pub struct FallbackLayer<B> {
-    secondary: B,
-    when: Predicate,
-}
-
-impl<B> FallbackLayer<B> {
-    /// Falls back to `secondary` on failures that [`Error::is_retryable`]
-    /// calls transient (put it outside the primary's retry layer, so the
-    /// primary's own retries come first).
-    pub fn new(secondary: B) -> Self {
-        FallbackLayer {
-            secondary,
-            when: Arc::new(Error::is_retryable),
-        }
-    }
-
-    /// Falls back on the failures `predicate` selects instead.
-    pub fn when(mut self, predicate: impl Fn(&Error) -> bool + Send + Sync + 'static) -> Self {
-        self.when = Arc::new(predicate);
-        self
-    }
-}
-
-impl<B: fmt::Debug> fmt::Debug for FallbackLayer<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FallbackLayer")
-            .field("secondary", &self.secondary)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<A, B: Clone> tower::Layer<A> for FallbackLayer<B> {
-    type Service = Fallback<A, B>;
-
-    fn layer(&self, primary: A) -> Fallback<A, B> {
-        Fallback {
-            primary,
-            secondary: self.secondary.clone(),
-            when: self.when.clone(),
-        }
-    }
-}
 
 /// A primary service with a secondary for failures before output. See the
 /// [module docs](self).
@@ -94,6 +53,37 @@ pub struct Fallback<A, B> {
     primary: A,
     secondary: B,
     when: Predicate,
+}
+
+impl<A, B> Fallback<A, B> {
+    /// `primary`, with `layer`'s secondary for the failures it selects.
+    pub fn new(primary: A, layer: FallbackLayer<B>) -> Self {
+        Fallback {
+            primary,
+            secondary: layer.secondary,
+            when: layer.when,
+        }
+    }
+
+    /// The primary service.
+    pub fn get_ref(&self) -> &A {
+        &self.primary
+    }
+
+    /// The primary service, mutably.
+    pub fn get_mut(&mut self) -> &mut A {
+        &mut self.primary
+    }
+
+    /// The primary service, consuming this one.
+    pub fn into_inner(self) -> A {
+        self.primary
+    }
+
+    /// The secondary service.
+    pub fn secondary(&self) -> &B {
+        &self.secondary
+    }
 }
 
 impl<A: fmt::Debug, B: fmt::Debug> fmt::Debug for Fallback<A, B> {

@@ -5,11 +5,11 @@
 //! Error>` that is `Clone`, generic over its HTTP transport (default
 //! [`ReqwestTransport`](crate::transport::ReqwestTransport)):
 //!
-//! - [`OpenAi`]: Chat Completions, and every OpenAI-compatible server through
-//!   its base URL (vLLM, Ollama, llama.cpp, gateways), with [`Preset`]s for
+//! - [`OpenAi`](crate::OpenAi): Chat Completions, and every OpenAI-compatible server through
+//!   its base URL (vLLM, Ollama, llama.cpp, gateways), with [`Preset`](crate::Preset)s for
 //!   the common ones.
-//! - [`Anthropic`]: Messages, with an API key or an OAuth bearer token.
-//! - [`Gemini`]: Google's Generative Language API.
+//! - [`Anthropic`](crate::Anthropic): Messages, with an API key or an OAuth bearer token.
+//! - [`Gemini`](crate::Gemini): Google's Generative Language API.
 //!
 //! ```no_run
 //! use llm_tower::{ChatRequest, Message, OpenAi};
@@ -31,21 +31,21 @@
 //! # }
 //! ```
 
-mod anthropic;
+pub(crate) mod anthropic;
 mod body;
 mod builder;
 mod client;
 mod custom;
 mod encode;
 mod failure;
-mod gemini;
-mod openai;
+pub(crate) mod gemini;
+pub(crate) mod openai;
 mod response;
 mod wire;
 
-pub use anthropic::{Anthropic, AnthropicBuilder};
-pub use gemini::{Gemini, GeminiBuilder};
-pub use openai::{OpenAi, OpenAiBuilder, Preset};
+pub use anthropic::AnthropicBuilder;
+pub use gemini::GeminiBuilder;
+pub use openai::OpenAiBuilder;
 
 /// The most tool calls, or content blocks, one answer may open. Wire
 /// indices are mapped to dense positions below it, so no number a server

@@ -238,11 +238,16 @@ impl OpenAiBuilder {
         self
     }
 
-    /// Sends [`ChatRequest::max_tokens`] as `max_completion_tokens` (what
-    /// OpenAI's reasoning models require) instead of `max_tokens` (what most
-    /// compatible servers take, the default).
-    pub fn max_completion_tokens(mut self) -> Self {
-        self.max_tokens_field = "max_completion_tokens";
+    /// Whether [`ChatRequest::max_tokens`] is sent as
+    /// `max_completion_tokens` (what OpenAI's reasoning models require)
+    /// rather than `max_tokens` (what most compatible servers take; default
+    /// off).
+    pub fn max_completion_tokens(mut self, on: bool) -> Self {
+        self.max_tokens_field = if on {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
         self
     }
 

@@ -1,7 +1,7 @@
 //! Pacing calls before the provider answers 429.
 //!
 //! Providers say how much room is left with every answer (see
-//! [`RateLimitInfo`]). [`RateLimit`] reads it, and a budget you configure
+//! [`RateLimitInfo`](crate::RateLimitInfo)). [`RateLimit`] reads it, and a budget you configure
 //! (requests, tokens, input tokens and output tokens per minute), and makes
 //! each call wait until it fits instead of sending it into a 429:
 //!
@@ -75,94 +75,8 @@ use crate::{ApiError, ChatRequest, ChatStream, ContentPart, Deadline, Error, Str
 
 mod books;
 
-pub use crate::headers::{Quota, RateLimitInfo};
+pub use crate::headers::Quota;
 use books::{Booking, Books, LIMITS, Refusal};
-
-/// Applies [`RateLimit`]. See the [module docs](self).
-///
-/// Each service the layer builds keeps its own books, shared by that
-/// service's clones. A budget of zero refuses every call, with a
-/// [`Error::RateLimited`] that is not retryable.
-#[derive(Debug, Clone, Copy)]
-pub struct RateLimitLayer {
-    budget: [Option<u64>; LIMITS],
-    max_waiting: usize,
-}
-
-impl Default for RateLimitLayer {
-    fn default() -> Self {
-        RateLimitLayer::new()
-    }
-}
-
-/// How many calls may wait for a slot at once, by default.
-pub const DEFAULT_MAX_WAITING: usize = 1024;
-
-impl RateLimitLayer {
-    /// Follows the providers' rate-limit headers, with no budget of its own.
-    pub const fn new() -> Self {
-        RateLimitLayer {
-            budget: [None; LIMITS],
-            max_waiting: DEFAULT_MAX_WAITING,
-        }
-    }
-
-    /// At most `n` calls wait for a slot at once (default
-    /// [`DEFAULT_MAX_WAITING`]), across every clone of the service. A call
-    /// that would wait beyond them fails at once with a local
-    /// [`Error::RateLimited`] whose `retry_after` is the wait it would have
-    /// had, so memory stays bounded under a burst and the caller can shed
-    /// or retry. Calls that fit now never count.
-    pub const fn max_waiting(mut self, n: usize) -> Self {
-        self.max_waiting = n;
-        self
-    }
-
-    /// At most `n` calls in any minute, per model.
-    pub const fn requests_per_minute(mut self, n: u64) -> Self {
-        self.budget[0] = Some(n);
-        self
-    }
-
-    /// At most `n` tokens, input and output together, in any minute, per
-    /// model (OpenAI's TPM).
-    pub const fn tokens_per_minute(mut self, n: u64) -> Self {
-        self.budget[1] = Some(n);
-        self
-    }
-
-    /// At most `n` input tokens in any minute, per model (Anthropic's ITPM).
-    pub const fn input_tokens_per_minute(mut self, n: u64) -> Self {
-        self.budget[2] = Some(n);
-        self
-    }
-
-    /// At most `n` output tokens in any minute, per model (Anthropic's
-    /// OTPM). A call counts its `max_tokens` until its usage is known: set
-    /// it, or output is only counted once generated.
-    pub const fn output_tokens_per_minute(mut self, n: u64) -> Self {
-        self.budget[3] = Some(n);
-        self
-    }
-}
-
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            shared: Arc::new(Shared {
-                budget: self.budget,
-                max_waiting: self.max_waiting,
-                waiting: AtomicUsize::new(0),
-                first: OnceLock::new(),
-                models: Mutex::new(HashMap::new()),
-                provider: OnceLock::new(),
-            }),
-        }
-    }
-}
 
 /// Paces calls to the provider's rate limits and a budget. See the [module
 /// docs](self).
@@ -713,3 +627,8 @@ fn json_len(value: &Value, depth: u32) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+pub(crate) mod layer;
+
+pub use layer::DEFAULT_MAX_WAITING;
+use layer::RateLimitLayer;

@@ -16,7 +16,7 @@ pub type CredentialFuture = Pin<Box<dyn Future<Output = Result<Credential, BoxEr
 /// Any `Fn() -> impl Future<Output = Result<Credential, E>>` is one:
 ///
 /// ```
-/// use llm_tower::refresh::{Credential, RefreshLayer};
+/// use llm_tower::{Credential, RefreshLayer};
 ///
 /// let layer = RefreshLayer::new(|| async {
 ///     let token = std::env::var("API_TOKEN")?; // or an OAuth refresh

@@ -1,6 +1,6 @@
 //! Retry what is transient — never after output.
 //!
-//! [`TransportRetryLayer`] is the [attempt engine](crate::engine) with a
+//! [`TransportRetryLayer`](crate::TransportRetryLayer) is the [attempt engine](crate::engine) with a
 //! [`RetryPolicy`] that follows the official SDKs' conventions: connection
 //! failures, resets, truncated or undecodable bodies, timeouts, 408, 409,
 //! 429 and 5xx are retried (an `x-should-retry` header overrides the status
@@ -39,8 +39,9 @@
 //! # }
 //! ```
 
-mod layer;
-mod policy;
+pub(crate) mod layer;
+pub(crate) mod policy;
 
-pub use layer::{TransportRetry, TransportRetryLayer};
-pub use policy::{CallState, Delay, RetryPolicy};
+pub use layer::TransportRetry;
+use policy::RetryPolicy;
+pub use policy::{CallState, Delay};

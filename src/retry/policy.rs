@@ -15,7 +15,7 @@ use crate::call::Deadline;
 use crate::engine::Policy;
 use crate::{ChatRequest, Error};
 
-/// When and how long [`TransportRetryLayer`](super::TransportRetryLayer)
+/// When and how long [`TransportRetryLayer`](crate::TransportRetryLayer)
 /// waits before sending a failed call again.
 ///
 /// Cheap to clone: clones share one configuration (and one budget).

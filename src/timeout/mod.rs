@@ -63,64 +63,9 @@ use crate::call::{Called, Deadline};
 use crate::chat::Events;
 use crate::{ChatRequest, ChatStream, Error, StreamEvent, TimeoutPhase};
 
-/// Applies [`StreamTimeout`]. See the [module docs](self).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct StreamTimeoutLayer {
-    limits: Limits,
-}
+pub(crate) mod layer;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Limits {
-    first_event: Option<Duration>,
-    idle: Option<Duration>,
-    total: Option<Duration>,
-}
-
-impl StreamTimeoutLayer {
-    /// A layer with no limit set yet.
-    pub const fn new() -> Self {
-        StreamTimeoutLayer {
-            limits: Limits {
-                first_event: None,
-                idle: None,
-                total: None,
-            },
-        }
-    }
-
-    /// The longest wait from the call to the answer's first output event
-    /// (text, thinking, a tool call: metadata such as an opening role chunk
-    /// does not count). Until then, the idle limit does not apply.
-    pub const fn first_event(mut self, timeout: Duration) -> Self {
-        self.limits.first_event = Some(timeout);
-        self
-    }
-
-    /// The longest wait for the next event, from when the caller asks for
-    /// it: once output has begun, or from the head on when no first-event
-    /// limit is set.
-    pub const fn idle(mut self, timeout: Duration) -> Self {
-        self.limits.idle = Some(timeout);
-        self
-    }
-
-    /// The longest a whole call may take, stream included.
-    pub const fn total(mut self, timeout: Duration) -> Self {
-        self.limits.total = Some(timeout);
-        self
-    }
-}
-
-impl<S> tower::Layer<S> for StreamTimeoutLayer {
-    type Service = StreamTimeout<S>;
-
-    fn layer(&self, inner: S) -> StreamTimeout<S> {
-        StreamTimeout {
-            inner,
-            limits: self.limits,
-        }
-    }
-}
+use layer::{Limits, StreamTimeoutLayer};
 
 /// A service whose answers are cut when they stall. See the [module
 /// docs](self).
@@ -131,6 +76,14 @@ pub struct StreamTimeout<S> {
 }
 
 impl<S> StreamTimeout<S> {
+    /// `inner`, its answers cut by `layer`'s limits.
+    pub const fn new(inner: S, layer: StreamTimeoutLayer) -> Self {
+        StreamTimeout {
+            inner,
+            limits: layer.limits,
+        }
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner

@@ -45,42 +45,12 @@ use tracing::field::Empty;
 use crate::chat::Events;
 use crate::{ChatRequest, ChatStream, Error, StopReason, StreamEvent};
 
+pub(crate) mod layer;
+
+use layer::GenAiTraceLayer;
+
 /// The most completion text recorded with `record_content`, in bytes.
 const MAX_RECORDED_CONTENT: usize = 64 * 1024;
-
-/// Applies [`GenAiTrace`]. See the [module docs](self).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GenAiTraceLayer {
-    record_content: bool,
-}
-
-impl GenAiTraceLayer {
-    /// Spans without prompt or completion text.
-    pub const fn new() -> Self {
-        GenAiTraceLayer {
-            record_content: false,
-        }
-    }
-
-    /// Also records the prompt (`gen_ai.prompt`, the messages as JSON) and the
-    /// completion text (`gen_ai.completion`, at most 64 KiB). They may hold
-    /// personal or confidential data.
-    pub const fn record_content(mut self, on: bool) -> Self {
-        self.record_content = on;
-        self
-    }
-}
-
-impl<S> tower::Layer<S> for GenAiTraceLayer {
-    type Service = GenAiTrace<S>;
-
-    fn layer(&self, inner: S) -> GenAiTrace<S> {
-        GenAiTrace {
-            inner,
-            record_content: self.record_content,
-        }
-    }
-}
 
 /// A service whose calls are traced. See the [module docs](self).
 #[derive(Debug, Clone)]
@@ -90,6 +60,14 @@ pub struct GenAiTrace<S> {
 }
 
 impl<S> GenAiTrace<S> {
+    /// `inner`, its calls traced as `layer` says.
+    pub const fn new(inner: S, layer: GenAiTraceLayer) -> Self {
+        GenAiTrace {
+            inner,
+            record_content: layer.record_content,
+        }
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner

@@ -1,0 +1,94 @@
+//! [`RateLimitLayer`]: the settings, and the layer that applies them.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::books::LIMITS;
+use super::{RateLimit, Shared};
+
+/// Applies [`RateLimit`]. See the [module docs](crate::rate_limit).
+///
+/// Each service the layer builds keeps its own books, shared by that
+/// service's clones. A budget of zero refuses every call, with a
+/// [`Error::RateLimited`](crate::Error::RateLimited) that is not retryable.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitLayer {
+    budget: [Option<u64>; LIMITS],
+    max_waiting: usize,
+}
+
+impl Default for RateLimitLayer {
+    fn default() -> Self {
+        RateLimitLayer::new()
+    }
+}
+
+/// How many calls may wait for a slot at once, by default.
+pub const DEFAULT_MAX_WAITING: usize = 1024;
+
+impl RateLimitLayer {
+    /// Follows the providers' rate-limit headers, with no budget of its own.
+    pub const fn new() -> Self {
+        RateLimitLayer {
+            budget: [None; LIMITS],
+            max_waiting: DEFAULT_MAX_WAITING,
+        }
+    }
+
+    /// At most `n` calls wait for a slot at once (default
+    /// [`DEFAULT_MAX_WAITING`]), across every clone of the service. A call
+    /// that would wait beyond them fails at once with a local
+    /// [`Error::RateLimited`](crate::Error::RateLimited) whose `retry_after` is the wait it would have
+    /// had, so memory stays bounded under a burst and the caller can shed
+    /// or retry. Calls that fit now never count.
+    pub const fn max_waiting(mut self, n: usize) -> Self {
+        self.max_waiting = n;
+        self
+    }
+
+    /// At most `n` calls in any minute, per model.
+    pub const fn requests_per_minute(mut self, n: u64) -> Self {
+        self.budget[0] = Some(n);
+        self
+    }
+
+    /// At most `n` tokens, input and output together, in any minute, per
+    /// model (OpenAI's TPM).
+    pub const fn tokens_per_minute(mut self, n: u64) -> Self {
+        self.budget[1] = Some(n);
+        self
+    }
+
+    /// At most `n` input tokens in any minute, per model (Anthropic's ITPM).
+    pub const fn input_tokens_per_minute(mut self, n: u64) -> Self {
+        self.budget[2] = Some(n);
+        self
+    }
+
+    /// At most `n` output tokens in any minute, per model (Anthropic's
+    /// OTPM). A call counts its `max_tokens` until its usage is known: set
+    /// it, or output is only counted once generated.
+    pub const fn output_tokens_per_minute(mut self, n: u64) -> Self {
+        self.budget[3] = Some(n);
+        self
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit {
+            inner,
+            shared: Arc::new(Shared {
+                budget: self.budget,
+                max_waiting: self.max_waiting,
+                waiting: AtomicUsize::new(0),
+                first: OnceLock::new(),
+                models: Mutex::new(HashMap::new()),
+                provider: OnceLock::new(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! [`RefreshLayer`]: the settings, and the layer that applies them.
+
+use crate::Error;
+use crate::auth::Credential;
+use crate::engine::Engine;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::credential::CredentialSource;
+use super::{Refresh, RefreshPolicy, Stamped, State, Store};
+
+/// Applies [`Refresh`]. All services it builds, and their clones, share one
+/// credential. See the [module docs](crate::refresh).
+#[derive(Clone)]
+pub struct RefreshLayer {
+    pub(super) policy: RefreshPolicy,
+}
+
+impl RefreshLayer {
+    /// Credentials come from `source`; the first call fetches one.
+    pub fn new(source: impl CredentialSource) -> Self {
+        RefreshLayer {
+            policy: RefreshPolicy {
+                store: Arc::new(Store {
+                    source: Box::new(source),
+                    state: Mutex::new(State::default()),
+                    refresh_lock: tokio::sync::Mutex::new(()),
+                }),
+                margin: Duration::from_secs(60),
+                refresh_on: Arc::new(|e| matches!(e, Error::Unauthorized { .. })),
+            },
+        }
+    }
+
+    /// Starts with `credential` (one the host already holds) instead of
+    /// fetching on the first call.
+    pub fn initial(self, credential: Credential) -> Self {
+        match Stamped::new(credential) {
+            Ok(stamped) => self.policy.store.lock().current = Some(Arc::new(stamped)),
+            Err(e) => tracing::warn!(error = %e, "ignoring the initial credential"),
+        }
+        self
+    }
+
+    /// Refreshes a credential that expires within `margin` before sending
+    /// with it (default 60 s).
+    pub fn margin(mut self, margin: Duration) -> Self {
+        self.policy.margin = margin;
+        self
+    }
+
+    /// Which failures before output trigger a refresh and one retry (default:
+    /// [`Error::Unauthorized`]). For example, to include 403:
+    ///
+    /// ```
+    /// # use llm_tower::{Credential, RefreshLayer};
+    /// # use llm_tower::Error;
+    /// # let layer = RefreshLayer::new(|| async { Ok::<_, std::io::Error>(Credential::bearer("t")) });
+    /// let layer = layer.refresh_on(|e| matches!(e, Error::Unauthorized { .. } | Error::Forbidden { .. }));
+    /// ```
+    pub fn refresh_on(
+        mut self,
+        predicate: impl Fn(&Error) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.policy.refresh_on = Arc::new(predicate);
+        self
+    }
+
+    /// How many credentials the source has produced so far.
+    pub fn generation(&self) -> u64 {
+        self.policy.store.lock().generation
+    }
+}
+
+impl fmt::Debug for RefreshLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RefreshLayer")
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<S> tower::Layer<S> for RefreshLayer {
+    type Service = Refresh<S>;
+
+    fn layer(&self, inner: S) -> Refresh<S> {
+        Refresh {
+            engine: Engine::new(inner, self.policy.clone()),
+        }
+    }
+}
