@@ -454,3 +454,40 @@ async fn each_retry_is_a_tracing_event() {
         retries[1]
     );
 }
+
+/// The warning that a call failed "after N attempts" is for calls that were
+/// sent more than once: a failure on the only attempt is the caller's to
+/// log.
+#[tokio::test(start_paused = true)]
+async fn a_failure_on_the_only_attempt_is_not_logged_as_retried() {
+    let (captured, _capturing) = Captured::start();
+    let server = MockServer::start().await;
+    server.push(Reply::api_error(400, "invalid_request_error", "bad"));
+    let err = openai(&server, RetryPolicy::default())
+        .oneshot(hello(true))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
+    let events = captured.events();
+    assert!(
+        events.iter().all(|e| !e.contains("failed after")),
+        "{events:#?}"
+    );
+    // Sent twice, it is.
+    server.push_all([
+        Reply::reset(),
+        Reply::api_error(400, "invalid_request_error", "bad"),
+    ]);
+    openai(&server, RetryPolicy::default())
+        .oneshot(hello(true))
+        .await
+        .unwrap_err();
+    assert!(
+        captured
+            .events()
+            .iter()
+            .any(|e| e.starts_with("WARN") && e.contains("failed after 2 attempts")),
+        "{:#?}",
+        captured.events()
+    );
+}

@@ -369,3 +369,23 @@ fn invalid_utf8_does_not_stall() {
         .unwrap();
     assert_eq!((errors, data.as_str()), (1, "ok"));
 }
+
+/// `retry` takes ASCII digits only (the standard's rule): a sign, a space
+/// inside, an underscore or nothing at all leave the last value as it was,
+/// although Rust's integer parser would take `+5`.
+#[test]
+fn retry_takes_digits_only() {
+    for (input, expected) in [
+        (&b"retry: 15\n\n"[..], Some(15)),
+        (b"retry: 15\nretry: +5\n\n", Some(15)),
+        (b"retry: -1\n\n", None),
+        (b"retry: 1_0\n\n", None),
+        (b"retry: 1 0\n\n", None),
+        (b"retry:\n\n", None),
+        (b"retry: 99999999999999999999999\n\n", None),
+    ] {
+        let (_, retry) = decode(&[input], 1 << 20);
+        assert_eq!(retry, expected, "{:?}", String::from_utf8_lossy(input));
+        assert_eq!(reference(input).1, expected, "the reference agrees");
+    }
+}
