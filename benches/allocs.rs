@@ -1,0 +1,124 @@
+//! What the recommended layer stack allocates over the bare provider, per
+//! short call and per streamed event: counted exactly by a counting global
+//! allocator, so the figures do not depend on the machine or its load.
+//!
+//! The stack is the README's, layer for layer (`common::full_stack`), over
+//! the in-process transport the `stack` bench uses. The transport's own
+//! allocations (building the canned response) are in both columns alike.
+//!
+//! `cargo bench --bench allocs`
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use llm_tower::{ChatRequest, Message, OpenAi};
+use tower::ServiceExt;
+
+use common::{Boxed, Canned, EVENTS, count_events, fixed_chunks, full_stack, openai_transcript};
+
+/// Counts allocations (and reallocations, which copy) on every thread.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+static BYTES: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed to `System` unchanged; the counters are
+// atomics and allocate nothing.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        // SAFETY: the caller's contract is `System`'s.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1763000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":3}}"#;
+
+const CALLS: u64 = 1_000;
+
+fn request(stream: bool) -> ChatRequest {
+    ChatRequest::new("")
+        .message(Message::user("Say hello."))
+        .max_tokens(64)
+        .stream(stream)
+}
+
+/// Allocations and bytes per call of `svc` over `calls` calls, after a
+/// warm-up call (lazy statics, the runtime's first timer).
+fn per_call(rt: &tokio::runtime::Runtime, svc: &Boxed, stream: bool, calls: u64) -> (f64, f64) {
+    let run = || {
+        rt.block_on(async {
+            count_events(svc.clone().oneshot(request(stream)).await).await;
+        })
+    };
+    run();
+    let (a0, b0) = (
+        ALLOCATIONS.load(Ordering::Relaxed),
+        BYTES.load(Ordering::Relaxed),
+    );
+    for _ in 0..calls {
+        run();
+    }
+    let a = ALLOCATIONS.load(Ordering::Relaxed) - a0;
+    let b = BYTES.load(Ordering::Relaxed) - b0;
+    (a as f64 / calls as f64, b as f64 / calls as f64)
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with `--bench` absent:
+    // one quick pass then.
+    let calls = if std::env::args().any(|a| a == "--bench") {
+        CALLS
+    } else {
+        10
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    for (what, canned, stream, per) in [
+        ("short call", Canned::json(ANSWER), false, 1.0),
+        (
+            "10,000-event stream, per event",
+            Canned::sse(fixed_chunks(&openai_transcript(), 1024)),
+            true,
+            EVENTS as f64,
+        ),
+    ] {
+        let provider = OpenAi::builder()
+            .model("gpt-4o-mini")
+            .build_with(canned)
+            .expect("valid configuration");
+        let bare = Boxed::new(provider.clone());
+        let full = full_stack(provider, 64);
+        let n = if stream { calls.min(20) } else { calls };
+        let (ba, bb) = per_call(&rt, &bare, stream, n);
+        let (fa, fb) = per_call(&rt, &full, stream, n);
+        println!(
+            "allocs/{what}: bare {:.2} allocations ({:.0} bytes), README stack {:.2} ({:.0} bytes): +{:.2} allocations, +{:.0} bytes",
+            ba / per,
+            bb / per,
+            fa / per,
+            fb / per,
+            (fa - ba) / per,
+            (fb - bb) / per
+        );
+    }
+}
