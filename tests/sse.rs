@@ -389,3 +389,23 @@ fn retry_takes_digits_only() {
         assert_eq!(reference(input).1, expected, "the reference agrees");
     }
 }
+
+/// A line cut between chunks counts whole against the limit: its start
+/// (held from the first chunk) and its end, on top of the data gathered.
+#[test]
+fn a_line_cut_between_chunks_counts_whole_against_the_limit() {
+    let first = format!("data: {}\n", "x".repeat(40));
+    let second = format!("data: {}\n\n", "y".repeat(55));
+    let input = format!("{first}{second}");
+    // 41 bytes of data, then a 61-byte line: 102 > 100.
+    let (cut_at, limit) = (first.len() + 30, 100);
+    let bytes = input.as_bytes();
+    let want = reference_limited(bytes, limit);
+    assert_eq!(want, [Item::TooLarge]);
+    assert_eq!(decode(&[&bytes[..cut_at], &bytes[cut_at..]], limit).0, want);
+    // One byte more of room and the event is whole.
+    assert!(matches!(
+        &decode(&[&bytes[..cut_at], &bytes[cut_at..]], 102).0[..],
+        [Item::Event { data, .. }] if data.len() == 96
+    ));
+}
