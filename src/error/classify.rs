@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
-use super::{ApiError, DecodeError, Error, TimeoutPhase};
 use crate::headers::{RateLimitInfo, header_str, parse_retry_after, request_id_header};
+
+use super::{ApiError, DecodeError, Error, TimeoutPhase};
 
 impl Error {
     pub(crate) fn json(

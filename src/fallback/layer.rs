@@ -1,8 +1,9 @@
 //! [`FallbackLayer`]: the settings, and the layer that applies them.
 
-use crate::Error;
 use std::fmt;
 use std::sync::Arc;
+
+use crate::Error;
 
 use super::{Fallback, Predicate};
 

@@ -1,6 +1,7 @@
 //! [`StreamConcurrencyLimitLayer`]: the settings, and the layer that applies them.
 
 use std::sync::Arc;
+
 use tokio::sync::Semaphore;
 
 use super::StreamConcurrencyLimit;

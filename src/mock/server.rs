@@ -15,13 +15,14 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::lock;
+
 use super::dialect::Dialect;
 use super::player::{MockBody, OpenResponse};
 use super::render::{Asked, Step};
 use super::reply::Reply;
 use super::socket::ResettableStream;
 use super::{DefaultReply, RecordedRequest, Shared};
-use crate::lock;
 
 pub(super) const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 pub(super) const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);

@@ -321,7 +321,7 @@ fn a_json_estimate_never_counts_less_than_the_json() {
         json!({"a": {"b": {"c": ["deep", "er"]}}}),
     ] {
         let real = serde_json::to_string(&value).unwrap().len() as u64;
-        let estimate = super::json_len(&value, 0);
+        let estimate = super::estimate::json_len(&value, 0);
         assert!(
             (real..=2 * real + 16).contains(&estimate),
             "{value}: {estimate} for {real} bytes"
@@ -402,7 +402,7 @@ fn estimate_counts_text_images_tools_and_max_tokens() {
             arguments: arguments.clone(),
         }],
     ));
-    let bytes = 6 + 7 + super::json_len(&arguments, 0);
+    let bytes = 6 + 7 + super::estimate::json_len(&arguments, 0);
     assert_eq!(estimate(&call), (4 + bytes.div_ceil(4), 0));
 
     // A schema deeper than any real one is estimated, not recursed into.

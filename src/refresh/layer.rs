@@ -1,11 +1,12 @@
 //! [`RefreshLayer`]: the settings, and the layer that applies them.
 
-use crate::Error;
-use crate::auth::Credential;
-use crate::engine::Engine;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::Error;
+use crate::auth::Credential;
+use crate::engine::Engine;
 
 use super::credential::CredentialSource;
 use super::{Refresh, RefreshPolicy, Stamped, State, Store};

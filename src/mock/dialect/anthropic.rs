@@ -2,8 +2,9 @@
 
 use serde_json::{Value, json};
 
-use super::{MESSAGE_ID, tool_args};
 use crate::mock::render::{Asked, Content, Frame};
+
+use super::{MESSAGE_ID, tool_args};
 
 /// An error body: `{"type": "error", "error": {type, message}, "request_id"}`.
 pub(super) fn error_body(error_type: &str, message: &str) -> Value {

@@ -3,8 +3,9 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use super::{MESSAGE_ID, tool_args};
 use crate::mock::render::{Asked, Content, Frame};
+
+use super::{MESSAGE_ID, tool_args};
 
 /// An error body: `{"error": {code, message, status}}`.
 pub(super) fn error_body(status: StatusCode, error_type: &str, message: &str) -> Value {

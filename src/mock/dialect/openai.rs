@@ -2,8 +2,9 @@
 
 use serde_json::{Value, json};
 
-use super::MESSAGE_ID;
 use crate::mock::render::{Asked, Content, Frame};
+
+use super::MESSAGE_ID;
 
 /// An error body: `{"error": {message, type, param, code}}`.
 pub(super) fn error_body(error_type: &str, message: &str) -> Value {
