@@ -198,3 +198,20 @@ impl fmt::Debug for SuppliedCredential {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_is_there_when_asked_for_and_nowhere_else() {
+        for (credential, scheme) in [
+            (Credential::bearer("tok-123"), AuthScheme::Bearer),
+            (Credential::api_key("tok-123"), AuthScheme::ApiKey),
+        ] {
+            assert_eq!(credential.expose_secret(), "tok-123");
+            assert_eq!(credential.scheme(), &scheme);
+            assert!(!format!("{credential:?}").contains("tok-123"));
+        }
+    }
+}

@@ -187,9 +187,8 @@ impl Family {
 /// servers send.
 pub(crate) fn parse_duration(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::try_from_secs_f64(secs).ok())
-            .flatten();
+        // Negative, infinite or not a number: no duration.
+        return Duration::try_from_secs_f64(secs).ok();
     }
     humantime::parse_duration(value).ok()
 }
