@@ -199,6 +199,17 @@ impl ChatStream {
         }
     }
 
+    /// [`prepend`](Self::prepend) for events already in a `Vec`: when
+    /// nothing waits in front, the `Vec`'s buffer becomes the queue, with
+    /// no copy and no allocation.
+    pub(crate) fn prepend_vec(&mut self, events: Vec<StreamEvent>) {
+        if self.events.prefix.is_empty() {
+            self.events.prefix = VecDeque::from(events);
+        } else {
+            self.prepend(events);
+        }
+    }
+
     /// Reads every event and folds them into a [`Completion`].
     ///
     /// A failure before any output event returns that error. A failure after

@@ -66,7 +66,7 @@ impl Priming {
             return Poll::Ready(match failed {
                 Some(e) => Err(e),
                 None => {
-                    stream.prepend(self.held.drain(..));
+                    stream.prepend_vec(std::mem::take(&mut self.held));
                     Ok(stream)
                 }
             });
