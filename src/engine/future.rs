@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{Attempts, Policy, Priming, Ready};
+use super::{Attempt, Attempts, Policy};
 use crate::{ChatRequest, ChatStream, Error};
 
 pin_project! {
@@ -38,8 +38,7 @@ pin_project! {
     where
         S: Service<ChatRequest>,
     {
-        Sending { #[pin] attempt: Ready<S> },
-        Priming { priming: Priming },
+        Attempting { #[pin] attempt: Attempt<S> },
         Waiting { #[pin] wait: W },
         Done,
     }
@@ -60,9 +59,9 @@ where
     ) -> Self {
         let mut first = request.clone();
         policy.prepare(&mut call, &mut first);
-        let attempt = Ready::called(readied.call(first));
+        let attempt = Attempt::called(readied.call(first));
         ResponseFuture {
-            state: State::Sending { attempt },
+            state: State::Attempting { attempt },
             service: readied,
             request,
             policy,
@@ -118,16 +117,7 @@ where
         let mut this = self.project();
         loop {
             let failure = match this.state.as_mut().project() {
-                StateProj::Sending { attempt } => match ready!(attempt.poll(cx)) {
-                    Ok(stream) => {
-                        this.state.set(State::Priming {
-                            priming: Priming::new(stream),
-                        });
-                        continue;
-                    }
-                    Err(e) => e,
-                },
-                StateProj::Priming { priming } => match ready!(priming.poll(cx)) {
+                StateProj::Attempting { attempt } => match ready!(attempt.poll(cx)) {
                     Ok(mut committed) => {
                         let meta = committed.meta_mut();
                         meta.attempts = meta.attempts.max(this.attempts.get()).max(*this.sent);
@@ -148,8 +138,8 @@ where
                     let mut request = this.request.clone();
                     this.policy.prepare(this.call, &mut request);
                     *this.sent += 1;
-                    let attempt = Ready::new(this.service.clone(), request);
-                    this.state.set(State::Sending { attempt });
+                    let attempt = Attempt::new(this.service.clone(), request);
+                    this.state.set(State::Attempting { attempt });
                     continue;
                 }
                 StateProj::Done => {

@@ -48,10 +48,12 @@ use std::task::{Context, Poll};
 use crate::call::Attempts;
 use crate::{ChatRequest, ChatStream, Error};
 
+mod attempt;
 mod future;
 mod prime;
 mod ready;
 
+pub(crate) use attempt::Attempt;
 pub use future::ResponseFuture;
 pub(crate) use prime::Priming;
 pub(crate) use ready::{Ready, poll_call};

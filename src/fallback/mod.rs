@@ -37,7 +37,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use crate::engine::{Priming, Ready};
+use crate::engine::{Attempt, Ready};
 use crate::{ChatRequest, ChatStream, Error};
 
 pub(crate) mod layer;
@@ -102,7 +102,7 @@ where
 {
     type Response = ChatStream;
     type Error = Error;
-    type Future = ResponseFuture<A::Future, B>;
+    type Future = ResponseFuture<A, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         // The secondary is driven ready only when it is needed.
@@ -113,7 +113,7 @@ where
         let spare = request.clone();
         ResponseFuture {
             state: State::Primary {
-                future: self.primary.call(request),
+                attempt: Attempt::called(self.primary.call(request)),
             },
             fallback: Some((self.secondary.clone(), spare)),
             when: self.when.clone(),
@@ -123,12 +123,13 @@ where
 
 pin_project! {
     /// The response future of [`Fallback`].
-    pub struct ResponseFuture<F, B>
+    pub struct ResponseFuture<A, B>
     where
+        A: tower::Service<ChatRequest>,
         B: tower::Service<ChatRequest>,
     {
         #[pin]
-        state: State<F, B>,
+        state: State<A, B>,
         fallback: Option<(B, ChatRequest)>,
         when: Predicate,
     }
@@ -136,19 +137,20 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<F, B>
+    enum State<A, B>
     where
+        A: tower::Service<ChatRequest>,
         B: tower::Service<ChatRequest>,
     {
-        Primary { #[pin] future: F },
-        Priming { priming: Priming },
+        Primary { #[pin] attempt: Attempt<A> },
         Secondary { #[pin] future: Ready<B> },
         Done,
     }
 }
 
-impl<F, B> fmt::Debug for ResponseFuture<F, B>
+impl<A, B> fmt::Debug for ResponseFuture<A, B>
 where
+    A: tower::Service<ChatRequest>,
     B: tower::Service<ChatRequest>,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,9 +158,9 @@ where
     }
 }
 
-impl<F, B> Future for ResponseFuture<F, B>
+impl<A, B> Future for ResponseFuture<A, B>
 where
-    F: Future<Output = Result<ChatStream, Error>>,
+    A: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
     B: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
 {
     type Output = Result<ChatStream, Error>;
@@ -167,16 +169,7 @@ where
         let mut this = self.project();
         loop {
             let failure = match this.state.as_mut().project() {
-                StateProj::Primary { future } => match ready!(future.poll(cx)) {
-                    Ok(stream) => {
-                        this.state.set(State::Priming {
-                            priming: Priming::new(stream),
-                        });
-                        continue;
-                    }
-                    Err(e) => e,
-                },
-                StateProj::Priming { priming } => match ready!(priming.poll(cx)) {
+                StateProj::Primary { attempt } => match ready!(attempt.poll(cx)) {
                     Ok(stream) => {
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(stream));
