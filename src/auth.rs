@@ -211,7 +211,14 @@ mod tests {
         ] {
             assert_eq!(credential.expose_secret(), "tok-123");
             assert_eq!(credential.scheme(), &scheme);
-            assert!(!format!("{credential:?}").contains("tok-123"));
+            let debug = format!("{credential:?}");
+            assert!(!debug.contains("tok-123"), "{debug}");
+            assert!(
+                debug.starts_with("Credential {")
+                    && debug.contains(&format!("{scheme:?}"))
+                    && debug.contains("<redacted>"),
+                "Debug still says what it is: {debug}"
+            );
         }
     }
 }

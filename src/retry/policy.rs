@@ -283,6 +283,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_shows_the_settings() {
+        let p = RetryPolicy::default()
+            .max_retries(5)
+            .backoff(Duration::from_millis(250), Duration::from_secs(4));
+        let debug = format!("{p:?}");
+        for part in [
+            "RetryPolicy {",
+            "max_retries: 5",
+            "initial_backoff: 250ms",
+            "max_backoff: 4s",
+            "budget: false",
+        ] {
+            assert!(debug.contains(part), "{part} in {debug}");
+        }
+    }
+
+    #[test]
     fn backoff_follows_the_sdk_formula() {
         let p = RetryPolicy::default();
         assert_eq!(p.backoff_for(0, 0.0), Duration::from_millis(500));
