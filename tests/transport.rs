@@ -170,3 +170,32 @@ async fn a_redirect_to_another_host_is_not_followed_and_carries_no_key() {
     assert_eq!(origin.request_count(), 6);
     assert_eq!(elsewhere.request_count(), 0, "no redirect was followed");
 }
+
+/// The default transport's future and body say what they are, and hold
+/// nothing a `Debug` could leak; its errors say whether they came while
+/// connecting.
+#[tokio::test]
+async fn the_default_transports_parts_are_debuggable_and_its_errors_classified() {
+    use llm_tower::transport::{RequestBody, TransportError};
+    use tower::Service;
+
+    let server = MockServer::start().await;
+    server.push(Reply::text(["ok"]));
+    let mut transport = ReqwestTransport::new().unwrap();
+    let request = http::Request::post(format!("{}/chat/completions", server.openai_url()))
+        .header("authorization", "Bearer sk-secret")
+        .body(RequestBody::from(r#"{"model":"m","stream":true}"#))
+        .unwrap();
+    let future = transport.call(request);
+    assert_eq!(format!("{future:?}"), "ResponseFuture { .. }");
+    let response = future.await.unwrap();
+    assert!(!format!("{response:?}").contains("sk-secret"));
+
+    // Nothing listens on port 9 of this host.
+    let refused = http::Request::post("http://127.0.0.1:9/")
+        .body(RequestBody::from("{}"))
+        .unwrap();
+    let err: TransportError = transport.call(refused).await.unwrap_err();
+    assert!(err.is_connect() && !err.is_timeout(), "{err:?}");
+    assert!(std::error::Error::source(&err).is_some());
+}
