@@ -36,8 +36,8 @@ pub trait Wire: Send + Sync + 'static {
     /// The JSON body for `req`, whose model (the request's, else the
     /// service's default) is `model`. The caller then merges
     /// [`ChatRequest::extra`] into it. A request this format cannot express
-    /// is an error here, before anything is sent (usually
-    /// [`Error::Config`]-like: see [`Decoded`] for the error helpers).
+    /// is an error here (an [`Error::Config`] naming what is missing), and
+    /// nothing is sent.
     fn encode(&self, req: &ChatRequest, model: &str) -> Result<Map<String, Value>, Error>;
 
     /// Where the request goes, given the configured `endpoint` (base URL and
@@ -56,6 +56,8 @@ pub trait Wire: Send + Sync + 'static {
         let mut bearer = Vec::with_capacity(7 + key.len());
         bearer.extend_from_slice(b"Bearer ");
         bearer.extend_from_slice(key.as_bytes());
+        // A valid value after a valid prefix is a valid value: the fallback
+        // (the key as it came) is unreachable.
         let mut value = HeaderValue::from_bytes(&bearer).unwrap_or_else(|_| key.clone());
         value.set_sensitive(true);
         (http::header::AUTHORIZATION, value)
@@ -130,7 +132,9 @@ impl Decoded {
         }
     }
 
-    /// An event of the answer, delivered in order.
+    /// An event of the answer, delivered in order. The start and the end
+    /// have their own methods ([`start`](Self::start), [`end`](Self::end)):
+    /// push neither `MessageStart` nor `Done` here.
     pub fn push(&mut self, event: StreamEvent) {
         self.queue.push_back(Ok(event));
     }
