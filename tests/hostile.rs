@@ -303,7 +303,17 @@ async fn tower_errors_are_classified_by_type() {
     let shed: BoxError = Box::new(tower::load_shed::error::Overloaded::new());
     let e = Error::from(shed);
     assert!(matches!(e, Error::Overloaded { .. }), "{e:?}");
-    assert!(e.api_error().is_some_and(|a| a.is_local()));
+    let api = e.api_error().expect("what shed the call");
+    assert!(api.is_local());
+    assert_eq!(
+        (api.provider(), api.error_type(), api.message()),
+        (
+            "tower",
+            Some("load_shed"),
+            Some("the service below was not ready")
+        )
+    );
+    assert!(e.to_string().contains("load_shed"), "{e}");
 
     // A Buffer whose worker is gone: final, not transient.
     let svc = tower::service_fn(|_: ChatRequest| async {
