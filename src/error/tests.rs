@@ -196,7 +196,11 @@ fn in_stream_errors() {
     .unwrap();
     let e = Error::from_event("anthropic", &v);
     assert!(matches!(e, Error::Overloaded { .. }));
-    assert_eq!(e.api_error().unwrap().status(), None);
+    let api = e.api_error().unwrap();
+    assert_eq!(api.status(), None);
+    assert_eq!(api.provider(), "anthropic");
+    assert_eq!(api.message(), Some("Overloaded"));
+    assert!(e.to_string().starts_with("overloaded: anthropic"), "{e}");
     let v: Value =
         serde_json::from_str(r#"{"error":{"code":400,"message":"Token limit reached"}}"#).unwrap();
     assert_eq!(Error::from_event("openai", &v).kind(), "invalid_request");
