@@ -14,7 +14,7 @@ pub(super) struct RequestLimit {
     accepted: VecDeque<tokio::time::Instant>,
 }
 
-pub(super) const MINUTE: Duration = Duration::from_secs(60);
+const MINUTE: Duration = Duration::from_secs(60);
 
 impl RequestLimit {
     pub(super) fn new(per_minute: usize) -> Self {

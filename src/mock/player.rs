@@ -17,7 +17,7 @@ use super::Shared;
 use super::render::Step;
 
 /// How long a body waits, before a scripted reset, for its data to be sent.
-pub(super) const FLUSH_BEFORE_RESET: std::time::Duration = std::time::Duration::from_millis(5);
+const FLUSH_BEFORE_RESET: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// A response body that plays its steps, waiting `delay` before each piece.
 pub(super) struct MockBody {

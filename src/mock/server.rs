@@ -24,8 +24,8 @@ use super::reply::Reply;
 use super::socket::ResettableStream;
 use super::{DefaultReply, RecordedRequest, Shared};
 
-pub(super) const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-pub(super) const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut connections = tokio::task::JoinSet::new();
@@ -52,7 +52,7 @@ pub(super) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-pub(super) async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     shared.live_connections.fetch_add(1, Ordering::SeqCst);
     let _live = LiveGuard(shared.clone());
@@ -64,7 +64,7 @@ pub(super) async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         .await;
 }
 
-pub(super) struct LiveGuard(Arc<Shared>);
+struct LiveGuard(Arc<Shared>);
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
@@ -84,7 +84,7 @@ impl fmt::Display for ResetBeforeHeaders {
 
 impl std::error::Error for ResetBeforeHeaders {}
 
-pub(super) async fn handle(
+async fn handle(
     req: Request<Incoming>,
     shared: Arc<Shared>,
     reset: Arc<AtomicBool>,
@@ -222,7 +222,7 @@ pub(super) async fn handle(
 
 /// Where a request may carry its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum KeyHeader {
+enum KeyHeader {
     /// `Authorization: Bearer <key>`.
     Bearer,
     /// `x-api-key: <key>` (Anthropic).
@@ -278,11 +278,7 @@ impl fmt::Display for KeyHeader {
 
 /// Why `request` is refused, when it carries none of `keys` where `dialect`
 /// reads keys from: a 401's message, which echoes the key presented in full.
-pub(super) fn key_refusal(
-    dialect: Dialect,
-    request: &RecordedRequest,
-    keys: &[String],
-) -> Option<String> {
+fn key_refusal(dialect: Dialect, request: &RecordedRequest, keys: &[String]) -> Option<String> {
     let accepted = KeyHeader::accepted(dialect);
     if accepted.is_empty() {
         return None;
@@ -313,7 +309,7 @@ pub(super) fn key_refusal(
 }
 
 /// OpenAI's answer to a path it does not serve.
-pub(super) fn openai_invalid_url(method: &Method, path: &str) -> Response<MockBody> {
+fn openai_invalid_url(method: &Method, path: &str) -> Response<MockBody> {
     let body = serde_json::json!({"error": {
         "message": format!("Invalid URL ({method} {path})"),
         "type": "invalid_request_error", "param": null, "code": null,
@@ -327,11 +323,7 @@ impl RecordedRequest {
     }
 }
 
-pub(super) fn simple(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<MockBody> {
+fn simple(status: StatusCode, content_type: &'static str, body: String) -> Response<MockBody> {
     let mut r = Response::new(MockBody::new(
         VecDeque::from([Step::Data(Bytes::from(body))]),
         Duration::ZERO,

@@ -72,7 +72,7 @@ where
     )
 }
 
-pub(super) enum Mode {
+enum Mode {
     Sse { sse: SseDecoder },
     Json { buf: Vec<u8> },
     Reject { content_type: String, buf: Vec<u8> },
@@ -148,7 +148,7 @@ where
 
 /// After the terminator, reads what is already there (usually the end of the
 /// body) so the connection can go back to the pool, without waiting for more.
-pub(super) fn drain_ready<B: Body>(mut body: Pin<&mut B>, cx: &mut Context<'_>) {
+fn drain_ready<B: Body>(mut body: Pin<&mut B>, cx: &mut Context<'_>) {
     for _ in 0..4 {
         match body.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(_))) => {}
@@ -157,7 +157,7 @@ pub(super) fn drain_ready<B: Body>(mut body: Pin<&mut B>, cx: &mut Context<'_>) 
     }
 }
 
-pub(super) fn feed(
+fn feed(
     mode: &mut Mode,
     decoder: &mut dyn Decode,
     out: &mut Decoded,
@@ -205,7 +205,7 @@ pub(super) fn feed(
 
 /// The body ended: what the framing still holds is decoded, then the answer
 /// ends the way every decoder's does (see [`Decoded::close`]).
-pub(super) fn finish(mode: &mut Mode, decoder: &mut dyn Decode, out: &mut Decoded) {
+fn finish(mode: &mut Mode, decoder: &mut dyn Decode, out: &mut Decoded) {
     match mode {
         Mode::Sse { sse } => {
             sse.finish(|item| {
@@ -236,7 +236,7 @@ pub(super) fn finish(mode: &mut Mode, decoder: &mut dyn Decode, out: &mut Decode
     out.close();
 }
 
-pub(super) fn reject(provider: &'static str, content_type: &str, buf: &[u8]) -> Error {
+fn reject(provider: &'static str, content_type: &str, buf: &[u8]) -> Error {
     Error::decode(
         provider,
         DecodeError::UnexpectedContentType {
@@ -247,7 +247,7 @@ pub(super) fn reject(provider: &'static str, content_type: &str, buf: &[u8]) -> 
 }
 
 /// The error for a body that ended before the provider's terminator.
-pub(crate) fn truncated(provider: &'static str) -> Error {
+pub(super) fn truncated(provider: &'static str) -> Error {
     Error::Transport {
         provider,
         phase: TransportPhase::Body,

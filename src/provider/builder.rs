@@ -13,7 +13,7 @@ use crate::transport::ReqwestTransport;
 use super::client::Common;
 
 /// Parses `base` + `path` into the endpoint URI.
-pub(crate) fn endpoint(provider: &str, base: &str, path: &str) -> Result<Uri, Error> {
+pub(super) fn endpoint(provider: &str, base: &str, path: &str) -> Result<Uri, Error> {
     let url = format!("{}{}", base.trim_end_matches('/'), path);
     let uri: Uri = url
         .parse()
@@ -222,6 +222,6 @@ macro_rules! provider_service {
 pub(crate) use provider_service;
 
 /// The default transport, built from a builder's settings.
-pub(crate) fn default_transport(common: &CommonBuilder) -> Result<ReqwestTransport, Error> {
+pub(super) fn default_transport(common: &CommonBuilder) -> Result<ReqwestTransport, Error> {
     common.transport.clone().build()
 }

@@ -27,7 +27,7 @@ use super::wire::Wire;
 /// Gemini's).
 ///
 /// [`Credential::api_key`]: crate::Credential::api_key
-pub(super) const AUTH_HEADERS: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"];
+const AUTH_HEADERS: [&str; 3] = ["authorization", "x-api-key", "x-goog-api-key"];
 
 /// Configuration every provider shares.
 #[derive(Clone)]

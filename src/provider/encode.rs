@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 
 /// Applies `patch` to `target` as a JSON merge patch (RFC 7386): objects
 /// merge key by key, `null` removes a key, anything else replaces.
-pub(crate) fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
+pub(super) fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, Value>) {
     for (k, v) in patch {
         match v {
             Value::Null => {
@@ -28,7 +28,7 @@ pub(crate) fn merge_patch(target: &mut Map<String, Value>, patch: &Map<String, V
 
 /// `x` as the decimal a person wrote: `0.2f32` is sent as `0.2`, not as the
 /// `0.20000000298023224` its widening to `f64` gives. Not a number: `null`.
-pub(crate) fn decimal(x: f32) -> Value {
+pub(super) fn decimal(x: f32) -> Value {
     // f32's Display is the shortest text that reads back as the same f32.
     x.to_string()
         .parse::<f64>()

@@ -5,7 +5,7 @@ use crate::transport::TransportError;
 
 /// Classifies a transport failure by what it is (a timeout, a refused
 /// connection), falling back to the phase it happened in.
-pub(crate) fn transport_error(
+pub(super) fn transport_error(
     provider: &'static str,
     phase: TransportPhase,
     err: BoxError,

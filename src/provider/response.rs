@@ -20,7 +20,7 @@ use super::failure::transport_error;
 use super::wire::Decode;
 
 /// How much of an error response's body is read to classify it.
-pub(super) const MAX_ERROR_BODY: usize = 64 * 1024;
+const MAX_ERROR_BODY: usize = 64 * 1024;
 
 pub(super) struct CallCtx {
     pub(super) provider: &'static str,
@@ -63,7 +63,7 @@ pin_project! {
 
 /// The body of an error response, type-erased so the future names one type
 /// whatever the transport's body.
-pub(super) type ErrorBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
+type ErrorBody = Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>;
 
 impl fmt::Debug for CallCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -213,6 +213,6 @@ where
     }
 }
 
-pub(super) fn polled_after_completion() -> Error {
+fn polled_after_completion() -> Error {
     Error::config("rate limit response future polled after completion")
 }

@@ -84,7 +84,7 @@ impl Tracker {
 }
 
 /// An answer's events, watched for what they tell the books.
-pub(super) struct Watch {
+struct Watch {
     events: Events,
     tracker: Tracker,
 }
