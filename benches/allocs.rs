@@ -8,7 +8,8 @@
 //! Then each layer alone over the bare provider, for a short call: where the
 //! stack's allocations come from.
 //!
-//! `cargo bench --bench allocs`
+//! `cargo bench --bench allocs`; with `ALLOCS_WHERE=1`, where each
+//! allocation of one call through the stack is made.
 
 mod common;
 
@@ -31,6 +32,7 @@ static BYTES: AtomicU64 = AtomicU64::new(0);
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        where_from();
         BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
         // SAFETY: the caller's contract is `System`'s.
         unsafe { System.alloc(layout) }
@@ -41,9 +43,85 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        where_from();
         BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
         // SAFETY: as above.
         unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+std::thread_local! {
+    /// Whether this thread's allocations are being traced; off while a
+    /// trace is taken, which allocates itself.
+    static RECORD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static TRACES: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Notes a backtrace of this allocation, when tracing.
+fn where_from() {
+    if RECORD.with(|r| r.replace(false)) {
+        let trace = std::backtrace::Backtrace::force_capture().to_string();
+        TRACES.with(|t| t.borrow_mut().push(trace));
+        RECORD.with(|r| r.set(true));
+    }
+}
+
+/// `ALLOCS_WHERE=1 cargo bench --bench allocs`: one short call through
+/// the README stack, each allocation with the two innermost frames that
+/// made it and the first of the crate's: the profile behind the counts.
+fn where_one_call_allocates() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let provider = OpenAi::builder()
+        .model("gpt-4o-mini")
+        .build_with(Canned::json(ANSWER))
+        .expect("valid configuration");
+    let full = full_stack(provider, 64);
+    let run = || {
+        rt.block_on(async {
+            count_events(full.clone().oneshot(request(false)).await).await;
+        })
+    };
+    run();
+    RECORD.with(|r| r.set(true));
+    run();
+    RECORD.with(|r| r.set(false));
+    let traces = TRACES.with(|t| t.take());
+    println!("{} allocations in one short call:", traces.len());
+    for trace in traces {
+        let frames: Vec<&str> = trace
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with("at "))
+            .filter_map(|l| l.split_once(": ").map(|(_, name)| name))
+            .filter(|f| {
+                ![
+                    "where_from",
+                    "alloc::",
+                    "__rust",
+                    "core::ptr",
+                    "<allocs::Counting",
+                ]
+                .iter()
+                .any(|skip| f.contains(skip))
+            })
+            .collect();
+        let ours = frames
+            .iter()
+            .find(|f| f.contains("llm_tower"))
+            .unwrap_or(&"");
+        println!(
+            "{} | {ours}",
+            frames
+                .iter()
+                .take(2)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" < ")
+        );
     }
 }
 
@@ -54,8 +132,12 @@ const ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":
 
 const CALLS: u64 = 1_000;
 
+/// The model named in the request, or empty for the provider's default.
+static MODEL: std::sync::Mutex<&str> = std::sync::Mutex::new("");
+
 fn request(stream: bool) -> ChatRequest {
-    ChatRequest::new("")
+    let model = *MODEL.lock().expect("not poisoned");
+    ChatRequest::new(model)
         .message(Message::user("Say hello."))
         .max_tokens(64)
         .stream(stream)
@@ -83,6 +165,9 @@ fn per_call(rt: &tokio::runtime::Runtime, svc: &Boxed, stream: bool, calls: u64)
 }
 
 fn main() {
+    if std::env::var_os("ALLOCS_WHERE").is_some() {
+        return where_one_call_allocates();
+    }
     // `cargo test --benches` runs bench targets with `--bench` absent:
     // one quick pass then.
     let calls = if std::env::args().any(|a| a == "--bench") {
@@ -123,6 +208,19 @@ fn main() {
             (fb - bb) / per
         );
     }
+    // Each copy of a request for another layer's attempt copies its model
+    // name: the one part of a request not shared between copies.
+    *MODEL.lock().expect("not poisoned") = "gpt-4o-mini";
+    let provider = OpenAi::builder()
+        .build_with(Canned::json(ANSWER))
+        .expect("valid configuration");
+    let (ba, _) = per_call(&rt, &Boxed::new(provider.clone()), false, calls);
+    let (fa, _) = per_call(&rt, &full_stack(provider, 64), false, calls);
+    println!(
+        "allocs/short call, model named in the request: bare {ba:.2} allocations, README stack {fa:.2}: +{:.2} allocations",
+        fa - ba
+    );
+    *MODEL.lock().expect("not poisoned") = "";
     each_layer(&rt, calls);
 }
 

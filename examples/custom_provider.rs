@@ -42,7 +42,7 @@ impl Wire for TinyWire {
 
     fn encode(&self, req: &ChatRequest, model: &str) -> Result<Map<String, Value>, Error> {
         let mut turns = Vec::new();
-        for m in &req.messages {
+        for m in req.messages.iter() {
             let who = match m.role {
                 Role::System => "rules",
                 Role::User => "user",

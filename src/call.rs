@@ -1,14 +1,121 @@
-//! What travels with one call in its request's extensions, read by the
-//! providers and written by the layers: the call's [`Deadline`], its
-//! [`Attempts`] counter, and which provider it reached ([`Called`]).
+//! What travels with one call, read by the providers and written by the
+//! layers: the call's [`Deadline`], its [`Attempts`] counter, and which
+//! provider it reached.
+//!
+//! A user puts a `Deadline` or an `Attempts` in the request's extensions;
+//! the layers keep theirs in the request's [`CallContext`], one shared
+//! value per logical call that every attempt's copy of the request points
+//! to, so a copy for another attempt costs no allocation.
 //!
 //! It sits at the bottom of the crate: providers and layers import from
 //! here, never the other way round.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::time::Instant;
 
 use crate::ChatRequest;
+
+/// What the layers share about one logical call, across its attempts and
+/// the copies of its request: made by the first layer that needs it,
+/// shared by every clone of the request after that.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CallContext(Option<Arc<Shared>>);
+
+#[derive(Debug)]
+struct Shared {
+    /// Requests sent, counted by the providers.
+    count: AtomicU32,
+    /// The caller's counter, from the request's extensions, kept in step.
+    caller: Option<Attempts>,
+    /// The provider the call was sent to first.
+    called: OnceLock<&'static str>,
+    /// The nearest deadline a layer set.
+    deadline: Mutex<Option<Instant>>,
+}
+
+impl ChatRequest {
+    /// The call's context, made if the request has none yet.
+    pub(crate) fn call(&mut self) -> CallHandle {
+        let Self {
+            call, extensions, ..
+        } = self;
+        let shared = call.0.get_or_insert_with(|| {
+            Arc::new(Shared {
+                count: AtomicU32::new(0),
+                caller: extensions.get::<Attempts>().cloned(),
+                called: OnceLock::new(),
+                deadline: Mutex::new(None),
+            })
+        });
+        CallHandle(shared.clone())
+    }
+
+    /// The nearest deadline: the caller's or one a layer set.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let set = self.call.0.as_ref().and_then(|s| s.deadline());
+        let given = self.extensions.get::<Deadline>().map(|d| d.0);
+        match (set, given) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Counts the request about to be sent, returning the count with it;
+    /// `1` when nothing counts for this call.
+    pub(crate) fn count_attempt(&self) -> u32 {
+        match &self.call.0 {
+            Some(shared) => shared.bump(),
+            None => self.extensions.get::<Attempts>().map_or(1, Attempts::bump),
+        }
+    }
+
+    /// Notes that the call was sent to `provider`.
+    pub(crate) fn called(&self, provider: &'static str) {
+        if let Some(shared) = &self.call.0 {
+            let _ = shared.called.set(provider);
+        }
+    }
+}
+
+impl Shared {
+    fn deadline(&self) -> Option<Instant> {
+        // A poisoned lock still holds a valid instant.
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) -> u32 {
+        if let Some(caller) = &self.caller {
+            caller.bump();
+        }
+        self.count.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+}
+
+/// A layer's hold on one call's [`CallContext`].
+#[derive(Debug, Clone)]
+pub(crate) struct CallHandle(Arc<Shared>);
+
+impl CallHandle {
+    /// The requests sent so far.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.0.count.load(Ordering::Relaxed)
+    }
+
+    /// The provider the call was sent to, or `"unknown"` before it was.
+    pub(crate) fn provider(&self) -> &'static str {
+        self.0.called.get().copied().unwrap_or("unknown")
+    }
+
+    /// Sets the deadline to `at`, unless one nearer is set.
+    pub(crate) fn limit(&self, at: Instant) {
+        let mut deadline = self.0.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        if deadline.is_none_or(|d| at < d) {
+            *deadline = Some(at);
+        }
+    }
+}
 
 /// When a call must be over, carried in [`ChatRequest::extensions`].
 ///
@@ -39,28 +146,6 @@ impl Deadline {
     pub fn remaining(&self) -> std::time::Duration {
         self.0
             .saturating_duration_since(tokio::time::Instant::now())
-    }
-}
-
-/// Which provider a call went to, filled in by the provider when it sends:
-/// what a layer above needs to name it before any answer came (a timeout
-/// before the head).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Called(Arc<std::sync::OnceLock<&'static str>>);
-
-impl Called {
-    /// The call's slot, installed if the request has none yet.
-    pub(crate) fn of(request: &mut ChatRequest) -> Called {
-        request.extensions.get_or_insert_default::<Called>().clone()
-    }
-
-    pub(crate) fn set(&self, provider: &'static str) {
-        let _ = self.0.set(provider);
-    }
-
-    /// The provider, or `"unknown"` when none was reached yet.
-    pub(crate) fn name(&self) -> &'static str {
-        self.0.get().copied().unwrap_or("unknown")
     }
 }
 
@@ -108,14 +193,6 @@ impl Attempts {
     /// The requests sent so far.
     pub fn get(&self) -> u32 {
         self.0.load(Ordering::Relaxed)
-    }
-
-    /// The call's counter, installed if the request has none yet.
-    pub(crate) fn of(request: &mut ChatRequest) -> Attempts {
-        request
-            .extensions
-            .get_or_insert_default::<Attempts>()
-            .clone()
     }
 
     /// Counts one more attempt; returns the count including it.

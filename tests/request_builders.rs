@@ -211,3 +211,26 @@ async fn max_completion_tokens_is_a_toggle() {
     assert_eq!(sent[1].json()["max_tokens"], 99);
     assert_eq!(sent[1].json().get("max_completion_tokens"), None);
 }
+
+/// A retrying layer keeps a copy of the request for each later attempt: the
+/// model name, the conversation, the tools and `extra` are shared by the
+/// copies, not copied, and a copy that is changed gets its own.
+#[test]
+fn clones_share_the_large_parts_until_one_is_changed() {
+    use std::sync::Arc;
+
+    let original = every_builder().extra("seed", 7);
+    let mut copy = original.clone();
+    assert!(Arc::ptr_eq(&original.model, &copy.model));
+    assert!(Arc::ptr_eq(&original.messages, &copy.messages));
+    assert!(Arc::ptr_eq(&original.tools, &copy.tools));
+    assert!(Arc::ptr_eq(&original.extra, &copy.extra));
+
+    Arc::make_mut(&mut copy.messages).push(Message::user("and in Roscoff?"));
+    Arc::make_mut(&mut copy.extra).insert("seed".into(), json!(8));
+    assert_eq!(original.messages.len(), 4);
+    assert_eq!(copy.messages.len(), 5);
+    assert_eq!(original.extra["seed"], 7);
+    assert_eq!(copy.extra["seed"], 8);
+    assert!(Arc::ptr_eq(&original.tools, &copy.tools));
+}

@@ -1,5 +1,10 @@
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::auth::SuppliedCredential;
+use crate::call::CallContext;
 
 /// One call to a model: the conversation so far and how to answer it.
 ///
@@ -11,9 +16,11 @@ use serde_json::{Map, Value};
 /// `maxOutputTokens` the encoder wrote there; any other value replaces what
 /// was there, and `null` removes it.
 ///
-/// `ChatRequest` is `Clone`, so retrying layers can send it again, and carries
-/// [`http::Extensions`] for values that travel with one call through the
-/// layers (a credential, a deadline).
+/// `ChatRequest` is `Clone`, so retrying layers can send it again, and
+/// cheaply: the model name and what can be large — the conversation, the
+/// tools, `extra` — are shared between clones behind an [`Arc`] until one
+/// of them changes it ([`Arc::make_mut`] copies then). It carries [`http::Extensions`] for
+/// values a caller sends along with one call (a credential, a deadline).
 ///
 /// ```
 /// use llm_tower::{ChatRequest, Message};
@@ -25,16 +32,18 @@ use serde_json::{Map, Value};
 ///     .extra("seed", 7);
 /// assert!(req.stream);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct ChatRequest {
-    /// The model; empty means the provider service's default model.
-    pub model: String,
+    /// The model; empty means the provider service's default model. Shared
+    /// by the request's clones.
+    pub model: Arc<str>,
     /// The conversation, oldest first. System messages may appear anywhere;
     /// providers that take the system prompt separately collect them.
-    pub messages: Vec<Message>,
-    /// Tools the model may call.
-    pub tools: Vec<Tool>,
+    /// Shared by the request's clones: change it with [`Arc::make_mut`].
+    pub messages: Arc<Vec<Message>>,
+    /// Tools the model may call, shared by the request's clones.
+    pub tools: Arc<Vec<Tool>>,
     /// Whether and which tool the model must call.
     pub tool_choice: Option<ToolChoice>,
     /// The most tokens to generate. Anthropic requires one: its service fills
@@ -50,16 +59,43 @@ pub struct ChatRequest {
     /// one JSON body. Both produce the same [`StreamEvent`](crate::StreamEvent)s.
     pub stream: bool,
     /// Provider-specific fields merged into the request body, last, as a
-    /// JSON merge patch (objects key by key; `null` removes).
-    pub extra: Map<String, Value>,
-    /// Values that travel with this call through the layers.
+    /// JSON merge patch (objects key by key; `null` removes). Shared by the
+    /// request's clones.
+    pub extra: Arc<Map<String, Value>>,
+    /// Values a caller sends along with this call: a
+    /// [`Credential`](crate::Credential), a [`Deadline`](crate::Deadline),
+    /// an [`Attempts`](crate::Attempts) counter.
     pub extensions: http::Extensions,
+    /// What the layers share about this call (its deadline, attempt count):
+    /// one value for every copy of the request.
+    pub(crate) call: CallContext,
+    /// The credential a layer supplies to this attempt.
+    pub(crate) credential: Option<SuppliedCredential>,
+}
+
+impl std::fmt::Debug for ChatRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The layers' shared state is theirs to show.
+        f.debug_struct("ChatRequest")
+            .field("model", &self.model)
+            .field("messages", &self.messages)
+            .field("tools", &self.tools)
+            .field("tool_choice", &self.tool_choice)
+            .field("max_tokens", &self.max_tokens)
+            .field("temperature", &self.temperature)
+            .field("top_p", &self.top_p)
+            .field("stop", &self.stop)
+            .field("stream", &self.stream)
+            .field("extra", &self.extra)
+            .field("extensions", &self.extensions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChatRequest {
     /// A streaming request for `model` (empty for the service's default) with
     /// no messages yet.
-    pub fn new(model: impl Into<String>) -> Self {
+    pub fn new(model: impl Into<Arc<str>>) -> Self {
         ChatRequest {
             model: model.into(),
             stream: true,
@@ -69,13 +105,13 @@ impl ChatRequest {
 
     /// Appends a message.
     pub fn message(mut self, message: Message) -> Self {
-        self.messages.push(message);
+        Arc::make_mut(&mut self.messages).push(message);
         self
     }
 
     /// Appends a tool definition.
     pub fn tool(mut self, tool: Tool) -> Self {
-        self.tools.push(tool);
+        Arc::make_mut(&mut self.tools).push(tool);
         self
     }
 
@@ -112,19 +148,19 @@ impl ChatRequest {
         patch.insert(key.into(), value.into());
         // Two patches of one key compose as one: objects merge, so a later
         // `null` still removes what the encoder wrote.
-        compose_patch(&mut self.extra, patch);
+        compose_patch(Arc::make_mut(&mut self.extra), patch);
         self
     }
 
     /// Replaces the conversation.
     pub fn messages(mut self, messages: impl IntoIterator<Item = Message>) -> Self {
-        self.messages = messages.into_iter().collect();
+        self.messages = Arc::new(messages.into_iter().collect());
         self
     }
 
     /// Replaces the tool definitions.
     pub fn tools(mut self, tools: impl IntoIterator<Item = Tool>) -> Self {
-        self.tools = tools.into_iter().collect();
+        self.tools = Arc::new(tools.into_iter().collect());
         self
     }
 
@@ -141,7 +177,7 @@ impl ChatRequest {
     }
 
     /// Sets the model.
-    pub fn model(mut self, model: impl Into<String>) -> Self {
+    pub fn model(mut self, model: impl Into<Arc<str>>) -> Self {
         self.model = model.into();
         self
     }

@@ -40,15 +40,15 @@ pub struct Events {
     /// What a layer keeps alive while the answer streams (a concurrency
     /// slot): released when the stream ends or fails, or is dropped. Held
     /// here rather than by a wrapping stream, which would cost every event
-    /// another hop.
-    held: Vec<Box<dyn Send>>,
+    /// another hop; each value in one box with those held before it.
+    held: Option<Box<dyn Send>>,
 }
 
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Events")
             .field("prefix", &self.prefix)
-            .field("held", &self.held.len())
+            .field("held", &self.held.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -63,7 +63,7 @@ impl Stream for Events {
         let item = ready!(self.events.as_mut().poll_next(cx));
         if !matches!(item, Some(Ok(_))) {
             // Ended, or failed (nothing follows an error).
-            self.held.clear();
+            self.held = None;
         }
         Poll::Ready(item)
     }
@@ -123,7 +123,7 @@ impl ChatStream {
             events: Events {
                 prefix: VecDeque::new(),
                 events: Box::pin(events),
-                held: Vec::new(),
+                held: None,
             },
         }
     }
@@ -178,13 +178,30 @@ impl ChatStream {
         ChatStream::new(self.meta, f(self.events))
     }
 
+    /// [`map_events`](Self::map_events) for a layer whose stream is boxed
+    /// already: no second box.
+    pub(crate) fn map_boxed<S>(self, f: impl FnOnce(Events) -> Pin<Box<S>>) -> ChatStream
+    where
+        S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
+    {
+        ChatStream {
+            meta: self.meta,
+            events: Events {
+                prefix: VecDeque::new(),
+                events: f(self.events),
+                held: None,
+            },
+        }
+    }
+
     /// Keeps `value` alive until the stream ends, fails or is dropped, then
     /// drops it: how a layer ties a slot, a permit or a guard to the life
     /// of the answer rather than of the response future (as
     /// [`StreamConcurrencyLimit`](crate::limit::StreamConcurrencyLimit) does). No
     /// extra hop per event.
     pub fn hold(&mut self, value: impl Send + 'static) {
-        self.events.held.push(Box::new(value));
+        let before = self.events.held.take();
+        self.events.held = Some(Box::new((before, value)));
     }
 
     /// Puts `events` in front of what is left to deliver, in order: how a
@@ -208,6 +225,12 @@ impl ChatStream {
         } else {
             self.prepend(events);
         }
+    }
+
+    /// Whether an output event already waits in front: a layer inside
+    /// primed the answer.
+    pub(crate) fn primed(&self) -> bool {
+        self.events.prefix.iter().any(StreamEvent::is_output)
     }
 
     /// Reads every event and folds them into a [`Completion`].

@@ -6,7 +6,8 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{Attempt, Attempts, Policy};
+use super::{Attempt, Policy};
+use crate::call::CallHandle;
 use crate::{ChatRequest, ChatStream, Error};
 
 pin_project! {
@@ -25,7 +26,7 @@ pin_project! {
         request: ChatRequest,
         policy: P,
         call: P::State,
-        attempts: Attempts,
+        context: CallHandle,
         sent: u32,
         // The failure being waited out, returned if the policy gives up.
         failure: Option<Error>,
@@ -55,7 +56,7 @@ where
         request: ChatRequest,
         policy: P,
         mut call: P::State,
-        attempts: Attempts,
+        context: CallHandle,
     ) -> Self {
         let mut first = request.clone();
         policy.prepare(&mut call, &mut first);
@@ -66,7 +67,7 @@ where
             request,
             policy,
             call,
-            attempts,
+            context,
             sent: 1,
             failure: None,
         }
@@ -79,7 +80,7 @@ where
         request: ChatRequest,
         policy: P,
         call: P::State,
-        attempts: Attempts,
+        context: CallHandle,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting { wait },
@@ -87,7 +88,7 @@ where
             request,
             policy,
             call,
-            attempts,
+            context,
             sent: 0,
             failure: None,
         }
@@ -120,7 +121,7 @@ where
                 StateProj::Attempting { attempt } => match ready!(attempt.poll(cx)) {
                     Ok(mut committed) => {
                         let meta = committed.meta_mut();
-                        meta.attempts = meta.attempts.max(this.attempts.get()).max(*this.sent);
+                        meta.attempts = meta.attempts.max(this.context.attempts()).max(*this.sent);
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(committed));
                     }
@@ -155,7 +156,7 @@ where
                     this.state.set(State::Waiting { wait });
                 }
                 None => {
-                    let sent = this.attempts.get().max(*this.sent);
+                    let sent = this.context.attempts().max(*this.sent);
                     if sent > 1 {
                         tracing::warn!(
                             attempts = sent,

@@ -45,7 +45,6 @@
 use std::future::Future;
 use std::task::{Context, Poll};
 
-use crate::call::Attempts;
 use crate::{ChatRequest, ChatStream, Error};
 
 mod attempt;
@@ -135,7 +134,7 @@ where
     }
 
     fn call(&mut self, mut request: ChatRequest) -> Self::Future {
-        let attempts = Attempts::of(&mut request);
+        let context = request.call();
         let mut state = self.policy.start(&request);
         // The instance driven ready for this call leaves with it; a clone
         // takes its place for the next.
@@ -152,9 +151,9 @@ where
                 request,
                 self.policy.clone(),
                 state,
-                attempts,
+                context,
             );
         }
-        ResponseFuture::sending(readied, request, self.policy.clone(), state, attempts)
+        ResponseFuture::sending(readied, request, self.policy.clone(), state, context)
     }
 }

@@ -37,6 +37,17 @@ impl Priming {
             let Some(stream) = self.stream.as_mut() else {
                 return Poll::Ready(Err(Error::config("priming polled after completion")));
             };
+            if self.held.is_empty() && stream.primed() {
+                // Primed below (by a retrying layer inside this one): its
+                // first output event already waits in front, so nothing
+                // before it can fail. Reading the events out and putting
+                // them back would change nothing.
+                return Poll::Ready(
+                    self.stream
+                        .take()
+                        .ok_or_else(|| Error::config("priming polled after completion")),
+                );
+            }
             let failed = match ready!(Pin::new(&mut *stream).poll_next(cx)) {
                 Some(Ok(event)) => {
                     let output = event.is_output();

@@ -163,7 +163,7 @@ impl Wire for AnthropicWire {
         );
         let mut system = String::new();
         let mut messages = Vec::with_capacity(req.messages.len());
-        for m in &req.messages {
+        for m in req.messages.iter() {
             let role = match m.role {
                 Role::System => {
                     for p in &m.content {

@@ -11,7 +11,7 @@ use http::{HeaderMap, Uri};
 use http_body::Body;
 use serde_json::Value;
 
-use crate::auth::{AuthHeader, Credential, SuppliedCredential};
+use crate::auth::{AuthHeader, Credential};
 use crate::chat::{ChatRequest, ChatStream};
 use crate::error::{BoxError, Error, TransportPhase};
 use crate::redact::Secrets;
@@ -77,7 +77,7 @@ impl<W: Wire, S> Client<W, S> {
         let model = if req.model.is_empty() {
             self.common.model.clone()
         } else {
-            req.model.clone()
+            req.model.to_string()
         };
         if model.is_empty() {
             return Err(Error::config(format!(
@@ -108,7 +108,7 @@ impl<W: Wire, S> Client<W, S> {
         }
         // A managed credential (read now, at send time) or one stamped on this
         // request replaces the configured key.
-        let credential = match req.extensions.get::<SuppliedCredential>() {
+        let credential = match &req.credential {
             Some(supplied) => supplied.header(),
             None => match req.extensions.get::<Credential>() {
                 Some(c) => Some(c.header_pair()?),
@@ -159,13 +159,8 @@ where
                 };
             }
         };
-        let attempt = req
-            .extensions
-            .get::<crate::call::Attempts>()
-            .map_or(1, crate::call::Attempts::bump);
-        if let Some(called) = req.extensions.get::<crate::call::Called>() {
-            called.set(W::NAME);
-        }
+        let attempt = req.count_attempt();
+        req.called(W::NAME);
         let secrets = Secrets::of(http_req.headers());
         ResponseFuture {
             state: State::Waiting {

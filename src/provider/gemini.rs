@@ -193,7 +193,7 @@ impl Wire for GeminiWire {
         let mut body = Map::new();
         let mut system = Vec::new();
         let mut contents = Vec::with_capacity(req.messages.len());
-        for m in &req.messages {
+        for m in req.messages.iter() {
             let parts: Vec<Value> = m
                 .content
                 .iter()

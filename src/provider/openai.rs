@@ -349,7 +349,7 @@ impl Wire for OpenAiWire {
 
 fn encode_messages(req: &ChatRequest) -> Vec<Value> {
     let mut out = Vec::with_capacity(req.messages.len());
-    for m in &req.messages {
+    for m in req.messages.iter() {
         match m.role {
             Role::System => {
                 let text = joined_text(&m.content);

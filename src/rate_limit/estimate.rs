@@ -13,7 +13,7 @@ pub(crate) fn estimate(request: &ChatRequest) -> (u64, u64) {
     const MESSAGE_TOKENS: u64 = 4;
     let mut bytes = 0u64;
     let mut tokens = 0u64;
-    for message in &request.messages {
+    for message in request.messages.iter() {
         tokens += MESSAGE_TOKENS;
         for part in &message.content {
             bytes += match part {
@@ -37,7 +37,7 @@ pub(crate) fn estimate(request: &ChatRequest) -> (u64, u64) {
             };
         }
     }
-    for tool in &request.tools {
+    for tool in request.tools.iter() {
         bytes += (tool.name.len() + tool.description.as_ref().map_or(0, String::len)) as u64;
         bytes += json_len(&tool.parameters, 0);
     }

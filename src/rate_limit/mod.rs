@@ -20,7 +20,7 @@
 //!   nothing: no connection, and no slot of a limit below it (the inner
 //!   service is driven ready only once the wait is over).
 //! - **Deadline-aware.** A call whose slot would come after its
-//!   [`Deadline`] fails at once with [`Error::RateLimited`], its
+//!   [`Deadline`](crate::Deadline) fails at once with [`Error::RateLimited`], its
 //!   `retry_after` saying how far the slot was (its
 //!   [`ApiError::is_local`](crate::ApiError::is_local) is true: this client
 //!   refused it, not the provider).
@@ -63,7 +63,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::lock;
-use crate::{ApiError, ChatRequest, ChatStream, Deadline, Error};
+use crate::{ApiError, ChatRequest, ChatStream, Error};
 
 mod books;
 mod estimate;
@@ -227,7 +227,7 @@ where
     fn call(&mut self, request: ChatRequest) -> ResponseFuture<S> {
         let books = self.shared.books(&request.model);
         let (input, output) = estimate(&request);
-        let deadline = request.extensions.get::<Deadline>().map(|d| d.0);
+        let deadline = request.deadline();
         let now = Instant::now();
         let booked = lock(&books).book(
             &self.shared.budget,

@@ -219,7 +219,7 @@ impl Policy for RefreshPolicy {
     }
 
     fn prepare(&self, state: &mut CallState, request: &mut ChatRequest) {
-        request.extensions.insert(SuppliedCredential::new(
+        request.credential = Some(SuppliedCredential::new(
             self.store.clone(),
             state.used.clone(),
         ));

@@ -11,7 +11,6 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower::retry::budget::Budget;
 
-use crate::call::Deadline;
 use crate::engine::Policy;
 use crate::{ChatRequest, Error};
 
@@ -234,7 +233,7 @@ impl Policy for RetryPolicy {
         CallState {
             retries: 0,
             rng: seed(),
-            deadline: request.extensions.get::<Deadline>().map(|d| d.0),
+            deadline: request.deadline(),
         }
     }
 

@@ -21,9 +21,9 @@
 //! fails the response future, if it comes before the head). Timeouts are
 //! retryable: with a [`TransportRetryLayer`](crate::TransportRetryLayer)
 //! *outside* this layer, a stream that stalls before any output is cut and
-//! sent again. A total deadline is also put in the request as a
-//! [`Deadline`], so retrying layers *inside* it do not start a wait that
-//! would outlast it.
+//! sent again. A total deadline also travels with the request, as a
+//! [`Deadline`](crate::Deadline) a caller sets does, so retrying layers
+//! *inside* it do not start a wait that would outlast it.
 //!
 //! ```
 //! use llm_tower::mock::{MockServer, Reply};
@@ -59,7 +59,7 @@ use futures_core::Stream;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::call::{Called, Deadline};
+use crate::call::CallHandle;
 use crate::chat::Events;
 use crate::{ChatRequest, ChatStream, Error, StreamEvent, TimeoutPhase};
 
@@ -116,15 +116,6 @@ where
         let now = Instant::now();
         // A limit too long for the clock (`Duration::MAX`) is no limit.
         let total = self.limits.total.and_then(|t| crate::later(now, t));
-        if let Some(at) = total {
-            let earlier = request
-                .extensions
-                .get::<Deadline>()
-                .is_none_or(|d| at < d.0);
-            if earlier {
-                request.extensions.insert(Deadline(at));
-            }
-        }
         let first = self.limits.first_event.and_then(|t| crate::later(now, t));
         // Before the head, the nearer of the first-event and total deadlines.
         let head = match (first, total) {
@@ -133,17 +124,37 @@ where
             (None, Some(t)) => Some((t, TimeoutPhase::Total)),
             (None, None) => None,
         };
-        let called = head.is_some().then(|| Called::of(&mut request));
-        ResponseFuture {
-            called,
-            future: self.inner.call(request),
-            sleep: head.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
-            head_phase: head.map_or(TimeoutPhase::Total, |(_, p)| p),
+        // With a deadline before the head: the call's context names the
+        // provider for a timeout then, and carries the total deadline to
+        // the layers inside, so they do not start a wait that would outlast
+        // it.
+        let called = head.map(|_| request.call());
+        if let (Some(call), Some(at)) = (&called, total) {
+            call.limit(at);
+        }
+        let limits = Cut {
             first,
             total,
             idle: self.limits.idle,
+        };
+        ResponseFuture {
+            future: self.inner.call(request),
+            // The stream's box, made now with the head's timer in it: one
+            // allocation and one timer registration for head and stream.
+            stream: head.map(|(at, _)| Box::pin(TimeoutStream::new(limits, Some(at)))),
+            head_phase: head.map_or(TimeoutPhase::Total, |(_, p)| p),
+            called,
+            limits,
         }
     }
+}
+
+/// A call's deadlines.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    first: Option<Instant>,
+    total: Option<Instant>,
+    idle: Option<Duration>,
 }
 
 pin_project! {
@@ -151,15 +162,12 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        // Boxed, to be handed on to the stream: one timer registration per
-        // call, not one for the head and another for the stream.
-        sleep: Option<Pin<Box<Sleep>>>,
+        // The answer's stream-to-be, its timer running for the head.
+        stream: Option<Pin<Box<TimeoutStream>>>,
         head_phase: TimeoutPhase,
         // Names the provider for a timeout before the head.
-        called: Option<Called>,
-        first: Option<Instant>,
-        total: Option<Instant>,
-        idle: Option<Duration>,
+        called: Option<CallHandle>,
+        limits: Cut,
     }
 }
 
@@ -180,27 +188,26 @@ where
         if let Poll::Ready(result) = this.future.poll(cx) {
             let stream = result?;
             let provider = stream.meta().provider;
-            // The head's timer is set for the stream's first deadline (the
-            // nearer of first-event and total) and carries on.
-            let sleep = this.sleep.take();
-            return Poll::Ready(Ok(stream.map_events(|inner| TimeoutStream {
-                inner: Some(inner),
-                deadline: next_deadline(*this.first, *this.total, None),
-                delivered: false,
-                output: false,
-                first: *this.first,
-                sleep,
-                timer_waker: None,
-                total: *this.total,
-                idle: *this.idle,
-                provider,
+            // The head's timer, set for the stream's first deadline (the
+            // nearer of first-event and total), carries on.
+            let mut cut = this
+                .stream
+                .take()
+                .unwrap_or_else(|| Box::pin(TimeoutStream::new(*this.limits, None)));
+            return Poll::Ready(Ok(stream.map_boxed(|inner| {
+                let s = cut.as_mut().project();
+                *s.inner = Some(inner);
+                *s.provider = provider;
+                cut
             })));
         }
-        if let Some(sleep) = this.sleep.as_mut() {
-            ready!(sleep.as_mut().poll(cx));
+        if let Some(cut) = this.stream.as_mut()
+            && let Some(sleep) = cut.as_mut().project().sleep.as_pin_mut()
+        {
+            ready!(sleep.poll(cx));
             // No head yet: the provider that was sent the call, if any.
             return Poll::Ready(Err(Error::Timeout {
-                provider: this.called.as_ref().map_or("unknown", Called::name),
+                provider: this.called.as_ref().map_or("unknown", CallHandle::provider),
                 phase: *this.head_phase,
             }));
         }
@@ -225,72 +232,95 @@ fn next_deadline(
     }
 }
 
-/// The events of an answer, cut at the first deadline that passes.
-///
-/// The timer is moved lazily: a stream delivering events steadily only
-/// notes when each wait starts, and the timer, still set for an earlier
-/// deadline, is pushed back when it fires early — at most once per idle
-/// period, not once per event.
-struct TimeoutStream {
-    /// `None` once over: dropped, connection and all, when a deadline passes.
-    inner: Option<Events>,
-    /// The deadline of the current wait, and its phase.
-    deadline: Option<(Instant, TimeoutPhase)>,
-    /// An event was delivered since `deadline` was computed.
-    delivered: bool,
-    /// An output event was delivered: the first-event limit is met.
-    output: bool,
-    first: Option<Instant>,
-    // One timer per stream, moved with `reset` rather than re-created;
-    // made when first needed. Set at or before `deadline`.
-    sleep: Option<Pin<Box<Sleep>>>,
-    /// The waker the timer holds since it was last polled.
-    timer_waker: Option<Waker>,
-    total: Option<Instant>,
-    idle: Option<Duration>,
-    provider: &'static str,
+pin_project! {
+    /// The events of an answer, cut at the first deadline that passes.
+    ///
+    /// The timer is moved lazily: a stream delivering events steadily only
+    /// notes when each wait starts, and the timer, still set for an earlier
+    /// deadline, is pushed back when it fires early — at most once per idle
+    /// period, not once per event.
+    struct TimeoutStream {
+        // `None` before the head and once over: dropped, connection and
+        // all, when a deadline passes.
+        inner: Option<Events>,
+        // The deadline of the current wait, and its phase.
+        deadline: Option<(Instant, TimeoutPhase)>,
+        // An event was delivered since `deadline` was computed.
+        delivered: bool,
+        // An output event was delivered: the first-event limit is met.
+        output: bool,
+        // One timer per call, moved with `reset` rather than re-created;
+        // made when first needed. Set at or before `deadline`.
+        #[pin]
+        sleep: Option<Sleep>,
+        // The waker the timer holds since it was last polled.
+        timer_waker: Option<Waker>,
+        limits: Cut,
+        provider: &'static str,
+    }
+}
+
+impl TimeoutStream {
+    /// A stream cut by `limits`, its timer set for `head` if given.
+    fn new(limits: Cut, head: Option<Instant>) -> Self {
+        TimeoutStream {
+            inner: None,
+            deadline: next_deadline(limits.first, limits.total, None),
+            delivered: false,
+            output: false,
+            sleep: head.map(tokio::time::sleep_until),
+            timer_waker: None,
+            limits,
+            provider: "unknown",
+        }
+    }
 }
 
 impl Stream for TimeoutStream {
     type Item = Result<StreamEvent, Error>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut this = self.project();
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_next(cx) {
             Poll::Ready(Some(item)) => {
-                this.delivered = true;
-                this.output |= item.as_ref().is_ok_and(StreamEvent::is_output);
+                *this.delivered = true;
+                *this.output |= item.as_ref().is_ok_and(StreamEvent::is_output);
                 return Poll::Ready(Some(item));
             }
             Poll::Ready(None) => {
-                this.inner = None;
+                *this.inner = None;
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
         }
-        if this.delivered {
+        let limits = *this.limits;
+        if *this.delivered {
             // A new wait. Before output with a first-event limit, that
             // limit still governs; otherwise the idle period counts from now.
-            this.delivered = false;
-            if this.output || this.first.is_none() {
-                let idle = this.idle.and_then(|d| crate::later(Instant::now(), d));
-                this.deadline = next_deadline(None, this.total, idle);
+            *this.delivered = false;
+            if *this.output || limits.first.is_none() {
+                let idle = limits.idle.and_then(|d| crate::later(Instant::now(), d));
+                *this.deadline = next_deadline(None, limits.total, idle);
             }
         }
-        let Some((at, phase)) = this.deadline else {
+        let Some((at, phase)) = *this.deadline else {
             return Poll::Pending;
         };
-        let sleep = this
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(at)));
+        }
+        // Set just above when it was not: `None` cannot happen here.
+        let Some(mut sleep) = this.sleep.as_pin_mut() else {
+            return Poll::Pending;
+        };
         if sleep.deadline() > at {
             // The deadline came nearer (an idle limit shorter than what was
             // left of the first-event one).
             sleep.as_mut().reset(at);
-            this.timer_waker = None;
+            *this.timer_waker = None;
         }
         loop {
             // A timer that has not fired and holds a waker for this task has
@@ -304,7 +334,7 @@ impl Stream for TimeoutStream {
                 return Poll::Pending;
             }
             if sleep.as_mut().poll(cx).is_pending() {
-                this.timer_waker = Some(cx.waker().clone());
+                *this.timer_waker = Some(cx.waker().clone());
                 return Poll::Pending;
             }
             if sleep.deadline() >= at {
@@ -312,9 +342,9 @@ impl Stream for TimeoutStream {
             }
             // It fired for an earlier deadline: move it to this one.
             sleep.as_mut().reset(at);
-            this.timer_waker = None;
+            *this.timer_waker = None;
         }
-        this.inner = None;
+        *this.inner = None;
         Poll::Ready(Some(Err(Error::Timeout {
             provider: this.provider,
             phase,

@@ -117,10 +117,10 @@ where
             gen_ai.completion = Empty,
         );
         if !request.model.is_empty() {
-            span.record("gen_ai.request.model", request.model.as_str());
+            span.record("gen_ai.request.model", &*request.model);
         }
         if self.record_content
-            && let Ok(prompt) = serde_json::to_string(&request.messages)
+            && let Ok(prompt) = serde_json::to_string(&*request.messages)
         {
             span.record("gen_ai.prompt", prompt);
         }
