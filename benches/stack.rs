@@ -7,6 +7,11 @@
 //! at INFO writing to nowhere (`full+subscriber`), whose filtering and
 //! formatting cost is then part of the figure.
 //!
+//! The `-waiting` groups make the transport answer as a socket does, each
+//! read `Pending` once first, so that every layer is polled once per wait:
+//! what a call over a network costs the layers, which the other groups,
+//! answered at once, do not show.
+//!
 //! `cargo bench --bench stack`
 
 mod common;
@@ -54,32 +59,47 @@ fn stack(c: &mut Criterion) {
         .build()
         .expect("runtime");
 
-    let mut group = c.benchmark_group("stack/unary");
+    for (group, canned) in [
+        ("stack/unary", Canned::json(ANSWER)),
+        ("stack/unary-waiting", Canned::json(ANSWER).waiting()),
+    ] {
+        unary(c, &rt, group, canned);
+    }
+
+    let chunks = fixed_chunks(&openai_transcript(), 1024);
+    for (group, canned) in [
+        ("stack/stream", Canned::sse(chunks.clone())),
+        ("stack/stream-waiting", Canned::sse(chunks).waiting()),
+    ] {
+        let mut group = c.benchmark_group(group);
+        group.throughput(Throughput::Elements(EVENTS as u64));
+        for (name, svc, subscribed) in services(canned) {
+            group.bench_function(BenchmarkId::from_parameter(name), |b| {
+                traced(subscribed, || {
+                    b.iter(|| {
+                        rt.block_on(async {
+                            let n = count_events(svc.clone().oneshot(request(true)).await).await;
+                            assert!(n >= EVENTS, "{n} events");
+                        })
+                    })
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Short non-streaming calls through each service.
+fn unary(c: &mut Criterion, rt: &tokio::runtime::Runtime, group: &str, canned: Canned) {
+    let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements(1));
-    for (name, svc, subscribed) in services(Canned::json(ANSWER)) {
+    for (name, svc, subscribed) in services(canned) {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             traced(subscribed, || {
                 b.iter(|| {
                     rt.block_on(async {
                         let n = count_events(svc.clone().oneshot(request(false)).await).await;
                         assert_eq!(n, 4, "start, text, usage, done");
-                    })
-                })
-            })
-        });
-    }
-    group.finish();
-
-    let mut group = c.benchmark_group("stack/stream");
-    group.throughput(Throughput::Elements(EVENTS as u64));
-    let chunks = fixed_chunks(&openai_transcript(), 1024);
-    for (name, svc, subscribed) in services(Canned::sse(chunks)) {
-        group.bench_function(BenchmarkId::from_parameter(name), |b| {
-            traced(subscribed, || {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let n = count_events(svc.clone().oneshot(request(true)).await).await;
-                        assert!(n >= EVENTS, "{n} events");
                     })
                 })
             })

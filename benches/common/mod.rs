@@ -104,6 +104,9 @@ pub fn random_chunks(body: &[u8]) -> Vec<Bytes> {
 pub struct Canned {
     chunks: Arc<[Bytes]>,
     content_type: &'static str,
+    /// Whether the head and each chunk are first `Pending`, as from a
+    /// socket: every layer's future and stream is then polled again.
+    waits: bool,
 }
 
 impl Canned {
@@ -112,6 +115,7 @@ impl Canned {
         Canned {
             chunks: chunks.into(),
             content_type: "text/event-stream",
+            waits: false,
         }
     }
 
@@ -120,17 +124,70 @@ impl Canned {
         Canned {
             chunks: vec![Bytes::copy_from_slice(body.as_bytes())].into(),
             content_type: "application/json",
+            waits: false,
         }
+    }
+
+    /// The head, each chunk and the end come after one `Pending` each (the
+    /// task woken at once), as a network read would make them: what the
+    /// layers cost when they are polled once per wait.
+    pub fn waiting(mut self) -> Canned {
+        self.waits = true;
+        self
     }
 }
 
-pub type CannedBody =
-    StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
+/// `inner`, each item after one `Pending` when `waits`.
+pub struct Waits<S> {
+    inner: S,
+    waits: bool,
+    waited: bool,
+}
+
+impl<S: futures_core::Stream + Unpin> futures_core::Stream for Waits<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<S::Item>> {
+        if self.waits && !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.waited = false;
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
+/// A head that comes after one `Pending` when `waits`.
+pub struct Head<T> {
+    value: Option<T>,
+    waited: bool,
+}
+
+impl<T: Unpin> std::future::Future for Head<T> {
+    type Output = T;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        if !self.waited {
+            self.waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(self.value.take().expect("polled after completion"))
+    }
+}
+
+pub type CannedBody = StreamBody<
+    Waits<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>,
+>;
 
 impl tower::Service<http::Request<RequestBody>> for Canned {
     type Response = http::Response<CannedBody>;
     type Error = Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+    type Future = Head<Result<Self::Response, Infallible>>;
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
@@ -141,12 +198,19 @@ impl tower::Service<http::Request<RequestBody>> for Canned {
             .cloned()
             .map(|b| Ok(Frame::data(b)))
             .collect();
-        let mut resp = http::Response::new(StreamBody::new(futures_util::stream::iter(frames)));
+        let mut resp = http::Response::new(StreamBody::new(Waits {
+            inner: futures_util::stream::iter(frames),
+            waits: self.waits,
+            waited: false,
+        }));
         resp.headers_mut().insert(
             "content-type",
             http::HeaderValue::from_static(self.content_type),
         );
-        std::future::ready(Ok(resp))
+        Head {
+            value: Some(Ok(resp)),
+            waited: !self.waits,
+        }
     }
 }
 

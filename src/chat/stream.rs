@@ -56,6 +56,9 @@ impl fmt::Debug for Events {
 impl Stream for Events {
     type Item = Result<StreamEvent, Error>;
 
+    // Inlined into the stream of the layer that wraps it: a pass-through
+    // when nothing was prepended, which should cost that layer no call.
+    #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(e) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(e)));
@@ -253,6 +256,7 @@ impl ChatStream {
 impl Stream for ChatStream {
     type Item = Result<StreamEvent, Error>;
 
+    #[inline]
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         Pin::new(&mut self.events).poll_next(cx)
     }
