@@ -108,5 +108,70 @@ fn unary(c: &mut Criterion, rt: &tokio::runtime::Runtime, group: &str, canned: C
     group.finish();
 }
 
-criterion_group!(benches, stack);
+/// Bare and full in alternation, the order swapped every round: the median
+/// and quartiles of full/bare time per round, for a short call and a
+/// streamed event, answered at once and waiting. A ratio taken round by
+/// round holds on a machine whose speed drifts, where two criterion groups
+/// run a minute apart do not.
+fn paired(_: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let chunks = fixed_chunks(&openai_transcript(), 1024);
+    let quick = !std::env::args().any(|a| a == "--bench");
+    for (name, canned, stream, calls, rounds) in [
+        ("unary", Canned::json(ANSWER), false, 2000, 41),
+        (
+            "unary-waiting",
+            Canned::json(ANSWER).waiting(),
+            false,
+            2000,
+            41,
+        ),
+        ("stream", Canned::sse(chunks.clone()), true, 3, 41),
+        (
+            "stream-waiting",
+            Canned::sse(chunks.clone()).waiting(),
+            true,
+            3,
+            41,
+        ),
+    ] {
+        let (calls, rounds) = if quick { (1, 3) } else { (calls, rounds) };
+        let [(_, bare, _), (_, full, _), _] = services(canned);
+        let time = |svc: &Boxed| {
+            let started = std::time::Instant::now();
+            rt.block_on(async {
+                for _ in 0..calls {
+                    count_events(svc.clone().oneshot(request(stream)).await).await;
+                }
+            });
+            started.elapsed().as_secs_f64()
+        };
+        time(&bare);
+        time(&full);
+        let mut ratios: Vec<f64> = (0..rounds)
+            .map(|i| {
+                if i % 2 == 0 {
+                    let b = time(&bare);
+                    time(&full) / b
+                } else {
+                    let f = time(&full);
+                    f / time(&bare)
+                }
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let q = |p: f64| ratios[((ratios.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "stack/{name} paired: full/bare time median {:.3} (quartiles {:.3}–{:.3}, {rounds} rounds)",
+            q(0.5),
+            q(0.25),
+            q(0.75)
+        );
+    }
+}
+
+criterion_group!(benches, stack, paired);
 criterion_main!(benches);

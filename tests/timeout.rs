@@ -215,14 +215,49 @@ async fn an_expired_stream_releases_its_connection_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn with_only_an_idle_limit_a_head_followed_by_silence_is_cut() {
+    use futures_util::StreamExt;
+
+    let server = MockServer::start().await;
+    // The head, then not a byte.
+    server.push(Reply::sse(["data: {}\n\n"]).stall_after(0));
+    let layer = StreamTimeoutLayer::new().idle(Duration::from_secs(2));
+    let mut stream = tower::Layer::layer(&layer, openai_at(&server))
+        .oneshot(hello())
+        .await
+        .unwrap();
+    let head = Instant::now();
+    let mut items = Vec::new();
+    while let Some(item) = stream.next().await {
+        items.push(item);
+    }
+    assert_eq!(head.elapsed(), Duration::from_secs(2));
+    assert!(
+        matches!(
+            items.last(),
+            Some(Err(Error::Timeout {
+                phase: TimeoutPhase::Idle,
+                ..
+            }))
+        ),
+        "{items:?}"
+    );
+    assert_eq!(items.len(), 1, "{items:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_idle_wait_starts_when_the_caller_asks_for_the_next_event() {
     use futures_util::StreamExt;
     use llm_tower::StreamEvent;
 
     let server = MockServer::start().await;
-    // Three seconds of silence before each frame, one limit of two.
+    // Three seconds of silence before each frame, one limit of two. The
+    // first-event limit governs until "a"; the idle one from then on (with
+    // none, it would count from the head and cut the first wait).
     server.push(Reply::text(["a", "b"]).delay(Duration::from_secs(3)));
-    let layer = StreamTimeoutLayer::new().idle(Duration::from_secs(2));
+    let layer = StreamTimeoutLayer::new()
+        .first_event(Duration::from_secs(10))
+        .idle(Duration::from_secs(2));
     let mut stream = tower::Layer::layer(&layer, openai_at(&server))
         .oneshot(hello())
         .await

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+pub(crate) mod cut;
 pub(crate) mod event;
 pub(crate) mod request;
 pub(crate) mod stream;

@@ -9,6 +9,7 @@ use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::cut::Cut;
 use super::{ContentPart, Message, Role, StopReason, StreamEvent, Usage};
 use crate::Error;
 use crate::headers::RateLimitInfo;
@@ -42,6 +43,9 @@ pub struct Events {
     /// here rather than by a wrapping stream, which would cost every event
     /// another hop; each value in one box with those held before it.
     held: Option<Box<dyn Send>>,
+    /// The deadlines timeout layers put on these events: checked while
+    /// `events` is waiting, in place of a wrapping stream per layer.
+    cut: Option<Pin<Box<Cut>>>,
 }
 
 impl fmt::Debug for Events {
@@ -49,6 +53,7 @@ impl fmt::Debug for Events {
         f.debug_struct("Events")
             .field("prefix", &self.prefix)
             .field("held", &self.held.is_some())
+            .field("cut", &self.cut)
             .finish_non_exhaustive()
     }
 }
@@ -63,16 +68,44 @@ impl Stream for Events {
         if let Some(e) = self.prefix.pop_front() {
             return Poll::Ready(Some(Ok(e)));
         }
-        let item = ready!(self.events.as_mut().poll_next(cx));
-        if !matches!(item, Some(Ok(_))) {
-            // Ended, or failed (nothing follows an error).
-            self.held = None;
+        let item = match self.events.as_mut().poll_next(cx) {
+            Poll::Ready(item) => item,
+            Poll::Pending => {
+                let Some(cut) = self.cut.as_mut() else {
+                    return Poll::Pending;
+                };
+                let error = ready!(cut.as_mut().poll_expired(cx));
+                // A deadline passed: the answer is dropped, connection and
+                // all, and nothing follows the error.
+                self.events = Box::pin(futures_util::stream::empty());
+                self.cut = None;
+                self.held = None;
+                return Poll::Ready(Some(Err(error)));
+            }
+        };
+        match &item {
+            Some(item) => {
+                if let Some(cut) = self.cut.as_mut() {
+                    cut.as_mut().saw(item);
+                }
+                if item.is_err() {
+                    // Nothing follows an error.
+                    self.held = None;
+                }
+            }
+            None => self.held = None,
         }
         Poll::Ready(item)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let (lo, hi) = self.events.size_hint();
+        let (mut lo, hi) = self.events.size_hint();
+        if self.cut.is_some() {
+            // A deadline may pass before the next event: then one error
+            // takes the place of what was left, so at least one item of a
+            // stream that has any; never more than the stream has.
+            lo = lo.min(1);
+        }
         let n = self.prefix.len();
         (lo.saturating_add(n), hi.and_then(|h| h.checked_add(n)))
     }
@@ -127,6 +160,7 @@ impl ChatStream {
                 prefix: VecDeque::new(),
                 events: Box::pin(events),
                 held: None,
+                cut: None,
             },
         }
     }
@@ -181,19 +215,16 @@ impl ChatStream {
         ChatStream::new(self.meta, f(self.events))
     }
 
-    /// [`map_events`](Self::map_events) for a layer whose stream is boxed
-    /// already: no second box.
-    pub(crate) fn map_boxed<S>(self, f: impl FnOnce(Events) -> Pin<Box<S>>) -> ChatStream
-    where
-        S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
-    {
-        ChatStream {
-            meta: self.meta,
-            events: Events {
-                prefix: VecDeque::new(),
-                events: f(self.events),
-                held: None,
-            },
+    /// Puts `cut`'s deadlines on the events; with deadlines on them
+    /// already (a timeout layer inside), the nearer of each applies, under
+    /// the one timer already set.
+    pub(crate) fn cut_by(&mut self, mut cut: Pin<Box<Cut>>) {
+        match self.events.cut.as_mut() {
+            Some(existing) => existing.as_mut().and(cut.limits()),
+            None => {
+                cut.as_mut().answered_by(self.meta.provider);
+                self.events.cut = Some(cut);
+            }
         }
     }
 
