@@ -46,7 +46,12 @@ pub struct Events {
     /// The deadlines timeout layers put on these events: checked while
     /// `events` is waiting, in place of a wrapping stream per layer.
     cut: Option<Pin<Box<Cut>>>,
+    /// What layers watch the source's items with (see
+    /// [`ChatStream::observe`]), each in one box with those before it.
+    observer: Option<Observer>,
 }
+
+type Observer = Box<dyn FnMut(&Result<StreamEvent, Error>) + Send>;
 
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,6 +59,7 @@ impl fmt::Debug for Events {
             .field("prefix", &self.prefix)
             .field("held", &self.held.is_some())
             .field("cut", &self.cut)
+            .field("observed", &self.observer.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -74,19 +80,25 @@ impl Stream for Events {
                 let Some(cut) = self.cut.as_mut() else {
                     return Poll::Pending;
                 };
-                let error = ready!(cut.as_mut().poll_expired(cx));
+                let error = Err(ready!(cut.as_mut().poll_expired(cx)));
                 // A deadline passed: the answer is dropped, connection and
                 // all, and nothing follows the error.
                 self.events = Box::pin(futures_util::stream::empty());
                 self.cut = None;
                 self.held = None;
-                return Poll::Ready(Some(Err(error)));
+                if let Some(observe) = self.observer.as_mut() {
+                    observe(&error);
+                }
+                return Poll::Ready(Some(error));
             }
         };
         match &item {
             Some(item) => {
                 if let Some(cut) = self.cut.as_mut() {
                     cut.as_mut().saw(item);
+                }
+                if let Some(observe) = self.observer.as_mut() {
+                    observe(item);
                 }
                 if item.is_err() {
                     // Nothing follows an error.
@@ -161,6 +173,7 @@ impl ChatStream {
                 events: Box::pin(events),
                 held: None,
                 cut: None,
+                observer: None,
             },
         }
     }
@@ -213,6 +226,32 @@ impl ChatStream {
         S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
     {
         ChatStream::new(self.meta, f(self.events))
+    }
+
+    /// The same answer, each item `f` is shown as it comes, once: what a
+    /// layer that only watches (the rate limit's accounting) uses instead
+    /// of a wrapping stream, costing each item a call rather than a hop.
+    ///
+    /// `f` sees what the events' source yields from now on, and an expiry
+    /// of their deadlines; events a layer above puts back in front after
+    /// reading them (a retrying layer's held events) are not shown twice.
+    /// Events already waiting in front now are shown too: then `f` watches
+    /// through a wrapping stream.
+    pub(crate) fn observe<F>(mut self, mut f: F) -> ChatStream
+    where
+        F: FnMut(&Result<StreamEvent, Error>) + Send + 'static,
+    {
+        if !self.events.prefix.is_empty() {
+            return self.map_events(|events| events.inspect(move |item| f(item)));
+        }
+        self.events.observer = Some(match self.events.observer.take() {
+            Some(mut before) => Box::new(move |item| {
+                before(item);
+                f(item);
+            }),
+            None => Box::new(f),
+        });
+        self
     }
 
     /// Puts `cut`'s deadlines on the events; with deadlines on them

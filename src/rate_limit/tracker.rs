@@ -2,15 +2,10 @@
 //! if never sent; once answered, records the provider's report, the
 //! answer's usage, and a 429 inside the stream.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 
-use futures_core::Stream;
-use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use crate::chat::Events;
 use crate::lock;
 use crate::{ChatStream, Error, StreamEvent};
 
@@ -50,9 +45,15 @@ impl Tracker {
                 books.absorb(info, Instant::now());
             }
         }
-        stream.map_events(|events| Watch {
-            events,
-            tracker: self,
+        let mut tracker = self;
+        stream.observe(move |item| match item {
+            Ok(StreamEvent::Usage(u)) if tracker.shared.counts_tokens() => {
+                let t = &mut tracker;
+                let now = Instant::now();
+                lock(&t.books).correct(&mut t.booking, u.input_tokens, u.output_tokens, now);
+            }
+            Err(e) => tracker.failed(e),
+            Ok(_) => {}
         })
     }
 
@@ -80,33 +81,5 @@ impl Tracker {
                 "rate limit: the provider answered 429; pausing calls to this model"
             );
         }
-    }
-}
-
-/// An answer's events, watched for what they tell the books.
-struct Watch {
-    events: Events,
-    tracker: Tracker,
-}
-
-impl Stream for Watch {
-    type Item = Result<StreamEvent, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = ready!(self.events.poll_next_unpin(cx));
-        match &item {
-            Some(Ok(StreamEvent::Usage(u))) if self.tracker.shared.counts_tokens() => {
-                let t = &mut self.tracker;
-                let now = Instant::now();
-                lock(&t.books).correct(&mut t.booking, u.input_tokens, u.output_tokens, now);
-            }
-            Some(Err(e)) => self.tracker.failed(e),
-            _ => {}
-        }
-        Poll::Ready(item)
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.events.size_hint()
     }
 }

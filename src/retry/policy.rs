@@ -199,13 +199,18 @@ impl RetryPolicy {
 #[derive(Debug)]
 pub struct CallState {
     retries: u32,
+    /// The random state; 0 until the first draw seeds it.
     rng: u64,
     deadline: Option<Instant>,
 }
 
 impl CallState {
-    /// A uniform draw in `[0, 1)` (splitmix64).
+    /// A uniform draw in `[0, 1)` (splitmix64), seeded at the first draw:
+    /// most calls never retry, and never need one.
     fn random(&mut self) -> f64 {
+        if self.rng == 0 {
+            self.rng = seed();
+        }
         self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.rng;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -232,7 +237,7 @@ impl Policy for RetryPolicy {
         }
         CallState {
             retries: 0,
-            rng: seed(),
+            rng: 0,
             deadline: request.deadline(),
         }
     }
