@@ -122,10 +122,31 @@ fn paired(_: &mut Criterion) {
     let quick = !std::env::args().any(|a| a == "--bench");
     for (name, canned, stream, cold, calls, rounds) in [
         ("unary", Canned::json(ANSWER), false, false, 2000, 41),
-        ("unary-waiting", Canned::json(ANSWER).waiting(), false, false, 2000, 41),
-        ("unary-cold", Canned::json(ANSWER).waiting(), false, true, 200, 41),
+        (
+            "unary-waiting",
+            Canned::json(ANSWER).waiting(),
+            false,
+            false,
+            2000,
+            41,
+        ),
+        (
+            "unary-cold",
+            Canned::json(ANSWER).waiting(),
+            false,
+            true,
+            200,
+            41,
+        ),
         ("stream", Canned::sse(chunks.clone()), true, false, 3, 41),
-        ("stream-waiting", Canned::sse(chunks.clone()).waiting(), true, false, 3, 41),
+        (
+            "stream-waiting",
+            Canned::sse(chunks.clone()).waiting(),
+            true,
+            false,
+            3,
+            41,
+        ),
     ] {
         let (calls, rounds) = if quick { (1, 3) } else { (calls, rounds) };
         let [(_, bare, _), (_, full, _), _] = services(canned);

@@ -58,11 +58,14 @@
 //!   reqwest one. `mock` (feature `mock`) is a scriptable server on loopback
 //!   speaking the providers' wire formats, for tests and demos.
 //! - **The ground** every floor stands on: the call's vocabulary
-//!   ([`ChatRequest`], the [`ChatStream`] of [`StreamEvent`]s, the folded
-//!   [`Completion`]) and [`Error`] (one error type whose
-//!   variants are classes a policy can act on); what travels with a call in
-//!   its request — its [`Deadline`], its [`Attempts`], the credential a
-//!   layer supplies — and [`Credential`] itself; what the response headers
+//!   ([`ChatRequest`], whose copies share its parts; the [`ChatStream`] of
+//!   [`StreamEvent`]s, which carries the deadlines the timeout layers put
+//!   on it and what the layers watch it with, in place of a stream wrapped
+//!   around it per layer; the folded [`Completion`]) and [`Error`] (one
+//!   error type whose variants are classes a policy can act on); what
+//!   travels with a call in its request — its [`Deadline`], its
+//!   [`Attempts`], the credential a layer supplies, in one context every
+//!   copy of the request shares — and [`Credential`] itself; what the response headers
 //!   say ([`RateLimitInfo`], [`parse_retry_after`]); [`sse`], the incremental
 //!   server-sent-events decoder.
 //!

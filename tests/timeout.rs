@@ -281,3 +281,61 @@ async fn the_idle_wait_starts_when_the_caller_asks_for_the_next_event() {
         assert_eq!(asked.elapsed(), Duration::from_secs(1));
     }
 }
+
+/// Output a layer inside put in front of the answer (as a retrying layer
+/// does with what it held back) meets the first-event limit when the
+/// caller reads it, as output from the server would: the wait after it is
+/// an idle one.
+#[tokio::test(start_paused = true)]
+async fn output_put_in_front_meets_the_first_event_limit() {
+    use futures_util::StreamExt;
+    use llm_tower::{ChatStream, ResponseMeta, StreamEvent};
+
+    #[derive(Clone)]
+    struct Primed;
+    impl tower::Service<ChatRequest> for Primed {
+        type Response = ChatStream;
+        type Error = Error;
+        type Future = std::future::Ready<Result<ChatStream, Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: ChatRequest) -> Self::Future {
+            // The held output in front, then a server that says nothing.
+            let mut stream = ChatStream::new(
+                ResponseMeta::new("test", "m"),
+                futures_util::stream::pending(),
+            );
+            stream.prepend([StreamEvent::TextDelta { text: "hi".into() }]);
+            std::future::ready(Ok(stream))
+        }
+    }
+    let layer = StreamTimeoutLayer::new()
+        .first_event(Duration::from_secs(5))
+        .idle(Duration::from_secs(10));
+    let started = Instant::now();
+    let mut stream = tower::Layer::layer(&layer, Primed)
+        .oneshot(hello())
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.next().await,
+        Some(Ok(StreamEvent::TextDelta { .. }))
+    ));
+    let err = stream.next().await;
+    assert!(
+        matches!(
+            &err,
+            Some(Err(Error::Timeout {
+                phase: TimeoutPhase::Idle,
+                provider: "test"
+            }))
+        ),
+        "{err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert!(stream.next().await.is_none(), "nothing follows the timeout");
+}

@@ -113,6 +113,13 @@ impl Cut {
         };
     }
 
+    /// Output reached the caller some other way (events put in front).
+    pub(super) fn output_delivered(self: Pin<&mut Self>) {
+        let this = self.project();
+        *this.delivered = true;
+        *this.output = true;
+    }
+
     /// An item came from the stream.
     pub(super) fn saw(self: Pin<&mut Self>, item: &Result<StreamEvent, Error>) {
         let this = self.project();

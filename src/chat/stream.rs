@@ -262,6 +262,11 @@ impl ChatStream {
             Some(existing) => existing.as_mut().and(cut.limits()),
             None => {
                 cut.as_mut().answered_by(self.meta.provider);
+                if self.primed() {
+                    // Output already waits in front: the first-event limit
+                    // is met, as it would be once the caller reads it.
+                    cut.as_mut().output_delivered();
+                }
                 self.events.cut = Some(cut);
             }
         }
@@ -511,5 +516,70 @@ impl CompletionBuilder {
         } else {
             source
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    fn text(t: &str) -> StreamEvent {
+        StreamEvent::TextDelta { text: t.into() }
+    }
+
+    /// What `observe` was shown, and the stream it watches.
+    fn watched(stream: ChatStream) -> (ChatStream, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let stream = stream.observe(move |item| {
+            let shown = match item {
+                Ok(StreamEvent::TextDelta { text }) => text.clone(),
+                Ok(other) => format!("{other:?}"),
+                Err(e) => format!("error: {e}"),
+            };
+            crate::lock(&log).push(shown);
+        });
+        (stream, seen)
+    }
+
+    #[tokio::test]
+    async fn an_observer_sees_each_item_once_even_when_a_layer_above_puts_it_back() {
+        let source = ChatStream::from_events(
+            ResponseMeta::new("test", "m"),
+            vec![Ok(text("a")), Ok(text("b"))],
+        );
+        let (mut stream, seen) = watched(source);
+        // What a retrying layer above does: read until output, put it back.
+        let first = stream.next().await.unwrap().unwrap();
+        stream.prepend([first]);
+        let texts: Vec<_> = stream.map(|i| format!("{:?}", i.unwrap())).collect().await;
+        assert_eq!(texts.len(), 2);
+        assert_eq!(*crate::lock(&seen), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn an_observer_added_with_events_in_front_sees_them_too() {
+        let mut source =
+            ChatStream::from_events(ResponseMeta::new("test", "m"), vec![Ok(text("b"))]);
+        source.prepend([text("a")]);
+        let (stream, seen) = watched(source);
+        assert_eq!(stream.count().await, 2);
+        assert_eq!(*crate::lock(&seen), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn observers_run_in_the_order_they_were_added() {
+        let source = ChatStream::from_events(ResponseMeta::new("test", "m"), vec![Ok(text("x"))]);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let (one, two) = (order.clone(), order.clone());
+        let stream = source
+            .observe(move |_| crate::lock(&one).push(1))
+            .observe(move |_| crate::lock(&two).push(2));
+        assert_eq!(stream.count().await, 1);
+        assert_eq!(*crate::lock(&order), [1, 2]);
     }
 }

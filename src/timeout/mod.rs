@@ -8,17 +8,20 @@
 //!   answer — the time to first token. Metadata does not count: a server
 //!   that sends OpenAI's opening role chunk or Anthropic's `message_start`
 //!   and then nothing has not started answering (see
-//!   [`StreamEvent::is_output`]);
+//!   [`StreamEvent::is_output`](crate::StreamEvent::is_output));
 //! - **idle**: the longest the stream waits for its next event once output
 //!   has begun (or, with no first-event limit, from the head on), counted
 //!   from when the caller asks for it, so time the caller spends on an
 //!   event is not charged to the server (events are
-//!   [`StreamEvent`]s: keep-alive comments and `ping`s do not count — a
+//!   [`StreamEvent`](crate::StreamEvent)s: keep-alive comments and `ping`s do not count — a
 //!   server that only says it is still there is not delivering);
 //! - **total**: from the call to the end of the stream.
 //!
 //! An expiry ends the stream with [`Error::Timeout`] naming the phase (or
-//! fails the response future, if it comes before the head). Timeouts are
+//! fails the response future, if it comes before the head). The limits go
+//! on the answer's events rather than around them: every timeout layer over
+//! one answer shares one timer, the nearest of their limits applying, and
+//! no event passes through a stream per layer. Timeouts are
 //! retryable: with a [`TransportRetryLayer`](crate::TransportRetryLayer)
 //! *outside* this layer, a stream that stalls before any output is cut and
 //! sent again. A total deadline also travels with the request, as a
