@@ -15,8 +15,12 @@
 //! - **stream**: a streamed answer of 1,000 text deltas, one at a time and
 //!   32 at once: events per second and client CPU per event.
 //!
-//! `cargo bench --bench peers` (about a minute). Under `cargo test
-//! --benches` it makes one short pass, to show it runs.
+//! `cargo bench --bench peers` (under a minute). Under `cargo test
+//! --benches` it makes one short pass, to show it runs. For finding where
+//! the cost is: `PEERS_LAYERS=1` compares each layer of the stack alone
+//! over the bare provider; `PEERS_WORKLOAD=short/1` (or `short/32`,
+//! `stream/1`, `stream/32`) runs one workload; `PEERS_CLIENT=bare` (or
+//! `README stack`, `async-openai`) one client, to run under `perf`.
 
 mod common;
 
