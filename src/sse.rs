@@ -288,20 +288,7 @@ impl SseDecoder {
         };
         let used = line_end(line_end(i)?)?;
         let value = value.strip_prefix(b" ").unwrap_or(value);
-        {
-            let data = utf8(value);
-            let event = if self.event.is_empty() {
-                Cow::Borrowed("message")
-            } else {
-                utf8(&self.event)
-            };
-            let id = utf8(&self.id);
-            on_event(Ok(Event {
-                event: &event,
-                data: &data,
-                id: &id,
-            }));
-        }
+        emit(&self.event, value, &self.id, on_event);
         self.event.clear();
         Some(used)
     }
@@ -386,23 +373,29 @@ impl SseDecoder {
             return;
         }
         self.data.pop();
-        {
-            let data = utf8(&self.data);
-            let event = if self.event.is_empty() {
-                Cow::Borrowed("message")
-            } else {
-                utf8(&self.event)
-            };
-            let id = utf8(&self.id);
-            on_event(Ok(Event {
-                event: &event,
-                data: &data,
-                id: &id,
-            }));
-        }
+        emit(&self.event, &self.data, &self.id, on_event);
         self.data.clear();
         self.event.clear();
     }
+}
+
+/// Gives `on_event` the event of type `event` (`message` when empty).
+fn emit<F>(event: &[u8], data: &[u8], id: &[u8], on_event: &mut F)
+where
+    F: FnMut(Result<Event<'_>, SseError>),
+{
+    let data = utf8(data);
+    let event = if event.is_empty() {
+        Cow::Borrowed("message")
+    } else {
+        utf8(event)
+    };
+    let id = utf8(id);
+    on_event(Ok(Event {
+        event: &event,
+        data: &data,
+        id: &id,
+    }));
 }
 
 /// The bytes as text: borrowed when valid, with U+FFFD replacements

@@ -291,33 +291,20 @@ async fn output_put_in_front_meets_the_first_event_limit() {
     use futures_util::StreamExt;
     use llm_tower::{ChatStream, ResponseMeta, StreamEvent};
 
-    #[derive(Clone)]
-    struct Primed;
-    impl tower::Service<ChatRequest> for Primed {
-        type Response = ChatStream;
-        type Error = Error;
-        type Future = std::future::Ready<Result<ChatStream, Error>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: ChatRequest) -> Self::Future {
-            // The held output in front, then a server that says nothing.
-            let mut stream = ChatStream::new(
-                ResponseMeta::new("test", "m"),
-                futures_util::stream::pending(),
-            );
-            stream.prepend([StreamEvent::TextDelta { text: "hi".into() }]);
-            std::future::ready(Ok(stream))
-        }
-    }
+    // The held output in front, then a server that says nothing.
+    let primed = tower::service_fn(|_: ChatRequest| async {
+        let mut stream = ChatStream::new(
+            ResponseMeta::new("test", "m"),
+            futures_util::stream::pending(),
+        );
+        stream.prepend([StreamEvent::TextDelta { text: "hi".into() }]);
+        Ok::<_, Error>(stream)
+    });
     let layer = StreamTimeoutLayer::new()
         .first_event(Duration::from_secs(5))
         .idle(Duration::from_secs(10));
     let started = Instant::now();
-    let mut stream = tower::Layer::layer(&layer, Primed)
+    let mut stream = tower::Layer::layer(&layer, primed)
         .oneshot(hello())
         .await
         .unwrap();
