@@ -81,8 +81,7 @@ impl ChatRequest {
 
 impl Shared {
     fn deadline(&self) -> Option<Instant> {
-        // A poisoned lock still holds a valid instant.
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+        *crate::lock(&self.deadline)
     }
 
     fn bump(&self) -> u32 {
@@ -110,7 +109,7 @@ impl CallHandle {
 
     /// Sets the deadline to `at`, unless one nearer is set.
     pub(crate) fn limit(&self, at: Instant) {
-        let mut deadline = self.0.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        let mut deadline = crate::lock(&self.0.deadline);
         if deadline.is_none_or(|d| at < d) {
             *deadline = Some(at);
         }
