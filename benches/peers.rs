@@ -20,7 +20,9 @@
 //! the cost is: `PEERS_LAYERS=1` compares each layer of the stack alone
 //! over the bare provider; `PEERS_WORKLOAD=short/1` (or `short/32`,
 //! `stream/1`, `stream/32`) runs one workload; `PEERS_CLIENT=bare` (or
-//! `README stack`, `async-openai`) one client, to run under `perf`.
+//! `README stack`, `async-openai`) one client, to run under `perf`;
+//! `PEERS_ROUNDS=100` runs more rounds than the 30 of the default, for
+//! differences of a microsecond or two.
 
 mod common;
 
@@ -71,7 +73,14 @@ fn main() {
         Workload::stream(1, if quick { 1 } else { 4 }),
         Workload::stream(32, 1),
     ];
-    let rounds = if quick { 2 } else { 30 };
+    let rounds = if quick {
+        2
+    } else {
+        std::env::var("PEERS_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(30)
+    };
     // `PEERS_WORKLOAD=short/1`, say: that workload only.
     let only = std::env::var("PEERS_WORKLOAD").ok();
     for workload in workloads {
