@@ -33,6 +33,8 @@ struct Shared {
     called: OnceLock<&'static str>,
     /// The nearest deadline a layer set.
     deadline: Mutex<Option<Instant>>,
+    /// The highest attempt count a failure was reported with.
+    reported: AtomicU32,
 }
 
 impl ChatRequest {
@@ -47,6 +49,7 @@ impl ChatRequest {
                 caller: extensions.get::<Attempts>().cloned(),
                 called: OnceLock::new(),
                 deadline: Mutex::new(None),
+                reported: AtomicU32::new(0),
             })
         });
         CallHandle(shared.clone())
@@ -105,6 +108,12 @@ impl CallHandle {
     /// The provider the call was sent to, or `"unknown"` before it was.
     pub(crate) fn provider(&self) -> &'static str {
         self.0.called.get().copied().unwrap_or("unknown")
+    }
+
+    /// Whether a failure after `attempts` requests is news: no failure of
+    /// this call was reported with as many yet.
+    pub(crate) fn first_report(&self, attempts: u32) -> bool {
+        self.0.reported.fetch_max(attempts, Ordering::Relaxed) < attempts
     }
 
     /// Sets the deadline to `at`, unless one nearer is set.

@@ -561,3 +561,40 @@ fn the_capture_sees_other_threads() {
         captured.events()
     );
 }
+
+/// A failure is reported once per call, with every request it sent: the
+/// retry layer that gave up says so, and the refresh layer around it, giving
+/// up on the same failure, does not say it again.
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_retries_inside_a_refresh_is_reported_once_with_all_its_requests() {
+    let (captured, _capturing) = Captured::start();
+    let server = MockServer::start().await;
+    // A refused key, refreshed; then a server that stays down through the
+    // retry layer's three attempts.
+    server.push(Reply::api_error(401, "invalid_api_key", "no"));
+    server.push_all((0..3).map(|_| Reply::api_error(500, "server_error", "down")));
+    let (source, fetches) = source(&["first", "second"]);
+    let p = OpenAi::builder()
+        .base_url(server.openai_url())
+        .model("m")
+        .build()
+        .unwrap();
+    let svc = ServiceBuilder::new()
+        .layer(RefreshLayer::new(source))
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .service(p);
+    let err = svc.oneshot(hello()).await.unwrap_err();
+    assert!(matches!(err, Error::Server { .. }), "{err:?}");
+    assert_eq!(server.request_count(), 4);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    let warnings: Vec<String> = captured
+        .events()
+        .into_iter()
+        .filter(|e| e.starts_with("WARN") && e.contains("failed after"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("failed after 4 attempts"),
+        "{warnings:#?}"
+    );
+}

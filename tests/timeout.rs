@@ -147,6 +147,32 @@ async fn a_total_limit_outside_a_retry_layer_bounds_its_waits() {
     assert_eq!(server.request_count(), 1);
 }
 
+/// Two total limits over one call: the nearer bounds the retry layer's
+/// waits, whichever layer set it.
+#[tokio::test(start_paused = true)]
+async fn of_two_total_limits_the_nearer_bounds_the_waits() {
+    for (outer, inner) in [(10_000, 200), (200, 10_000)] {
+        let server = MockServer::start().await;
+        server.push_all([
+            Reply::api_error(500, "api_error", "boom"),
+            Reply::text(["ok"]),
+        ]);
+        let svc = ServiceBuilder::new()
+            .layer(StreamTimeoutLayer::new().total(Duration::from_millis(outer)))
+            .layer(StreamTimeoutLayer::new().total(Duration::from_millis(inner)))
+            .layer(TransportRetryLayer::new(RetryPolicy::default()))
+            .service(openai_at(&server));
+        let started = Instant::now();
+        let err = svc.oneshot(hello()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Server { .. }),
+            "{outer}/{inner}: {err:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(server.request_count(), 1);
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_head_that_never_comes_fails_the_call() {
     #[derive(Clone)]

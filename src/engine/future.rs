@@ -157,7 +157,9 @@ where
                 }
                 None => {
                     let sent = this.context.attempts().max(*this.sent);
-                    if sent > 1 {
+                    // Once per count: an engine around this one that gives
+                    // up on the same failure has nothing to add.
+                    if sent > 1 && this.context.first_report(sent) {
                         tracing::warn!(
                             attempts = sent,
                             reason = failure.kind(),
