@@ -352,3 +352,21 @@ async fn output_put_in_front_meets_the_first_event_limit() {
     assert_eq!(started.elapsed(), Duration::from_secs(10));
     assert!(stream.next().await.is_none(), "nothing follows the timeout");
 }
+
+/// An outer layer's limit still applies when a layer inside set deadlines
+/// on the same answer first: here the outer total, nearer than the inner
+/// idle limit, cuts a stream that stalls after its first delta.
+#[tokio::test(start_paused = true)]
+async fn an_outer_limit_applies_to_an_answer_an_inner_layer_put_deadlines_on() {
+    let server = MockServer::start().await;
+    server.push(Reply::text(["a", "b"]).stall_after(1));
+    let svc = ServiceBuilder::new()
+        .layer(StreamTimeoutLayer::new().total(Duration::from_secs(5)))
+        .layer(StreamTimeoutLayer::new().idle(Duration::from_secs(20)))
+        .service(openai_at(&server));
+    let started = Instant::now();
+    let (events, err) = drain(svc.oneshot(hello()).await.unwrap()).await;
+    assert_eq!(texts(&events), ["a"]);
+    assert!(is_timeout(&err, TimeoutPhase::Total), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+}
