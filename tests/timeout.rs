@@ -370,3 +370,24 @@ async fn an_outer_limit_applies_to_an_answer_an_inner_layer_put_deadlines_on() {
     assert!(is_timeout(&err, TimeoutPhase::Total), "{err:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(5));
 }
+
+/// Once output has begun the idle limit governs, even when it is shorter
+/// than what is left of the first-event one: the timer, set for the
+/// first-event deadline, is brought nearer.
+#[tokio::test(start_paused = true)]
+async fn after_output_a_shorter_idle_limit_governs() {
+    let server = MockServer::start().await;
+    server.push(Reply::text(["a", "b"]).stall_after(1));
+    let layer = StreamTimeoutLayer::new()
+        .first_event(Duration::from_secs(10))
+        .idle(Duration::from_secs(2));
+    let started = Instant::now();
+    let stream = tower::Layer::layer(&layer, openai_at(&server))
+        .oneshot(hello())
+        .await
+        .unwrap();
+    let (events, err) = drain(stream).await;
+    assert_eq!(texts(&events), ["a"]);
+    assert!(is_timeout(&err, TimeoutPhase::Idle), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+}

@@ -104,13 +104,10 @@ impl Cut {
     pub(crate) fn and(self: Pin<&mut Self>, limits: Limits) {
         let this = self.project();
         *this.limits = this.limits.and(limits);
-        *this.deadline = if *this.output || this.limits.first.is_none() {
-            // Recomputed at the next wait: idle from then.
-            *this.delivered = true;
-            next_deadline(None, this.limits.total, None)
-        } else {
-            next_deadline(this.limits.first, this.limits.total, None)
-        };
+        *this.deadline = next_deadline(this.limits.first, this.limits.total, None);
+        // The next wait starts from the merged limits: the first-event one
+        // until output, the idle one from then on.
+        *this.delivered = true;
     }
 
     /// Output reached the caller some other way (events put in front).
