@@ -391,3 +391,24 @@ async fn after_output_a_shorter_idle_limit_governs() {
     assert!(is_timeout(&err, TimeoutPhase::Idle), "{err:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(2));
 }
+
+/// Before output, the first-event limit governs while it is nearer than the
+/// total one.
+#[tokio::test(start_paused = true)]
+async fn before_output_the_nearer_first_event_limit_governs() {
+    let server = MockServer::start().await;
+    // The head and the opening role chunk, then nothing.
+    server.push(Reply::text(["never"]).stall_after(0));
+    let layer = StreamTimeoutLayer::new()
+        .first_event(Duration::from_secs(5))
+        .total(Duration::from_secs(60));
+    let started = Instant::now();
+    let stream = tower::Layer::layer(&layer, openai_at(&server))
+        .oneshot(hello())
+        .await
+        .unwrap();
+    let (events, err) = drain(stream).await;
+    assert!(texts(&events).is_empty());
+    assert!(is_timeout(&err, TimeoutPhase::FirstEvent), "{err:?}");
+    assert_eq!(started.elapsed(), Duration::from_secs(5));
+}

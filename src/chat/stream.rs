@@ -572,6 +572,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_say_how_many_are_left_and_what_they_hold() {
+        let mut stream = ChatStream::from_events(
+            ResponseMeta::new("test", "m"),
+            vec![Ok(text("b")), Ok(text("c"))],
+        );
+        assert_eq!(stream.size_hint(), (2, Some(2)));
+        stream.prepend([text("a")]);
+        assert_eq!(stream.size_hint(), (3, Some(3)));
+        // With deadlines on them, one error may take the place of the rest.
+        let limits = super::super::cut::Limits::default();
+        stream.cut_by(Box::pin(Cut::new(limits, None)));
+        assert_eq!(stream.size_hint(), (2, Some(3)));
+        let shown = format!("{:?}", stream.events);
+        assert!(shown.contains("prefix") && shown.contains("cut"), "{shown}");
+        assert_eq!(stream.count().await, 3);
+    }
+
+    #[tokio::test]
     async fn observers_run_in_the_order_they_were_added() {
         let source = ChatStream::from_events(ResponseMeta::new("test", "m"), vec![Ok(text("x"))]);
         let order = Arc::new(Mutex::new(Vec::new()));
