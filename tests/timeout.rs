@@ -21,6 +21,19 @@ fn is_timeout(e: &Option<Error>, want: TimeoutPhase) -> bool {
     matches!(e, Some(Error::Timeout { phase, .. }) if *phase == want)
 }
 
+/// Sends one call through `svc`: it delivers exactly `want`, then ends with
+/// a timeout of `phase`, `after` from the call.
+async fn cut_after<S>(svc: S, want: &[&str], phase: TimeoutPhase, after: Duration)
+where
+    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
+{
+    let started = Instant::now();
+    let (events, err) = drain(svc.oneshot(hello()).await.unwrap()).await;
+    assert_eq!(texts(&events), want);
+    assert!(is_timeout(&err, phase), "{err:?}");
+    assert_eq!(started.elapsed(), after);
+}
+
 #[tokio::test(start_paused = true)]
 async fn no_event_at_all_is_a_first_event_timeout() {
     let server = MockServer::start().await;
@@ -364,11 +377,7 @@ async fn an_outer_limit_applies_to_an_answer_an_inner_layer_put_deadlines_on() {
         .layer(StreamTimeoutLayer::new().total(Duration::from_secs(5)))
         .layer(StreamTimeoutLayer::new().idle(Duration::from_secs(20)))
         .service(openai_at(&server));
-    let started = Instant::now();
-    let (events, err) = drain(svc.oneshot(hello()).await.unwrap()).await;
-    assert_eq!(texts(&events), ["a"]);
-    assert!(is_timeout(&err, TimeoutPhase::Total), "{err:?}");
-    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    cut_after(svc, &["a"], TimeoutPhase::Total, Duration::from_secs(5)).await;
 }
 
 /// Once output has begun the idle limit governs, even when it is shorter
@@ -381,15 +390,8 @@ async fn after_output_a_shorter_idle_limit_governs() {
     let layer = StreamTimeoutLayer::new()
         .first_event(Duration::from_secs(10))
         .idle(Duration::from_secs(2));
-    let started = Instant::now();
-    let stream = tower::Layer::layer(&layer, openai_at(&server))
-        .oneshot(hello())
-        .await
-        .unwrap();
-    let (events, err) = drain(stream).await;
-    assert_eq!(texts(&events), ["a"]);
-    assert!(is_timeout(&err, TimeoutPhase::Idle), "{err:?}");
-    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    let svc = tower::Layer::layer(&layer, openai_at(&server));
+    cut_after(svc, &["a"], TimeoutPhase::Idle, Duration::from_secs(2)).await;
 }
 
 /// Before output, the first-event limit governs while it is nearer than the
@@ -402,13 +404,6 @@ async fn before_output_the_nearer_first_event_limit_governs() {
     let layer = StreamTimeoutLayer::new()
         .first_event(Duration::from_secs(5))
         .total(Duration::from_secs(60));
-    let started = Instant::now();
-    let stream = tower::Layer::layer(&layer, openai_at(&server))
-        .oneshot(hello())
-        .await
-        .unwrap();
-    let (events, err) = drain(stream).await;
-    assert!(texts(&events).is_empty());
-    assert!(is_timeout(&err, TimeoutPhase::FirstEvent), "{err:?}");
-    assert_eq!(started.elapsed(), Duration::from_secs(5));
+    let svc = tower::Layer::layer(&layer, openai_at(&server));
+    cut_after(svc, &[], TimeoutPhase::FirstEvent, Duration::from_secs(5)).await;
 }
