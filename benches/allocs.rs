@@ -226,69 +226,12 @@ fn main() {
 
 /// Each layer of the README stack alone over the bare provider.
 fn each_layer(rt: &tokio::runtime::Runtime, calls: u64) {
-    use std::time::Duration;
-
-    use llm_tower::{
-        Credential, FallbackLayer, GenAiTraceLayer, RateLimitLayer, RefreshLayer, RetryPolicy,
-        StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
-    };
-    use tower::Layer;
-
-    async fn token() -> Result<Credential, std::io::Error> {
-        Ok(Credential::bearer("sk-bench"))
-    }
     let provider = OpenAi::builder()
         .model("gpt-4o-mini")
         .build_with(Canned::json(ANSWER))
         .expect("valid configuration");
-    let p = || provider.clone();
-    let (bare, _) = per_call(rt, &Boxed::new(p()), false, calls);
-    let layers: [(&str, Boxed); 8] = [
-        ("trace", Boxed::new(GenAiTraceLayer::new().layer(p()))),
-        (
-            "total timeout",
-            Boxed::new(
-                StreamTimeoutLayer::new()
-                    .total(Duration::from_secs(120))
-                    .layer(p()),
-            ),
-        ),
-        ("fallback", Boxed::new(FallbackLayer::new(p()).layer(p()))),
-        (
-            "refresh",
-            Boxed::new(
-                RefreshLayer::new(token)
-                    .initial(Credential::bearer("sk"))
-                    .layer(p()),
-            ),
-        ),
-        (
-            "transport retry",
-            Boxed::new(TransportRetryLayer::new(RetryPolicy::default()).layer(p())),
-        ),
-        (
-            "rate limit",
-            Boxed::new(
-                RateLimitLayer::new()
-                    .requests_per_minute(1 << 40)
-                    .tokens_per_minute(1 << 50)
-                    .layer(p()),
-            ),
-        ),
-        (
-            "first-event and idle timeouts",
-            Boxed::new(
-                StreamTimeoutLayer::new()
-                    .first_event(Duration::from_secs(30))
-                    .idle(Duration::from_secs(20))
-                    .layer(p()),
-            ),
-        ),
-        (
-            "stream concurrency limit",
-            Boxed::new(StreamConcurrencyLimitLayer::new(64).layer(p())),
-        ),
-    ];
+    let (bare, _) = per_call(rt, &Boxed::new(provider.clone()), false, calls);
+    let layers = common::each_layer(provider);
     for (name, svc) in layers {
         let (a, _) = per_call(rt, &svc, false, calls);
         println!(

@@ -193,80 +193,11 @@ fn clients(url: &str) -> Vec<(&'static str, Client)> {
 
 /// `PEERS_LAYERS=1`: the bare provider and each layer of the README stack
 /// alone over it, to find which one costs what.
-fn each_layer<S>(p: S) -> Vec<(&'static str, Client)>
-where
-    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = llm_tower::Error>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    use llm_tower::{
-        Credential, FallbackLayer, GenAiTraceLayer, RateLimitLayer, RefreshLayer, RetryPolicy,
-        StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
-    };
-    use tower::Layer;
-
-    async fn token() -> Result<Credential, std::io::Error> {
-        Ok(Credential::bearer("sk-bench"))
-    }
-    let one = |s| Client::Tower(s);
-    let seconds = Duration::from_secs;
-    vec![
-        ("bare", one(Boxed::new(p.clone()))),
-        (
-            "trace",
-            one(Boxed::new(GenAiTraceLayer::new().layer(p.clone()))),
-        ),
-        (
-            "total timeout",
-            one(Boxed::new(
-                StreamTimeoutLayer::new()
-                    .total(seconds(120))
-                    .layer(p.clone()),
-            )),
-        ),
-        (
-            "fallback",
-            one(Boxed::new(FallbackLayer::new(p.clone()).layer(p.clone()))),
-        ),
-        (
-            "refresh",
-            one(Boxed::new(
-                RefreshLayer::new(token)
-                    .initial(Credential::bearer("sk-bench"))
-                    .layer(p.clone()),
-            )),
-        ),
-        (
-            "transport retry",
-            one(Boxed::new(
-                TransportRetryLayer::new(RetryPolicy::default()).layer(p.clone()),
-            )),
-        ),
-        (
-            "rate limit",
-            one(Boxed::new(
-                RateLimitLayer::new()
-                    .requests_per_minute(1 << 40)
-                    .tokens_per_minute(1 << 50)
-                    .layer(p.clone()),
-            )),
-        ),
-        (
-            "first/idle timeouts",
-            one(Boxed::new(
-                StreamTimeoutLayer::new()
-                    .first_event(seconds(30))
-                    .idle(seconds(20))
-                    .layer(p.clone()),
-            )),
-        ),
-        (
-            "limit",
-            one(Boxed::new(StreamConcurrencyLimitLayer::new(64).layer(p))),
-        ),
-    ]
+fn each_layer(p: OpenAi) -> Vec<(&'static str, Client)> {
+    std::iter::once(("bare", Boxed::new(p.clone())))
+        .chain(common::each_layer(p))
+        .map(|(name, svc)| (name, Client::Tower(svc)))
+        .collect()
 }
 
 impl Client {
@@ -428,7 +359,7 @@ fn measure(rt: &tokio::runtime::Runtime, clients: &[(&str, Client)], w: &Workloa
         let cpu_ratio = median(per_round(i, &|i, r| cpus[i][r] / cpus[0][r]));
         let per_unit = |d: Duration| d.as_secs_f64() * 1e9 / (w.units() * rounds as f64);
         println!(
-            "  {name:<14} {:>10.0} {}s/s  {:>8.0} ns CPU/{} (user {:.0}, kernel {:.0})   vs bare: {:.3}x {}s/s, CPU {:+.0} ns/{} ({:.3}x)",
+            "  {name:<30} {:>10.0} {}s/s  {:>8.0} ns CPU/{} (user {:.0}, kernel {:.0})   vs bare: {:.3}x {}s/s, CPU {:+.0} ns/{} ({:.3}x)",
             median(rates[i].clone()),
             w.unit(),
             median(cpus[i].clone()),

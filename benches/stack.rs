@@ -59,47 +59,39 @@ fn stack(c: &mut Criterion) {
         .build()
         .expect("runtime");
 
-    for (group, canned) in [
-        ("stack/unary", Canned::json(ANSWER)),
-        ("stack/unary-waiting", Canned::json(ANSWER).waiting()),
-    ] {
-        unary(c, &rt, group, canned);
-    }
-
     let chunks = fixed_chunks(&openai_transcript(), 1024);
-    for (group, canned) in [
-        ("stack/stream", Canned::sse(chunks.clone())),
-        ("stack/stream-waiting", Canned::sse(chunks).waiting()),
+    for (group, canned, stream) in [
+        ("stack/unary", Canned::json(ANSWER), false),
+        ("stack/unary-waiting", Canned::json(ANSWER).waiting(), false),
+        ("stack/stream", Canned::sse(chunks.clone()), true),
+        ("stack/stream-waiting", Canned::sse(chunks).waiting(), true),
     ] {
-        let mut group = c.benchmark_group(group);
-        group.throughput(Throughput::Elements(EVENTS as u64));
-        for (name, svc, subscribed) in services(canned) {
-            group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                traced(subscribed, || {
-                    b.iter(|| {
-                        rt.block_on(async {
-                            let n = count_events(svc.clone().oneshot(request(true)).await).await;
-                            assert!(n >= EVENTS, "{n} events");
-                        })
-                    })
-                })
-            });
-        }
-        group.finish();
+        calls(c, &rt, group, canned, stream);
     }
 }
 
-/// Short non-streaming calls through each service.
-fn unary(c: &mut Criterion, rt: &tokio::runtime::Runtime, group: &str, canned: Canned) {
+/// One call through each service: a short non-streaming one, or a
+/// 10,000-event stream; throughput in calls or events.
+fn calls(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    group: &str,
+    canned: Canned,
+    stream: bool,
+) {
     let mut group = c.benchmark_group(group);
-    group.throughput(Throughput::Elements(1));
+    group.throughput(Throughput::Elements(if stream { EVENTS as u64 } else { 1 }));
     for (name, svc, subscribed) in services(canned) {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             traced(subscribed, || {
                 b.iter(|| {
                     rt.block_on(async {
-                        let n = count_events(svc.clone().oneshot(request(false)).await).await;
-                        assert_eq!(n, 4, "start, text, usage, done");
+                        let n = count_events(svc.clone().oneshot(request(stream)).await).await;
+                        if stream {
+                            assert!(n >= EVENTS, "{n} events");
+                        } else {
+                            assert_eq!(n, 4, "start, text, usage, done");
+                        }
                     })
                 })
             })

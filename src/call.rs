@@ -59,10 +59,7 @@ impl ChatRequest {
     pub(crate) fn deadline(&self) -> Option<Instant> {
         let set = self.call.0.as_ref().and_then(|s| s.deadline());
         let given = self.extensions.get::<Deadline>().map(|d| d.0);
-        match (set, given) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        crate::nearer(set, given)
     }
 
     /// Counts the request about to be sent, returning the count with it;
@@ -119,9 +116,7 @@ impl CallHandle {
     /// Sets the deadline to `at`, unless one nearer is set.
     pub(crate) fn limit(&self, at: Instant) {
         let mut deadline = crate::lock(&self.0.deadline);
-        if deadline.is_none_or(|d| at < d) {
-            *deadline = Some(at);
-        }
+        *deadline = crate::nearer(*deadline, Some(at));
     }
 }
 

@@ -157,6 +157,14 @@ pub(crate) fn later_or_far(
         .unwrap_or(now)
 }
 
+/// The nearer of two optional limits: either one when the other is unset.
+pub(crate) fn nearer<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

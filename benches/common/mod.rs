@@ -274,6 +274,76 @@ where
     tower::util::BoxCloneService::new(stack)
 }
 
+/// Each layer of the README's stack alone over `provider`, with the stack's
+/// settings: where the stack's costs come from.
+pub fn each_layer<S>(provider: S) -> Vec<(&'static str, Boxed)>
+where
+    S: tower::Service<
+            llm_tower::ChatRequest,
+            Response = llm_tower::ChatStream,
+            Error = llm_tower::Error,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    use std::time::Duration;
+
+    use llm_tower::{
+        Credential, FallbackLayer, GenAiTraceLayer, RateLimitLayer, RefreshLayer, RetryPolicy,
+        StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
+    };
+    use tower::Layer;
+
+    async fn token() -> Result<Credential, std::io::Error> {
+        Ok(Credential::bearer("sk-bench"))
+    }
+    let p = || provider.clone();
+    let seconds = Duration::from_secs;
+    vec![
+        ("trace", Boxed::new(GenAiTraceLayer::new().layer(p()))),
+        (
+            "total timeout",
+            Boxed::new(StreamTimeoutLayer::new().total(seconds(120)).layer(p())),
+        ),
+        ("fallback", Boxed::new(FallbackLayer::new(p()).layer(p()))),
+        (
+            "refresh",
+            Boxed::new(
+                RefreshLayer::new(token)
+                    .initial(Credential::bearer("sk-bench"))
+                    .layer(p()),
+            ),
+        ),
+        (
+            "transport retry",
+            Boxed::new(TransportRetryLayer::new(RetryPolicy::default()).layer(p())),
+        ),
+        (
+            "rate limit",
+            Boxed::new(
+                RateLimitLayer::new()
+                    .requests_per_minute(1 << 40)
+                    .tokens_per_minute(1 << 50)
+                    .layer(p()),
+            ),
+        ),
+        (
+            "first-event and idle timeouts",
+            Boxed::new(
+                StreamTimeoutLayer::new()
+                    .first_event(seconds(30))
+                    .idle(seconds(20))
+                    .layer(p()),
+            ),
+        ),
+        (
+            "stream concurrency limit",
+            Boxed::new(StreamConcurrencyLimitLayer::new(64).layer(p())),
+        ),
+    ]
+}
+
 /// A `tracing` subscriber as an application installs one: `fmt` at the
 /// default `INFO` level, writing to nowhere, so that its filtering and
 /// formatting cost is measured, not a terminal's.

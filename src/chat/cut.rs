@@ -27,12 +27,7 @@ pub(crate) struct Limits {
 impl Limits {
     /// The nearer of each limit: both sets applied at once.
     fn and(self, other: Limits) -> Limits {
-        fn nearer<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
-            match (a, b) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            }
-        }
+        use crate::nearer;
         Limits {
             first: nearer(self.first, other.first),
             total: nearer(self.total, other.total),
@@ -183,7 +178,7 @@ impl Cut {
 }
 
 /// The deadline that applies now, and its phase.
-pub(crate) fn next_deadline(
+fn next_deadline(
     first: Option<Instant>,
     total: Option<Instant>,
     idle_from_now: Option<Instant>,
