@@ -219,35 +219,75 @@ impl tower::Service<http::Request<RequestBody>> for Canned {
 pub type Boxed =
     tower::util::BoxCloneService<llm_tower::ChatRequest, llm_tower::ChatStream, llm_tower::Error>;
 
-/// The README's recommended stack, layer for layer: tracing, the
-/// `map_request` default, a total timeout, the fallback (to a clone of the
-/// provider), refresh, transport retry, the rate limit, first-event and idle
-/// timeouts, the stream-aware concurrency limit. The rate limit's budgets
-/// are set (so every call is booked, as in the README) but far above what a
-/// benchmark sends, so that no call waits: what is measured is the
-/// bookkeeping, not the pacing.
-pub fn full_stack<S>(provider: S, max_streams: usize) -> Boxed
-where
+/// An LLM-level service the benchmarks can box.
+pub trait Llm:
+    tower::Service<
+        llm_tower::ChatRequest,
+        Response = llm_tower::ChatStream,
+        Error = llm_tower::Error,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Llm for S where
     S: tower::Service<
             llm_tower::ChatRequest,
             Response = llm_tower::ChatStream,
             Error = llm_tower::Error,
+            Future: Send + 'static,
         > + Clone
         + Send
-        + 'static,
-    S::Future: Send + 'static,
+        + 'static
 {
+}
+
+/// The README stack's layers with its settings, for the whole stack and for
+/// each layer alone. The rate limit's budgets are set (so every call is
+/// booked, as in the README) but far above what a benchmark sends, so that
+/// no call waits: what is measured is the bookkeeping, not the pacing.
+mod settings {
     use std::time::Duration;
 
-    use llm_tower::{
-        ChatRequest, Credential, Error, FallbackLayer, GenAiTraceLayer, RateLimitLayer,
-        RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer, StreamTimeoutLayer,
-        TransportRetryLayer,
-    };
+    use llm_tower::{Credential, RateLimitLayer, RefreshLayer, StreamTimeoutLayer};
 
     async fn token() -> Result<Credential, std::io::Error> {
         Ok(Credential::bearer("sk-bench"))
     }
+
+    pub fn total_timeout() -> StreamTimeoutLayer {
+        StreamTimeoutLayer::new().total(Duration::from_secs(120))
+    }
+
+    pub fn first_and_idle_timeouts() -> StreamTimeoutLayer {
+        StreamTimeoutLayer::new()
+            .first_event(Duration::from_secs(30))
+            .idle(Duration::from_secs(20))
+    }
+
+    pub fn refresh() -> RefreshLayer {
+        RefreshLayer::new(token).initial(Credential::bearer("sk-bench"))
+    }
+
+    pub fn rate_limit() -> RateLimitLayer {
+        RateLimitLayer::new()
+            .requests_per_minute(1 << 40)
+            .tokens_per_minute(1 << 50)
+    }
+}
+
+/// The README's recommended stack, layer for layer: tracing, the
+/// `map_request` default, a total timeout, the fallback (to a clone of the
+/// provider), refresh, transport retry, the rate limit, first-event and idle
+/// timeouts, the stream-aware concurrency limit.
+pub fn full_stack<S: Llm>(provider: S, max_streams: usize) -> Boxed {
+    use llm_tower::{
+        ChatRequest, Error, FallbackLayer, GenAiTraceLayer, RetryPolicy,
+        StreamConcurrencyLimitLayer, TransportRetryLayer,
+    };
+
     let backup = provider.clone();
     let stack = tower::ServiceBuilder::new()
         .layer(GenAiTraceLayer::new())
@@ -255,20 +295,12 @@ where
             req.max_tokens.get_or_insert(1024);
             req
         })
-        .layer(StreamTimeoutLayer::new().total(Duration::from_secs(120)))
+        .layer(settings::total_timeout())
         .layer(FallbackLayer::new(backup).when(|e| matches!(e, Error::Overloaded { .. })))
-        .layer(RefreshLayer::new(token).initial(Credential::bearer("sk-bench")))
+        .layer(settings::refresh())
         .layer(TransportRetryLayer::new(RetryPolicy::default()))
-        .layer(
-            RateLimitLayer::new()
-                .requests_per_minute(1 << 40)
-                .tokens_per_minute(1 << 50),
-        )
-        .layer(
-            StreamTimeoutLayer::new()
-                .first_event(Duration::from_secs(30))
-                .idle(Duration::from_secs(20)),
-        )
+        .layer(settings::rate_limit())
+        .layer(settings::first_and_idle_timeouts())
         .layer(StreamConcurrencyLimitLayer::new(max_streams))
         .service(provider);
     tower::util::BoxCloneService::new(stack)
@@ -276,66 +308,30 @@ where
 
 /// Each layer of the README's stack alone over `provider`, with the stack's
 /// settings: where the stack's costs come from.
-pub fn each_layer<S>(provider: S) -> Vec<(&'static str, Boxed)>
-where
-    S: tower::Service<
-            llm_tower::ChatRequest,
-            Response = llm_tower::ChatStream,
-            Error = llm_tower::Error,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    use std::time::Duration;
-
+pub fn each_layer<S: Llm>(provider: S) -> Vec<(&'static str, Boxed)> {
     use llm_tower::{
-        Credential, FallbackLayer, GenAiTraceLayer, RateLimitLayer, RefreshLayer, RetryPolicy,
-        StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
+        FallbackLayer, GenAiTraceLayer, RetryPolicy, StreamConcurrencyLimitLayer,
+        TransportRetryLayer,
     };
     use tower::Layer;
 
-    async fn token() -> Result<Credential, std::io::Error> {
-        Ok(Credential::bearer("sk-bench"))
-    }
     let p = || provider.clone();
-    let seconds = Duration::from_secs;
     vec![
         ("trace", Boxed::new(GenAiTraceLayer::new().layer(p()))),
         (
             "total timeout",
-            Boxed::new(StreamTimeoutLayer::new().total(seconds(120)).layer(p())),
+            Boxed::new(settings::total_timeout().layer(p())),
         ),
         ("fallback", Boxed::new(FallbackLayer::new(p()).layer(p()))),
-        (
-            "refresh",
-            Boxed::new(
-                RefreshLayer::new(token)
-                    .initial(Credential::bearer("sk-bench"))
-                    .layer(p()),
-            ),
-        ),
+        ("refresh", Boxed::new(settings::refresh().layer(p()))),
         (
             "transport retry",
             Boxed::new(TransportRetryLayer::new(RetryPolicy::default()).layer(p())),
         ),
-        (
-            "rate limit",
-            Boxed::new(
-                RateLimitLayer::new()
-                    .requests_per_minute(1 << 40)
-                    .tokens_per_minute(1 << 50)
-                    .layer(p()),
-            ),
-        ),
+        ("rate limit", Boxed::new(settings::rate_limit().layer(p()))),
         (
             "first-event and idle timeouts",
-            Boxed::new(
-                StreamTimeoutLayer::new()
-                    .first_event(seconds(30))
-                    .idle(seconds(20))
-                    .layer(p()),
-            ),
+            Boxed::new(settings::first_and_idle_timeouts().layer(p())),
         ),
         (
             "stream concurrency limit",
