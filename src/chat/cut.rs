@@ -177,8 +177,9 @@ impl Cut {
     }
 }
 
-/// The deadline that applies now, and its phase.
-fn next_deadline(
+/// The deadline that applies now, and its phase: before the first output
+/// (no idle deadline yet), the nearer of the first-event and total ones.
+pub(crate) fn next_deadline(
     first: Option<Instant>,
     total: Option<Instant>,
     idle_from_now: Option<Instant>,

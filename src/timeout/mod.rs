@@ -61,7 +61,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 use crate::call::CallHandle;
-use crate::chat::cut::{Cut, Limits};
+use crate::chat::cut::{Cut, Limits, next_deadline};
 use crate::{ChatRequest, ChatStream, Error, TimeoutPhase};
 
 pub(crate) mod layer;
@@ -119,12 +119,7 @@ where
         let total = self.limits.total.and_then(|t| crate::later(now, t));
         let first = self.limits.first_event.and_then(|t| crate::later(now, t));
         // Before the head, the nearer of the first-event and total deadlines.
-        let head = match (first, total) {
-            (Some(f), Some(t)) if t < f => Some((t, TimeoutPhase::Total)),
-            (Some(f), _) => Some((f, TimeoutPhase::FirstEvent)),
-            (None, Some(t)) => Some((t, TimeoutPhase::Total)),
-            (None, None) => None,
-        };
+        let head = next_deadline(first, total, None);
         // With a deadline before the head: the call's context names the
         // provider for a timeout then, and carries the total deadline to
         // the layers inside, so they do not start a wait that would outlast
