@@ -182,6 +182,7 @@ pub use limit::layer::StreamConcurrencyLimitLayer;
 pub use provider::anthropic::Anthropic;
 pub use provider::gemini::Gemini;
 pub use provider::openai::{OpenAi, Preset};
+pub use provider::responses::OpenAiResponses;
 pub use rate_limit::layer::RateLimitLayer;
 pub use refresh::layer::RefreshLayer;
 pub use retry::layer::TransportRetryLayer;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use llm_tower::mock::{MockServer, RecordedRequest, Reply};
 use llm_tower::{
     Anthropic, Attempts, ChatRequest, Credential, DecodeError, Error, FallbackLayer, Gemini,
-    GenAiTraceLayer, Message, OpenAi, RateLimitLayer, RefreshLayer, RetryPolicy,
+    GenAiTraceLayer, Message, OpenAi, OpenAiResponses, RateLimitLayer, RefreshLayer, RetryPolicy,
     StreamConcurrencyLimitLayer, StreamEvent, StreamTimeoutLayer, TransportRetryLayer,
 };
 use support::{Captured, Svc, drain, texts};
@@ -38,6 +38,7 @@ const OVERSIZED: usize = 5 << 20;
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Provider {
     OpenAi,
+    Responses,
     Anthropic,
     Gemini,
 }
@@ -47,6 +48,7 @@ impl Provider {
     fn called_at(self, path: &str) -> bool {
         match self {
             Provider::OpenAi => path == "/v1/chat/completions",
+            Provider::Responses => path == "/v1/responses",
             Provider::Anthropic => path == "/v1/messages",
             Provider::Gemini => path.starts_with("/v1beta/models/m:"),
         }
@@ -55,14 +57,14 @@ impl Provider {
     /// The backup.
     fn other(self) -> Provider {
         match self {
-            Provider::OpenAi | Provider::Gemini => Provider::Anthropic,
+            Provider::OpenAi | Provider::Responses | Provider::Gemini => Provider::Anthropic,
             Provider::Anthropic => Provider::OpenAi,
         }
     }
 
     fn base_url(self, server: &MockServer) -> String {
         match self {
-            Provider::OpenAi => server.openai_url(),
+            Provider::OpenAi | Provider::Responses => server.openai_url(),
             Provider::Anthropic => server.anthropic_url(),
             Provider::Gemini => server.gemini_url(),
         }
@@ -86,6 +88,7 @@ impl Provider {
         }
         match self {
             Provider::OpenAi => build!(OpenAi::builder()),
+            Provider::Responses => build!(OpenAiResponses::builder()),
             Provider::Anthropic => build!(Anthropic::builder()),
             Provider::Gemini => build!(Gemini::builder()),
         }
@@ -94,7 +97,7 @@ impl Provider {
     /// How the refresh layer sends this provider's credential.
     fn credential(self, secret: &str) -> Credential {
         match self {
-            Provider::OpenAi => Credential::bearer(secret),
+            Provider::OpenAi | Provider::Responses => Credential::bearer(secret),
             Provider::Anthropic | Provider::Gemini => Credential::api_key(secret),
         }
     }
@@ -600,7 +603,7 @@ fn closed_port(provider: Provider) -> (String, tokio::net::TcpSocket) {
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = socket.local_addr().unwrap();
     let url = match provider {
-        Provider::OpenAi => format!("http://{addr}/v1"),
+        Provider::OpenAi | Provider::Responses => format!("http://{addr}/v1"),
         Provider::Anthropic | Provider::Gemini => format!("http://{addr}"),
     };
     (url, socket)
@@ -609,7 +612,7 @@ fn closed_port(provider: Provider) -> (String, tokio::net::TcpSocket) {
 /// The key a request carried, where `provider` sends it.
 fn key_of(provider: Provider, r: &RecordedRequest) -> Option<&str> {
     match provider {
-        Provider::OpenAi => r
+        Provider::OpenAi | Provider::Responses => r
             .header("authorization")
             .and_then(|v| v.strip_prefix("Bearer ")),
         Provider::Anthropic => r.header("x-api-key"),
@@ -637,7 +640,10 @@ fn check_requests(
                 return Err(format!("request {n} carried the wrong key, want {want}"));
             }
             let body = r.json();
-            if body["messages"].is_array() || body["contents"].is_array() {
+            if ["messages", "contents", "input"]
+                .iter()
+                .any(|k| body[k].is_array())
+            {
                 // The same call each attempt.
                 if primary_body.get_or_insert_with(|| body.clone()) != &body {
                     return Err(format!("request {n}'s body differs from the first"));
@@ -694,6 +700,8 @@ macro_rules! matrices {
 matrices! {
     openai_streaming: OpenAi, true;
     openai_not_streaming: OpenAi, false;
+    responses_streaming: Responses, true;
+    responses_not_streaming: Responses, false;
     anthropic_streaming: Anthropic, true;
     anthropic_not_streaming: Anthropic, false;
     gemini_streaming: Gemini, true;
@@ -702,14 +710,15 @@ matrices! {
 
 /// Metadata without end before the first output: the guard holds back at
 /// most its limit, then fails the call with a typed error, once. (Gemini's
-/// decoder makes no event of a chunk that carries only usage, so nothing
-/// piles up there; its idle timeout ends such a stream.)
+/// decoder makes no event of a chunk that carries only usage, nor the
+/// Responses decoder of `response.in_progress`, so nothing piles up there;
+/// the idle timeout ends such a stream.)
 #[tokio::test(start_paused = true)]
 async fn a_prelude_without_end_is_cut_off_at_the_limit() {
     for provider in [Provider::OpenAi, Provider::Anthropic] {
         let server = MockServer::start().await;
         let usage = match provider {
-            Provider::Gemini => unreachable!("not run for Gemini"),
+            Provider::Gemini | Provider::Responses => unreachable!("not run for {provider:?}"),
             Provider::OpenAi => {
                 "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n"
             }
@@ -756,7 +765,12 @@ async fn a_prelude_without_end_is_cut_off_at_the_limit() {
 #[tokio::test(start_paused = true)]
 async fn dropping_a_stream_mid_flight_frees_its_connection_and_task() {
     use futures_util::StreamExt;
-    for provider in [Provider::OpenAi, Provider::Anthropic, Provider::Gemini] {
+    for provider in [
+        Provider::OpenAi,
+        Provider::Responses,
+        Provider::Anthropic,
+        Provider::Gemini,
+    ] {
         let server = MockServer::start().await;
         let words: Vec<String> = (0..1000).map(|i| format!("w{i} ")).collect();
         server.set_default(Reply::text(words).delay(Duration::from_millis(10)));

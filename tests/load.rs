@@ -24,8 +24,8 @@ use std::time::Duration;
 use llm_tower::mock::{MockServer, RecordedRequest, Reply};
 use llm_tower::{
     Anthropic, ChatRequest, Credential, Error, FallbackLayer, Gemini, GenAiTraceLayer, Message,
-    OpenAi, RateLimitLayer, RefreshLayer, RetryPolicy, StreamConcurrencyLimitLayer,
-    StreamTimeoutLayer, TransportRetryLayer,
+    OpenAi, OpenAiResponses, RateLimitLayer, RefreshLayer, RetryPolicy,
+    StreamConcurrencyLimitLayer, StreamTimeoutLayer, TransportRetryLayer,
 };
 use support::{Svc, drain, texts};
 use tower::util::BoxCloneService;
@@ -274,6 +274,7 @@ fn respond(script: &Mutex<Script>, req: &RecordedRequest) -> Reply {
 #[derive(Clone, Copy, Debug)]
 enum Provider {
     OpenAi,
+    Responses,
     Anthropic,
     Gemini,
 }
@@ -292,6 +293,7 @@ fn provider(kind: Provider, server: &MockServer, model: &str, key: Option<&str>)
     }
     match kind {
         Provider::OpenAi => build!(OpenAi, server.openai_url()),
+        Provider::Responses => build!(OpenAiResponses, server.openai_url()),
         Provider::Anthropic => build!(Anthropic, server.anthropic_url()),
         Provider::Gemini => build!(Gemini, server.gemini_url()),
     }
@@ -468,6 +470,7 @@ async fn a_thousand_calls_with_faults_lose_nothing_and_repeat_nothing() {
     let started = std::time::Instant::now();
     let run = async {
         load(Provider::OpenAi).await;
+        load(Provider::Responses).await;
         load(Provider::Anthropic).await;
         load(Provider::Gemini).await;
     };

@@ -63,7 +63,7 @@ impl LimitState {
     pub(super) fn headers(self, dialect: Dialect, reply: Reply) -> Reply {
         let (limit, remaining) = (self.limit.to_string(), self.remaining.to_string());
         match dialect {
-            Dialect::OpenAi => reply
+            Dialect::OpenAi | Dialect::Responses => reply
                 .header("x-ratelimit-limit-requests", limit)
                 .header("x-ratelimit-remaining-requests", remaining)
                 .header("x-ratelimit-reset-requests", go_duration(self.reset)),

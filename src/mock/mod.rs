@@ -2,8 +2,10 @@
 //! `mock`).
 //!
 //! A real HTTP/1.1 server on `127.0.0.1` that answers OpenAI Chat Completions
-//! (`…/v1/chat/completions`; without the `/v1`, OpenAI's 404), Anthropic
-//! Messages (`…/messages`) and Gemini (`…/models/{model}:generateContent`,
+//! (`…/v1/chat/completions`; without the `/v1`, OpenAI's 404), OpenAI's
+//! Responses API (`…/v1/responses`, which refuses, as the real one does, a
+//! reasoning item it cannot find and a function call output that answers no
+//! call), Anthropic Messages (`…/messages`) and Gemini (`…/models/{model}:generateContent`,
 //! `:streamGenerateContent`) requests from
 //! a queue of scripted [`Reply`]s — one per request, that is per attempt —
 //! or, once the queue is empty, from a default reply or a function of the
@@ -164,7 +166,8 @@ impl MockServer {
         format!("http://{}", self.addr)
     }
 
-    /// The base URL for [`OpenAi`](crate::OpenAi): `http://127.0.0.1:PORT/v1`.
+    /// The base URL for [`OpenAi`](crate::OpenAi) and
+    /// [`OpenAiResponses`](crate::OpenAiResponses): `http://127.0.0.1:PORT/v1`.
     pub fn openai_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
@@ -235,8 +238,8 @@ impl MockServer {
     ///
     /// The headers, by the request's dialect:
     ///
-    /// - OpenAI (`…/v1/chat/completions`): `Authorization: Bearer <key>`
-    ///   only.
+    /// - OpenAI (`…/v1/chat/completions`, `…/v1/responses`):
+    ///   `Authorization: Bearer <key>` only.
     /// - Anthropic (`…/messages`): `x-api-key: <key>` (API keys, and
     ///   [`Credential::api_key`](crate::Credential::api_key)), or
     ///   `Authorization: Bearer <key>` (OAuth tokens).

@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::lock;
 
-use super::dialect::Dialect;
+use super::dialect::{self, Dialect};
 use super::player::{MockBody, OpenResponse};
 use super::render::{Asked, Step};
 use super::reply::Reply;
@@ -120,7 +120,9 @@ async fn handle(
     });
     let dialect = if path.ends_with("/v1/chat/completions") {
         Dialect::OpenAi
-    } else if path.ends_with("/chat/completions") {
+    } else if path.ends_with("/v1/responses") {
+        Dialect::Responses
+    } else if path.ends_with("/chat/completions") || path.ends_with("/responses") {
         // OpenAI's API lives under `/v1`: without it, its 404.
         let method = recorded.method.clone();
         lock(&shared.requests).push(recorded);
@@ -160,8 +162,14 @@ async fn handle(
             .as_mut()
             .map(|limit| limit.admit(recorded.received_at))
     };
+    let invalid = match dialect {
+        Dialect::Responses if refused.is_none() => dialect::responses::refusal(&json),
+        _ => None,
+    };
     let reply = if let Some(message) = refused {
         Reply::api_error(401, "authentication_error", message)
+    } else if let Some((status, error_type, message)) = invalid {
+        Reply::api_error(status, error_type, message)
     } else if let Some((_, Some(retry_after))) = limited {
         shared.rate_limited.fetch_add(1, Ordering::SeqCst);
         Reply::api_error(429, "rate_limit_error", "Rate limit reached for requests")
@@ -242,7 +250,7 @@ impl KeyHeader {
     /// preference.
     fn accepted(dialect: Dialect) -> &'static [KeyHeader] {
         match dialect {
-            Dialect::OpenAi => &[KeyHeader::Bearer],
+            Dialect::OpenAi | Dialect::Responses => &[KeyHeader::Bearer],
             // OAuth tokens come as bearer tokens.
             Dialect::Anthropic => &[KeyHeader::XApiKey, KeyHeader::Bearer],
             // Google's APIs (and Vertex AI) take OAuth access tokens as

@@ -9,6 +9,7 @@
 //!   OpenAI-compatible server through its base URL (vLLM, Ollama,
 //!   llama.cpp, gateways), with [`Preset`](crate::Preset)s for the common
 //!   ones.
+//! - [`OpenAiResponses`](crate::OpenAiResponses): OpenAI's Responses API.
 //! - [`Anthropic`](crate::Anthropic): Messages, with an API key or an OAuth
 //!   bearer token.
 //! - [`Gemini`](crate::Gemini): Google's Generative Language API.
@@ -47,6 +48,7 @@ mod failure;
 pub(crate) mod gemini;
 pub(crate) mod openai;
 mod response;
+pub(crate) mod responses;
 mod wire;
 
 pub use anthropic::AnthropicBuilder;
@@ -54,6 +56,7 @@ pub use custom::{Provider, ProviderBuilder};
 pub use gemini::GeminiBuilder;
 pub use openai::OpenAiBuilder;
 pub use response::ResponseFuture;
+pub use responses::OpenAiResponsesBuilder;
 pub use wire::{Decode, Decoded, Wire};
 
 use builder::{CommonBuilder, common_builder_methods, default_transport, provider_service};

@@ -6,6 +6,7 @@
 mod anthropic;
 mod gemini;
 mod openai;
+pub(crate) mod responses;
 
 use http::StatusCode;
 use serde_json::{Value, json};
@@ -16,6 +17,8 @@ use super::render::{Asked, Content, Frame};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dialect {
     OpenAi,
+    /// OpenAI's Responses API.
+    Responses,
     Anthropic,
     Gemini,
     /// A path none of the providers' APIs has: a wire of the caller's own
@@ -42,6 +45,7 @@ impl Dialect {
             Dialect::OpenAi | Dialect::Other => {
                 openai::frames(asked, content, input_tokens, output_tokens)
             }
+            Dialect::Responses => responses::frames(asked, content, input_tokens, output_tokens),
             Dialect::Anthropic => anthropic::frames(asked, content, input_tokens, output_tokens),
             Dialect::Gemini => gemini::frames(asked, content, input_tokens),
         }
@@ -57,6 +61,7 @@ impl Dialect {
     ) -> Value {
         match self {
             Dialect::OpenAi => openai::whole(asked, content, input_tokens, output_tokens),
+            Dialect::Responses => responses::whole(asked, content, input_tokens, output_tokens),
             Dialect::Anthropic => anthropic::whole(asked, content, input_tokens, output_tokens),
             Dialect::Gemini => gemini::whole(asked, content, input_tokens, output_tokens),
             // Not played (see `frames`).
@@ -67,7 +72,9 @@ impl Dialect {
     /// An error body in this dialect's shape.
     pub(crate) fn error_body(self, status: StatusCode, error_type: &str, message: &str) -> Value {
         match self {
-            Dialect::OpenAi | Dialect::Other => openai::error_body(error_type, message),
+            Dialect::OpenAi | Dialect::Responses | Dialect::Other => {
+                openai::error_body(error_type, message)
+            }
             Dialect::Anthropic => anthropic::error_body(error_type, message),
             Dialect::Gemini => gemini::error_body(status, error_type, message),
         }
@@ -77,6 +84,7 @@ impl Dialect {
     pub(crate) fn error_event(self, body: &Value) -> String {
         match self {
             Dialect::Anthropic => format!("event: error\ndata: {body}\n\n"),
+            Dialect::Responses => responses::error_event(body),
             Dialect::OpenAi | Dialect::Gemini | Dialect::Other => format!("data: {body}\n\n"),
         }
     }
@@ -85,6 +93,7 @@ impl Dialect {
     pub(crate) fn text_delta_around(self) -> (&'static [u8], &'static [u8]) {
         match self {
             Dialect::OpenAi => openai::TEXT_DELTA,
+            Dialect::Responses => responses::TEXT_DELTA,
             Dialect::Anthropic => anthropic::TEXT_DELTA,
             Dialect::Gemini => gemini::TEXT_DELTA,
             // The text itself, as the data of an event.
