@@ -1,5 +1,5 @@
-//! A command-line client for OpenAI, Anthropic, Gemini and every
-//! OpenAI-compatible server.
+//! A command-line client for OpenAI (Chat Completions and the Responses
+//! API), Anthropic, Gemini and every OpenAI-compatible server.
 //!
 //! ```text
 //! cargo run --example chat -- [--provider NAME] [--base-url URL]
@@ -10,7 +10,9 @@
 //!
 //! `cargo run --example chat -- --help` lists every option.
 //!
-//! NAME is `openai` (the default), `anthropic`, `gemini`, or a preset of an
+//! NAME is `openai` (the default), `openai-responses` (OpenAI's Responses
+//! API, with the same key and `--base-url`), `anthropic`, `gemini`, or a
+//! preset of an
 //! OpenAI-compatible server: `xai`, `groq`, `together`, `openrouter`,
 //! `deepseek`, `mistral`, `ollama`, `vllm`, `llamacpp` (these need
 //! `--model`), in any case. `--base-url` is the API root: for Gemini
@@ -54,8 +56,8 @@ use clap::{CommandFactory, Parser};
 use futures_util::StreamExt;
 use llm_tower::{
     Anthropic, Attempts, ChatRequest, ChatStream, CompletionBuilder, Credential, Error, Gemini,
-    Message, OpenAi, Preset, RefreshLayer, RetryPolicy, StreamEvent, StreamTimeoutLayer,
-    TransportRetryLayer,
+    Message, OpenAi, OpenAiResponses, Preset, RefreshLayer, RetryPolicy, StreamEvent,
+    StreamTimeoutLayer, TransportRetryLayer,
 };
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
@@ -68,7 +70,7 @@ use tower::{Layer, ServiceExt};
 #[derive(Debug, Parser)]
 #[command(name = "chat", after_help = providers_help())]
 struct Args {
-    /// Who answers: openai, anthropic, gemini or a preset (see PROVIDERS
+    /// Who answers: openai, openai-responses, anthropic, gemini or a preset (see PROVIDERS
     /// below), in any case.
     #[arg(long, value_name = "NAME", default_value = "openai", value_parser = parse_provider)]
     provider: Provider,
@@ -130,6 +132,7 @@ struct Args {
 #[derive(Debug, Clone, Copy)]
 enum Provider {
     OpenAi,
+    OpenAiResponses,
     Anthropic,
     Gemini,
     Preset(Preset),
@@ -140,7 +143,7 @@ impl Provider {
     /// one.
     fn key_env(self) -> Option<&'static str> {
         match self {
-            Provider::OpenAi => Some("OPENAI_API_KEY"),
+            Provider::OpenAi | Provider::OpenAiResponses => Some("OPENAI_API_KEY"),
             Provider::Anthropic => Some("ANTHROPIC_API_KEY"),
             Provider::Gemini => Some("GEMINI_API_KEY"),
             Provider::Preset(p) => p.api_key_env(),
@@ -150,7 +153,7 @@ impl Provider {
     /// Where the provider listens unless `--base-url` says otherwise.
     fn default_base_url(self) -> &'static str {
         match self {
-            Provider::OpenAi => "https://api.openai.com/v1",
+            Provider::OpenAi | Provider::OpenAiResponses => "https://api.openai.com/v1",
             Provider::Anthropic => "https://api.anthropic.com",
             Provider::Gemini => "https://generativelanguage.googleapis.com",
             Provider::Preset(p) => p.base_url(),
@@ -162,6 +165,7 @@ impl std::fmt::Display for Provider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Provider::OpenAi => f.write_str("openai"),
+            Provider::OpenAiResponses => f.write_str("openai-responses"),
             Provider::Anthropic => f.write_str("anthropic"),
             Provider::Gemini => f.write_str("gemini"),
             Provider::Preset(p) => write!(f, "{p}"),
@@ -171,14 +175,20 @@ impl std::fmt::Display for Provider {
 
 /// Every provider name, in the order the help lists them.
 fn all_providers() -> impl Iterator<Item = Provider> {
-    [Provider::OpenAi, Provider::Anthropic, Provider::Gemini]
-        .into_iter()
-        .chain(Preset::ALL.into_iter().map(Provider::Preset))
+    [
+        Provider::OpenAi,
+        Provider::OpenAiResponses,
+        Provider::Anthropic,
+        Provider::Gemini,
+    ]
+    .into_iter()
+    .chain(Preset::ALL.into_iter().map(Provider::Preset))
 }
 
 fn parse_provider(name: &str) -> Result<Provider, String> {
     match name.to_ascii_lowercase().as_str() {
         "openai" => Ok(Provider::OpenAi),
+        "openai-responses" => Ok(Provider::OpenAiResponses),
         "anthropic" => Ok(Provider::Anthropic),
         "gemini" => Ok(Provider::Gemini),
         other => Preset::from_name(other)
@@ -206,7 +216,7 @@ fn providers_help() -> String {
             Provider::Preset(p) => format!(", at {}; needs --model", p.base_url()),
             _ => String::new(),
         };
-        help.push_str(&format!("  {:<11} {key}{note}\n", provider.to_string()));
+        help.push_str(&format!("  {:<16} {key}{note}\n", provider.to_string()));
     }
     help.push_str(
         "\nInstead of the variable, --api-key-cmd may give the key. Without either, a \
@@ -287,6 +297,16 @@ fn build(args: &Args) -> Result<ChatService, String> {
     let service: ChatService = match args.provider {
         Provider::OpenAi => {
             let mut b = OpenAi::builder().model(model("gpt-4o-mini"));
+            if let Some(url) = &args.base_url {
+                b = b.base_url(url);
+            }
+            if let Some(k) = env_key("OPENAI_API_KEY") {
+                b = b.api_key(k);
+            }
+            BoxCloneService::new(b.build().map_err(config_error)?)
+        }
+        Provider::OpenAiResponses => {
+            let mut b = OpenAiResponses::builder().model(model("gpt-5-mini"));
             if let Some(url) = &args.base_url {
                 b = b.base_url(url);
             }

@@ -93,6 +93,7 @@ async fn help_lists_flags_providers_and_key_variables() {
         "--json",
         "PROMPT",
         "openai",
+        "openai-responses",
         "anthropic",
         "gemini",
         "groq",
@@ -279,6 +280,39 @@ async fn a_retried_failure_says_how_many_attempts() {
     let err = stderr(&out);
     assert!(err.starts_with("error[server]"), "{err}");
     assert!(!err.contains("attempts"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_responses_answers_from_the_mock_server_with_the_openai_key() {
+    let server = MockServer::start().await;
+    server.accept_keys(["sk-from-env"]);
+    server.push(Reply::text(["Low", " tide", " at", " 12:25."]));
+    let url = server.openai_url();
+    let (out, _) = chat(
+        &[
+            "--provider",
+            "openai-responses",
+            "--base-url",
+            &url,
+            "--model",
+            "gpt-5-mini",
+            "When?",
+        ],
+        &[("OPENAI_API_KEY", "sk-from-env")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Low tide at 12:25.\n");
+    let requests = server.requests();
+    assert!(
+        requests[0].path.ends_with("/v1/responses"),
+        "{}",
+        requests[0].path
+    );
+    let body = requests[0].json();
+    assert_eq!(body["model"], "gpt-5-mini");
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["input"][0]["content"][0]["text"], "When?");
 }
 
 #[tokio::test(flavor = "multi_thread")]
