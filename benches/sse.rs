@@ -7,7 +7,9 @@
 //!   and `eventsource-stream` 0.2 (what `reqwest-eventsource` uses);
 //! - `decode`: ours through the provider into typed `StreamEvent`s, and
 //!   `eventsource-stream` + `serde_json::Value` taking the text out of each
-//!   event (what a `reqwest-eventsource` user writes).
+//!   event (what a `reqwest-eventsource` user writes); and the OpenAI
+//!   transcript's text as the Responses API streams it
+//!   (`llm-tower/responses`), beside Chat Completions (`llm-tower/openai`).
 //!
 //! Throughput is in events; the transcripts' sizes are printed first, so
 //! bytes/s = events/s × bytes/event.
@@ -24,12 +26,12 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use eventsource_stream::Eventsource;
 use futures_util::{Stream, StreamExt};
 use llm_tower::sse::SseDecoder;
-use llm_tower::{Anthropic, ChatRequest, OpenAi};
+use llm_tower::{Anthropic, ChatRequest, OpenAi, OpenAiResponses};
 use sse_stream::SseByteStream;
 
 use common::{
     ANTHROPIC_TEXT, Canned, EVENTS, OPENAI_TEXT, anthropic_transcript, baseline_text,
-    baseline_text_typed, fixed_chunks, openai_transcript, random_chunks,
+    baseline_text_typed, fixed_chunks, openai_transcript, random_chunks, responses_transcript,
 };
 use tower::ServiceExt;
 
@@ -137,6 +139,21 @@ fn decode(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new(format!("llm-tower/{name}"), split), |b| {
             b.iter(|| rt.block_on(count(svc.clone().oneshot(ChatRequest::new("")))))
         });
+        if name == "openai" {
+            // The same text from the Responses API, cut the same ways.
+            let body = responses_transcript();
+            let chunks = match split {
+                "1KiB" => fixed_chunks(&body, 1024),
+                _ => random_chunks(&body),
+            };
+            let svc = OpenAiResponses::builder()
+                .model("m")
+                .build_with(Canned::sse(chunks))
+                .unwrap();
+            group.bench_function(BenchmarkId::new("llm-tower/responses", split), |b| {
+                b.iter(|| rt.block_on(count(svc.clone().oneshot(ChatRequest::new("")))))
+            });
+        }
         let text_at = match name {
             "openai" => OPENAI_TEXT,
             _ => ANTHROPIC_TEXT,
@@ -184,6 +201,7 @@ fn sizes(_: &mut Criterion) {
     for (name, body) in [
         ("openai", openai_transcript()),
         ("anthropic", anthropic_transcript()),
+        ("responses", responses_transcript()),
     ] {
         eprintln!(
             "{name} transcript: {} bytes, {EVENTS} events, {} bytes/event",

@@ -40,13 +40,21 @@ fn words(rng: &mut Rng, n: usize) -> String {
         .collect()
 }
 
+/// The text deltas of the OpenAI transcripts: 1–8 words each.
+fn openai_texts() -> Vec<String> {
+    let mut rng = Rng(0x5eed);
+    (0..EVENTS)
+        .map(|_| {
+            let n = rng.range(1, 8);
+            words(&mut rng, n)
+        })
+        .collect()
+}
+
 /// OpenAI chunks of 150–300 bytes, usage null on each, ending in `[DONE]`.
 pub fn openai_transcript() -> Vec<u8> {
-    let mut rng = Rng(0x5eed);
     let mut out = String::new();
-    for i in 0..EVENTS {
-        let n = rng.range(1, 8);
-        let text = words(&mut rng, n);
+    for (i, text) in openai_texts().into_iter().enumerate() {
         let chunk = serde_json::json!({
             "id": "chatcmpl-BENCH0001", "object": "chat.completion.chunk", "created": 1763000000,
             "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_bench",
@@ -57,6 +65,68 @@ pub fn openai_transcript() -> Vec<u8> {
         out.push_str(&format!("data: {chunk}\n\n"));
     }
     out.push_str("data: [DONE]\n\n");
+    out.into_bytes()
+}
+
+/// The same text as [`openai_transcript`] from OpenAI's Responses API: the
+/// response's opening events, a `response.output_text.delta` per piece (with
+/// the `obfuscation` padding OpenAI adds to each), and its closing events.
+pub fn responses_transcript() -> Vec<u8> {
+    use serde_json::json;
+
+    let mut rng = Rng(0x0bf5);
+    let mut seq = 0;
+    let mut out = String::new();
+    let mut event = |out: &mut String, kind: &str, mut data: serde_json::Value| {
+        data["type"] = kind.into();
+        data["sequence_number"] = seq.into();
+        seq += 1;
+        out.push_str(&format!("event: {kind}\ndata: {data}\n\n"));
+    };
+    let response = |status: &str| {
+        json!({"id": "resp_bench", "object": "response", "created_at": 1763000000,
+               "status": status, "model": "gpt-5-mini-2025-08-07", "output": [], "usage": null})
+    };
+    let ids = json!({"item_id": "msg_bench", "output_index": 0, "content_index": 0});
+    event(
+        &mut out,
+        "response.created",
+        json!({"response": response("in_progress")}),
+    );
+    event(
+        &mut out,
+        "response.in_progress",
+        json!({"response": response("in_progress")}),
+    );
+    event(
+        &mut out,
+        "response.output_item.added",
+        json!({"output_index": 0, "item": {"id": "msg_bench", "type": "message",
+               "status": "in_progress", "role": "assistant", "content": []}}),
+    );
+    let texts = openai_texts();
+    for text in &texts {
+        let pad: String = (0..rng.range(2, 14))
+            .map(|i| (b'a' + (i % 26) as u8) as char)
+            .collect();
+        let mut data = ids.clone();
+        data["delta"] = text.as_str().into();
+        data["logprobs"] = json!([]);
+        data["obfuscation"] = pad.into();
+        event(&mut out, "response.output_text.delta", data);
+    }
+    let mut done = ids.clone();
+    done["text"] = texts.concat().into();
+    event(&mut out, "response.output_text.done", done);
+    let mut completed = response("completed");
+    completed["usage"] = json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 9000, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 9010});
+    event(
+        &mut out,
+        "response.completed",
+        json!({"response": completed}),
+    );
     out.into_bytes()
 }
 
