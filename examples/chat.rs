@@ -11,8 +11,9 @@
 //! `cargo run --example chat -- --help` lists every option.
 //!
 //! NAME is `openai` (the default), `openai-responses` (OpenAI's Responses
-//! API, with the same key and `--base-url`), `anthropic`, `gemini`, or a
-//! preset of an
+//! API, with the same key and `--base-url`), `azure` (Azure OpenAI's v1 API:
+//! `--base-url https://{resource}.openai.azure.com --model {deployment}`,
+//! key from `AZURE_OPENAI_API_KEY`), `anthropic`, `gemini`, or a preset of an
 //! OpenAI-compatible server: `xai`, `groq`, `together`, `openrouter`,
 //! `deepseek`, `mistral`, `ollama`, `vllm`, `llamacpp` (these need
 //! `--model`), in any case. `--base-url` is the API root: for Gemini
@@ -70,7 +71,7 @@ use tower::{Layer, ServiceExt};
 #[derive(Debug, Parser)]
 #[command(name = "chat", after_help = providers_help())]
 struct Args {
-    /// Who answers: openai, openai-responses, anthropic, gemini or a preset (see PROVIDERS
+    /// Who answers: openai, openai-responses, azure, anthropic, gemini or a preset (see PROVIDERS
     /// below), in any case.
     #[arg(long, value_name = "NAME", default_value = "openai", value_parser = parse_provider)]
     provider: Provider,
@@ -133,6 +134,7 @@ struct Args {
 enum Provider {
     OpenAi,
     OpenAiResponses,
+    Azure,
     Anthropic,
     Gemini,
     Preset(Preset),
@@ -144,6 +146,7 @@ impl Provider {
     fn key_env(self) -> Option<&'static str> {
         match self {
             Provider::OpenAi | Provider::OpenAiResponses => Some("OPENAI_API_KEY"),
+            Provider::Azure => Some("AZURE_OPENAI_API_KEY"),
             Provider::Anthropic => Some("ANTHROPIC_API_KEY"),
             Provider::Gemini => Some("GEMINI_API_KEY"),
             Provider::Preset(p) => p.api_key_env(),
@@ -154,6 +157,8 @@ impl Provider {
     fn default_base_url(self) -> &'static str {
         match self {
             Provider::OpenAi | Provider::OpenAiResponses => "https://api.openai.com/v1",
+            // Each resource has its own: --base-url is required.
+            Provider::Azure => "",
             Provider::Anthropic => "https://api.anthropic.com",
             Provider::Gemini => "https://generativelanguage.googleapis.com",
             Provider::Preset(p) => p.base_url(),
@@ -166,6 +171,7 @@ impl std::fmt::Display for Provider {
         match self {
             Provider::OpenAi => f.write_str("openai"),
             Provider::OpenAiResponses => f.write_str("openai-responses"),
+            Provider::Azure => f.write_str("azure"),
             Provider::Anthropic => f.write_str("anthropic"),
             Provider::Gemini => f.write_str("gemini"),
             Provider::Preset(p) => write!(f, "{p}"),
@@ -178,6 +184,7 @@ fn all_providers() -> impl Iterator<Item = Provider> {
     [
         Provider::OpenAi,
         Provider::OpenAiResponses,
+        Provider::Azure,
         Provider::Anthropic,
         Provider::Gemini,
     ]
@@ -189,6 +196,7 @@ fn parse_provider(name: &str) -> Result<Provider, String> {
     match name.to_ascii_lowercase().as_str() {
         "openai" => Ok(Provider::OpenAi),
         "openai-responses" => Ok(Provider::OpenAiResponses),
+        "azure" => Ok(Provider::Azure),
         "anthropic" => Ok(Provider::Anthropic),
         "gemini" => Ok(Provider::Gemini),
         other => Preset::from_name(other)
@@ -213,6 +221,10 @@ fn providers_help() -> String {
         };
         let note = match provider {
             Provider::OpenAi => " (the default)".to_owned(),
+            Provider::Azure => {
+                "; needs --base-url https://{resource}.openai.azure.com and --model {deployment}"
+                    .to_owned()
+            }
             Provider::Preset(p) => format!(", at {}; needs --model", p.base_url()),
             _ => String::new(),
         };
@@ -313,6 +325,12 @@ fn build(args: &Args) -> Result<ChatService, String> {
             if let Some(k) = env_key("OPENAI_API_KEY") {
                 b = b.api_key(k);
             }
+            BoxCloneService::new(b.build().map_err(config_error)?)
+        }
+        Provider::Azure => {
+            // main checked that --base-url and --model are there; the key
+            // comes from AZURE_OPENAI_API_KEY.
+            let b = OpenAi::azure(args.base_url.clone().unwrap_or_default()).model(model(""));
             BoxCloneService::new(b.build().map_err(config_error)?)
         }
         Provider::Anthropic => {
@@ -449,6 +467,19 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     if args.prompt.iter().all(|word| word.trim().is_empty()) {
         usage_error(clap::error::ErrorKind::InvalidValue, "the prompt is empty");
+    }
+    if let Provider::Azure = args.provider {
+        for (flag, missing) in [
+            ("--base-url", args.base_url.is_none()),
+            ("--model", args.model.is_none()),
+        ] {
+            if missing {
+                usage_error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    format!("--provider azure needs {flag}"),
+                );
+            }
+        }
     }
     if let (Provider::Preset(preset), None) = (args.provider, &args.model) {
         usage_error(

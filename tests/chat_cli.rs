@@ -38,6 +38,7 @@ async fn chat(args: &[&str], env: &[(&str, &str)]) -> (Output, Duration) {
         "ANTHROPIC_API_KEY",
         "GEMINI_API_KEY",
         "GROQ_API_KEY",
+        "AZURE_OPENAI_API_KEY",
     ] {
         command.env_remove(var);
     }
@@ -94,6 +95,8 @@ async fn help_lists_flags_providers_and_key_variables() {
         "PROMPT",
         "openai",
         "openai-responses",
+        "azure",
+        "AZURE_OPENAI_API_KEY",
         "anthropic",
         "gemini",
         "groq",
@@ -124,6 +127,14 @@ async fn usage_errors_exit_2() {
         &[][..],
         &["--provider", "nope", "hi"][..],
         &["--provider", "groq", "hi"][..], // a preset needs --model
+        &["--provider", "azure", "--model", "dep", "hi"][..], // and azure --base-url
+        &[
+            "--provider",
+            "azure",
+            "--base-url",
+            "https://x.openai.azure.com",
+            "hi",
+        ][..],
         &["--max-retries", "many", "hi"][..],
         &["--timeout", "-1", "hi"][..],
     ] {
@@ -313,6 +324,33 @@ async fn openai_responses_answers_from_the_mock_server_with_the_openai_key() {
     assert_eq!(body["model"], "gpt-5-mini");
     assert_eq!(body["stream"], true);
     assert_eq!(body["input"][0]["content"][0]["text"], "When?");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_sends_the_azure_key_to_the_resource_for_the_deployment() {
+    let server = MockServer::start().await;
+    server.accept_keys(["az-from-env"]);
+    server.push(Reply::text(["Slack", " water."]));
+    let url = server.url();
+    let (out, _) = chat(
+        &[
+            "--provider",
+            "azure",
+            "--base-url",
+            &url,
+            "--model",
+            "gpt-4o-prod",
+            "Tide?",
+        ],
+        &[("AZURE_OPENAI_API_KEY", "az-from-env")],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "Slack water.\n");
+    let r = &server.requests()[0];
+    assert_eq!(r.path, "/openai/v1/chat/completions");
+    assert_eq!(r.header("api-key"), Some("az-from-env"));
+    assert_eq!(r.json()["model"], "gpt-4o-prod");
 }
 
 #[tokio::test(flavor = "multi_thread")]

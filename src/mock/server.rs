@@ -120,6 +120,20 @@ async fn handle(
     });
     let dialect = if path.ends_with("/v1/chat/completions") {
         Dialect::OpenAi
+    } else if is_azure(&path) && path.ends_with("/chat/completions") {
+        // Azure's deployment paths, which name no version in the path and
+        // need one in the query.
+        if !recorded.path.contains("api-version=") {
+            lock(&shared.requests).push(recorded);
+            let body =
+                serde_json::json!({"error": {"code": "404", "message": "Resource not found"}});
+            return Ok(simple(
+                StatusCode::NOT_FOUND,
+                "application/json",
+                body.to_string(),
+            ));
+        }
+        Dialect::OpenAi
     } else if path.ends_with("/v1/responses") {
         Dialect::Responses
     } else if path.ends_with("/chat/completions") || path.ends_with("/responses") {
@@ -237,19 +251,27 @@ enum KeyHeader {
     XApiKey,
     /// `x-goog-api-key: <key>` (Gemini).
     XGoogApiKey,
+    /// `api-key: <key>` (Azure OpenAI).
+    AzureApiKey,
 }
 
 impl KeyHeader {
-    const ALL: [KeyHeader; 3] = [
+    const ALL: [KeyHeader; 4] = [
         KeyHeader::Bearer,
         KeyHeader::XApiKey,
         KeyHeader::XGoogApiKey,
+        KeyHeader::AzureApiKey,
     ];
 
     /// The headers a dialect's real API reads a key from, in order of
     /// preference.
-    fn accepted(dialect: Dialect) -> &'static [KeyHeader] {
+    fn accepted(dialect: Dialect, azure: bool) -> &'static [KeyHeader] {
         match dialect {
+            // Azure takes its keys in `api-key`, and Entra ID tokens as
+            // bearer tokens.
+            Dialect::OpenAi | Dialect::Responses if azure => {
+                &[KeyHeader::AzureApiKey, KeyHeader::Bearer]
+            }
             Dialect::OpenAi | Dialect::Responses => &[KeyHeader::Bearer],
             // OAuth tokens come as bearer tokens.
             Dialect::Anthropic => &[KeyHeader::XApiKey, KeyHeader::Bearer],
@@ -270,6 +292,7 @@ impl KeyHeader {
                 .and_then(|v| v.strip_prefix("Bearer ")),
             KeyHeader::XApiKey => request.header("x-api-key"),
             KeyHeader::XGoogApiKey => request.header("x-goog-api-key"),
+            KeyHeader::AzureApiKey => request.header("api-key"),
         }
     }
 }
@@ -280,6 +303,7 @@ impl fmt::Display for KeyHeader {
             KeyHeader::Bearer => "Authorization: Bearer",
             KeyHeader::XApiKey => "x-api-key",
             KeyHeader::XGoogApiKey => "x-goog-api-key",
+            KeyHeader::AzureApiKey => "api-key",
         })
     }
 }
@@ -287,7 +311,7 @@ impl fmt::Display for KeyHeader {
 /// Why `request` is refused, when it carries none of `keys` where `dialect`
 /// reads keys from: a 401's message, which echoes the key presented in full.
 fn key_refusal(dialect: Dialect, request: &RecordedRequest, keys: &[String]) -> Option<String> {
-    let accepted = KeyHeader::accepted(dialect);
+    let accepted = KeyHeader::accepted(dialect, is_azure(request.uri_path()));
     if accepted.is_empty() {
         return None;
     }
@@ -323,6 +347,12 @@ fn openai_invalid_url(method: &Method, path: &str) -> Response<MockBody> {
         "type": "invalid_request_error", "param": null, "code": null,
     }});
     simple(StatusCode::NOT_FOUND, "application/json", body.to_string())
+}
+
+/// Whether `path` is one of Azure OpenAI's (`/openai/v1/…`,
+/// `/openai/deployments/{deployment}/…`).
+fn is_azure(path: &str) -> bool {
+    path.starts_with("/openai/")
 }
 
 impl RecordedRequest {

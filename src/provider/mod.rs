@@ -39,6 +39,7 @@
 //! ```
 
 pub(crate) mod anthropic;
+mod azure;
 mod body;
 mod builder;
 mod client;

@@ -2,10 +2,11 @@
 
 use std::borrow::Cow;
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::azure::{self, Azure};
 use super::{
     Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
     provider_service,
@@ -43,7 +44,46 @@ impl OpenAi {
             api_key: None,
             include_usage: true,
             max_tokens_field: "max_tokens",
+            azure: None,
         }
+    }
+
+    /// Configures a service for Azure OpenAI's v1 API at `endpoint`, the
+    /// resource's URL (`https://{resource}.openai.azure.com`; a trailing
+    /// `/openai/v1` is fine too): requests go to
+    /// `{endpoint}/openai/v1/chat/completions`, the model named in the body
+    /// is the deployment's name, and the key — from `AZURE_OPENAI_API_KEY`
+    /// when set, or [`api_key`](OpenAiBuilder::api_key) — travels in the
+    /// `api-key` header. An Entra ID token comes from a
+    /// [`RefreshLayer`](crate::RefreshLayer) as a
+    /// [`Credential::bearer`](crate::Credential::bearer), and replaces the
+    /// key. For a deployment's own path and an `api-version`, add
+    /// [`azure_deployment`](OpenAiBuilder::azure_deployment).
+    ///
+    /// ```
+    /// use llm_tower::OpenAi;
+    ///
+    /// let v1 = OpenAi::azure("https://contoso.openai.azure.com")
+    ///     .model("gpt-4o-prod")
+    ///     .build()?;
+    /// assert_eq!(v1.endpoint(), "https://contoso.openai.azure.com/openai/v1/chat/completions");
+    ///
+    /// let deployment = OpenAi::azure("https://contoso.openai.azure.com")
+    ///     .azure_deployment("gpt-4o-prod", "2024-10-21")
+    ///     .build()?;
+    /// assert_eq!(
+    ///     deployment.endpoint(),
+    ///     "https://contoso.openai.azure.com/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    /// );
+    /// # Ok::<(), llm_tower::Error>(())
+    /// ```
+    pub fn azure(endpoint: impl Into<String>) -> OpenAiBuilder {
+        let mut builder = OpenAi::builder().base_url(endpoint);
+        builder.azure = Some(Azure::default());
+        if let Ok(key) = std::env::var(azure::KEY_ENV) {
+            builder = builder.api_key(key);
+        }
+        builder
     }
 
     /// Configures a service for an OpenAI-compatible server: its base URL,
@@ -207,6 +247,7 @@ pub struct OpenAiBuilder {
     api_key: Option<String>,
     include_usage: bool,
     max_tokens_field: &'static str,
+    azure: Option<Azure>,
 }
 
 impl std::fmt::Debug for OpenAiBuilder {
@@ -215,6 +256,7 @@ impl std::fmt::Debug for OpenAiBuilder {
             .field("common", &self.common)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("include_usage", &self.include_usage)
+            .field("azure", &self.azure)
             .finish()
     }
 }
@@ -251,6 +293,22 @@ impl OpenAiBuilder {
         self
     }
 
+    /// Azure OpenAI's deployment style: requests go to
+    /// `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`,
+    /// with the key in `api-key` as for [`OpenAi::azure`] (which this
+    /// implies); the deployment is the default model. The names may hold
+    /// letters, digits, `-`, `_` and `.`; anything else fails the build.
+    pub fn azure_deployment(
+        mut self,
+        deployment: impl Into<String>,
+        api_version: impl Into<String>,
+    ) -> Self {
+        self.azure = Some(Azure {
+            deployment: Some((deployment.into(), api_version.into())),
+        });
+        self
+    }
+
     /// Builds the service over the default reqwest transport.
     pub fn build(self) -> Result<OpenAi, Error> {
         let transport = default_transport(&self.common)?;
@@ -261,20 +319,38 @@ impl OpenAiBuilder {
     /// `Service<http::Request<RequestBody>>` (a stack of `tower-http` layers,
     /// a test double). The timeouts set here apply to the default transport
     /// only.
-    pub fn build_with<S>(self, transport: S) -> Result<OpenAi<S>, Error> {
+    pub fn build_with<S>(mut self, transport: S) -> Result<OpenAi<S>, Error> {
+        let mut path = "/chat/completions".to_owned();
         let mut auth = Vec::new();
-        if let Some(key) = &self.api_key {
+        if let Some(azure) = &self.azure {
+            let (base, azure_path) =
+                azure.base_and_path(NAME, &self.common.base_url, "/chat/completions")?;
+            self.common.base_url = base;
+            path = azure_path;
+            if let (Some((deployment, _)), true) = (&azure.deployment, self.common.model.is_empty())
+            {
+                self.common.model = deployment.clone();
+            }
+            if let Some(key) = &self.api_key {
+                auth.push((azure::KEY_HEADER, secret_header(NAME, key)?));
+            }
+        } else if let Some(key) = &self.api_key {
             auth.push((
                 AUTHORIZATION,
                 secret_header(NAME, &format!("Bearer {key}"))?,
             ));
         }
-        let common = self.common.common(NAME, "/chat/completions", auth)?;
+        let mut common = self.common.common(NAME, &path, auth)?;
+        let azure = self.azure.is_some();
+        if azure {
+            common.key_header = Some(azure::KEY_HEADER);
+        }
         Ok(OpenAi {
             client: Client {
                 wire: std::sync::Arc::new(OpenAiWire {
                     include_usage: self.include_usage,
                     max_tokens_field: self.max_tokens_field,
+                    azure,
                 }),
                 common: std::sync::Arc::new(common),
                 transport,
@@ -287,6 +363,8 @@ impl OpenAiBuilder {
 pub(crate) struct OpenAiWire {
     include_usage: bool,
     max_tokens_field: &'static str,
+    /// Keys go in Azure's `api-key` header.
+    azure: bool,
 }
 
 impl Wire for OpenAiWire {
@@ -340,6 +418,13 @@ impl Wire for OpenAiWire {
             body.insert("tool_choice".into(), v);
         }
         Ok(body)
+    }
+
+    fn api_key_header(&self, key: &HeaderValue) -> (HeaderName, HeaderValue) {
+        if self.azure {
+            return azure::api_key_header(key);
+        }
+        super::wire::bearer(key)
     }
 
     fn decoder(&self) -> OpenAiDecoder {

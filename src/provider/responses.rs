@@ -2,10 +2,11 @@
 
 use std::borrow::Cow;
 
-use http::header::AUTHORIZATION;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::azure::{self, Azure};
 use super::{
     Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
     provider_service,
@@ -86,7 +87,35 @@ impl OpenAiResponses {
             api_key: None,
             store: false,
             encrypted_reasoning: true,
+            azure: false,
         }
+    }
+
+    /// Configures a service for the Responses API of an Azure OpenAI
+    /// resource at `endpoint` (`https://{resource}.openai.azure.com`):
+    /// requests go to `{endpoint}/openai/v1/responses`, the model is the
+    /// deployment's name, and the key — from `AZURE_OPENAI_API_KEY` when
+    /// set, or [`api_key`](OpenAiResponsesBuilder::api_key) — travels in the
+    /// `api-key` header; an Entra ID token from a
+    /// [`RefreshLayer`](crate::RefreshLayer) replaces it, as for
+    /// [`OpenAi::azure`](crate::OpenAi::azure).
+    ///
+    /// ```
+    /// use llm_tower::OpenAiResponses;
+    ///
+    /// let svc = OpenAiResponses::azure("https://contoso.openai.azure.com/")
+    ///     .model("gpt-5-mini-prod")
+    ///     .build()?;
+    /// assert_eq!(svc.endpoint(), "https://contoso.openai.azure.com/openai/v1/responses");
+    /// # Ok::<(), llm_tower::Error>(())
+    /// ```
+    pub fn azure(endpoint: impl Into<String>) -> OpenAiResponsesBuilder {
+        let mut builder = OpenAiResponses::builder().base_url(endpoint);
+        builder.azure = true;
+        if let Ok(key) = std::env::var(azure::KEY_ENV) {
+            builder = builder.api_key(key);
+        }
+        builder
     }
 }
 
@@ -97,6 +126,7 @@ pub struct OpenAiResponsesBuilder {
     api_key: Option<String>,
     store: bool,
     encrypted_reasoning: bool,
+    azure: bool,
 }
 
 impl std::fmt::Debug for OpenAiResponsesBuilder {
@@ -106,6 +136,7 @@ impl std::fmt::Debug for OpenAiResponsesBuilder {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("store", &self.store)
             .field("encrypted_reasoning", &self.encrypted_reasoning)
+            .field("azure", &self.azure)
             .finish()
     }
 }
@@ -147,20 +178,33 @@ impl OpenAiResponsesBuilder {
     /// Builds the service over `transport`, any
     /// `Service<http::Request<RequestBody>>`. The timeouts set here apply to
     /// the default transport only.
-    pub fn build_with<S>(self, transport: S) -> Result<OpenAiResponses<S>, Error> {
+    pub fn build_with<S>(mut self, transport: S) -> Result<OpenAiResponses<S>, Error> {
+        let mut path = "/responses".to_owned();
         let mut auth = Vec::new();
-        if let Some(key) = &self.api_key {
+        if self.azure {
+            let (base, azure_path) =
+                Azure::default().base_and_path(NAME, &self.common.base_url, "/responses")?;
+            self.common.base_url = base;
+            path = azure_path;
+            if let Some(key) = &self.api_key {
+                auth.push((azure::KEY_HEADER, secret_header(NAME, key)?));
+            }
+        } else if let Some(key) = &self.api_key {
             auth.push((
                 AUTHORIZATION,
                 secret_header(NAME, &format!("Bearer {key}"))?,
             ));
         }
-        let common = self.common.common(NAME, "/responses", auth)?;
+        let mut common = self.common.common(NAME, &path, auth)?;
+        if self.azure {
+            common.key_header = Some(azure::KEY_HEADER);
+        }
         Ok(OpenAiResponses {
             client: Client {
                 wire: std::sync::Arc::new(ResponsesWire {
                     store: self.store,
                     encrypted_reasoning: self.encrypted_reasoning,
+                    azure: self.azure,
                 }),
                 common: std::sync::Arc::new(common),
                 transport,
@@ -173,6 +217,8 @@ impl OpenAiResponsesBuilder {
 pub(crate) struct ResponsesWire {
     store: bool,
     encrypted_reasoning: bool,
+    /// Keys go in Azure's `api-key` header.
+    azure: bool,
 }
 
 impl Wire for ResponsesWire {
@@ -235,6 +281,13 @@ impl Wire for ResponsesWire {
             body.insert("tool_choice".into(), v);
         }
         Ok(body)
+    }
+
+    fn api_key_header(&self, key: &HeaderValue) -> (HeaderName, HeaderValue) {
+        if self.azure {
+            return azure::api_key_header(key);
+        }
+        super::wire::bearer(key)
     }
 
     fn decoder(&self) -> ResponsesDecoder {

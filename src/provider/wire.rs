@@ -53,18 +53,23 @@ pub trait Wire: Send + Sync + 'static {
     /// builder's key and for a [`Credential::api_key`](crate::Credential::api_key)
     /// a layer supplies.
     fn api_key_header(&self, key: &HeaderValue) -> (HeaderName, HeaderValue) {
-        let mut bearer = Vec::with_capacity(7 + key.len());
-        bearer.extend_from_slice(b"Bearer ");
-        bearer.extend_from_slice(key.as_bytes());
-        // A valid value after a valid prefix is a valid value: the fallback
-        // (the key as it came) is unreachable.
-        let mut value = HeaderValue::from_bytes(&bearer).unwrap_or_else(|_| key.clone());
-        value.set_sensitive(true);
-        (http::header::AUTHORIZATION, value)
+        bearer(key)
     }
 
     /// A decoder for one answer.
     fn decoder(&self) -> Self::Decoder;
+}
+
+/// `Authorization: Bearer {key}`, marked sensitive.
+pub(super) fn bearer(key: &HeaderValue) -> (HeaderName, HeaderValue) {
+    let mut bearer = Vec::with_capacity(7 + key.len());
+    bearer.extend_from_slice(b"Bearer ");
+    bearer.extend_from_slice(key.as_bytes());
+    // A valid value after a valid prefix is a valid value: the fallback
+    // (the key as it came) is unreachable.
+    let mut value = HeaderValue::from_bytes(&bearer).unwrap_or_else(|_| key.clone());
+    value.set_sensitive(true);
+    (http::header::AUTHORIZATION, value)
 }
 
 /// Turns one answer — its server-sent events, or its one JSON body — into

@@ -1,0 +1,65 @@
+//! Azure OpenAI: where its requests go and how its keys travel, for the
+//! OpenAI providers' `azure` constructors.
+
+use http::header::{HeaderName, HeaderValue};
+
+use crate::error::Error;
+
+/// The environment variable Azure's documentation and SDKs keep the key in.
+pub(crate) const KEY_ENV: &str = "AZURE_OPENAI_API_KEY";
+
+/// The header Azure reads an API key from (Entra ID tokens go in
+/// `Authorization: Bearer`).
+pub(crate) const KEY_HEADER: HeaderName = HeaderName::from_static("api-key");
+
+/// How a service reaches Azure OpenAI: the v1 API (`/openai/v1/…`, the
+/// model named in the body) or a deployment's own path with an
+/// `api-version`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Azure {
+    /// `(deployment, api_version)` for the deployment style.
+    pub(crate) deployment: Option<(String, String)>,
+}
+
+impl Azure {
+    /// The resource's root and the path of `api` (`/chat/completions`,
+    /// `/responses`) under it, from `endpoint` as the user gave it
+    /// (`https://{resource}.openai.azure.com`, with or without `/openai/v1`).
+    pub(crate) fn base_and_path(
+        &self,
+        provider: &str,
+        endpoint: &str,
+        api: &str,
+    ) -> Result<(String, String), Error> {
+        let root = endpoint.trim_end_matches('/');
+        let root = root
+            .strip_suffix("/openai/v1")
+            .or_else(|| root.strip_suffix("/openai"))
+            .unwrap_or(root);
+        let path = match &self.deployment {
+            None => format!("/openai/v1{api}"),
+            Some((deployment, version)) => {
+                for (what, value) in [("deployment", deployment), ("api-version", version)] {
+                    if value.is_empty()
+                        || !value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    {
+                        return Err(Error::config(format!(
+                            "{provider}: invalid Azure {what} {value:?} (letters, digits, '-', '_' and '.' only)"
+                        )));
+                    }
+                }
+                format!("/openai/deployments/{deployment}{api}?api-version={version}")
+            }
+        };
+        Ok((root.to_owned(), path))
+    }
+}
+
+/// An API key as Azure takes it: `api-key: {key}`.
+pub(crate) fn api_key_header(key: &HeaderValue) -> (HeaderName, HeaderValue) {
+    let mut value = key.clone();
+    value.set_sensitive(true);
+    (KEY_HEADER, value)
+}
