@@ -5,8 +5,13 @@
 //! (`…/v1/chat/completions`; without the `/v1`, OpenAI's 404), OpenAI's
 //! Responses API (`…/v1/responses`, which refuses, as the real one does, a
 //! reasoning item it cannot find and a function call output that answers no
-//! call), Anthropic Messages (`…/messages`) and Gemini (`…/models/{model}:generateContent`,
-//! `:streamGenerateContent`) requests from
+//! call), Anthropic Messages (`…/messages`), Gemini
+//! (`…/models/{model}:generateContent`, `:streamGenerateContent`, on Vertex
+//! AI's paths too), Claude on Vertex AI (`…/models/{model}:rawPredict`,
+//! `:streamRawPredict`, which refuses a body without its
+//! `anthropic_version`) and Azure OpenAI (`/openai/v1/…`,
+//! `/openai/deployments/{deployment}/chat/completions?api-version=…`, keys
+//! in `api-key`) requests from
 //! a queue of scripted [`Reply`]s — one per request, that is per attempt —
 //! or, once the queue is empty, from a default reply or a function of the
 //! request ([`respond_with`](MockServer::respond_with)), and records every

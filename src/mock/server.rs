@@ -108,16 +108,17 @@ async fn handle(
     let path = recorded.uri_path().to_owned();
     let json = recorded.json();
 
-    // Gemini names the model and the mode in the path.
-    let gemini = path.rsplit_once(':').and_then(|(resource, method)| {
-        let stream = match method {
-            "generateContent" => false,
-            "streamGenerateContent" => true,
-            _ => return None,
-        };
-        let model = resource.rsplit('/').next().unwrap_or("mock-model");
-        Some((stream, model.to_owned()))
-    });
+    // Gemini names the model and the mode in the path, as does Claude on
+    // Vertex AI.
+    let in_path = |methods: [&str; 2]| {
+        path.rsplit_once(':').and_then(|(resource, method)| {
+            let stream = methods.iter().position(|m| *m == method)? == 1;
+            let model = resource.rsplit('/').next().unwrap_or("mock-model");
+            Some((stream, model.to_owned()))
+        })
+    };
+    let gemini = in_path(["generateContent", "streamGenerateContent"]);
+    let vertex_claude = in_path(["rawPredict", "streamRawPredict"]);
     let dialect = if path.ends_with("/v1/chat/completions") {
         Dialect::OpenAi
     } else if is_azure(&path) && path.ends_with("/chat/completions") {
@@ -141,14 +142,14 @@ async fn handle(
         let method = recorded.method.clone();
         lock(&shared.requests).push(recorded);
         return Ok(openai_invalid_url(&method, &path));
-    } else if path.ends_with("/messages") {
+    } else if path.ends_with("/messages") || vertex_claude.is_some() {
         Dialect::Anthropic
     } else if gemini.is_some() {
         Dialect::Gemini
     } else {
         Dialect::Other
     };
-    let (stream, model) = gemini.unwrap_or_else(|| {
+    let (stream, model) = gemini.or(vertex_claude.clone()).unwrap_or_else(|| {
         (
             json.get("stream").and_then(Value::as_bool).unwrap_or(false),
             json.get("model")
@@ -177,7 +178,20 @@ async fn handle(
             .map(|limit| limit.admit(recorded.received_at))
     };
     let invalid = match dialect {
-        Dialect::Responses if refused.is_none() => dialect::responses::refusal(&json),
+        _ if refused.is_some() => None,
+        Dialect::Responses => dialect::responses::refusal(&json),
+        // Vertex AI takes the version in the body, and only this one.
+        Dialect::Anthropic
+            if vertex_claude.is_some()
+                && json.get("anthropic_version").and_then(Value::as_str)
+                    != Some("vertex-2023-10-16") =>
+        {
+            Some((
+                400,
+                "invalid_request_error",
+                "anthropic_version: Input should be 'vertex-2023-10-16'".to_owned(),
+            ))
+        }
         _ => None,
     };
     let reply = if let Some(message) = refused {

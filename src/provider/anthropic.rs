@@ -6,6 +6,7 @@ use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::vertex::{Vertex, check_model};
 use super::{
     Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
     provider_service,
@@ -43,7 +44,42 @@ impl Anthropic {
             auth: Auth::None,
             version: "2023-06-01".into(),
             default_max_tokens: 4096,
+            vertex: None,
         }
+    }
+
+    /// Configures a service for Claude on Vertex AI, in Google Cloud
+    /// `project` at `location` (`us-east5`, `europe-west1`, `global`…):
+    /// requests go to `https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/{location}/publishers/anthropic/models/{model}:streamRawPredict`
+    /// (`:rawPredict` when not streaming), with the model in the path and
+    /// `anthropic_version: "vertex-2023-10-16"` in the body instead. Vertex
+    /// AI takes OAuth access tokens: give them with a
+    /// [`RefreshLayer`](crate::RefreshLayer) as
+    /// [`Credential::bearer`](crate::Credential::bearer)s (a token given to
+    /// [`api_key`](AnthropicBuilder::api_key) or
+    /// [`oauth_token`](AnthropicBuilder::oauth_token) is sent as a bearer
+    /// token too).
+    ///
+    /// ```
+    /// use llm_tower::Anthropic;
+    ///
+    /// let svc = Anthropic::vertex("my-project", "us-east5")
+    ///     .model("claude-sonnet-4-5@20250929")
+    ///     .build()?;
+    /// assert_eq!(
+    ///     svc.endpoint(),
+    ///     "https://us-east5-aiplatform.googleapis.com/v1/projects/my-project/locations/us-east5/publishers/anthropic/models/"
+    /// );
+    /// # Ok::<(), llm_tower::Error>(())
+    /// ```
+    pub fn vertex(project: impl Into<String>, location: impl Into<String>) -> AnthropicBuilder {
+        let location = location.into();
+        let mut builder = Anthropic::builder().base_url(Vertex::base_url(&location));
+        builder.vertex = Some(Vertex {
+            project: project.into(),
+            location,
+        });
+        builder
     }
 }
 
@@ -61,6 +97,7 @@ pub struct AnthropicBuilder {
     auth: Auth,
     version: String,
     default_max_tokens: u32,
+    vertex: Option<Vertex>,
 }
 
 impl std::fmt::Debug for AnthropicBuilder {
@@ -75,6 +112,7 @@ impl std::fmt::Debug for AnthropicBuilder {
             .field("auth", &auth)
             .field("version", &self.version)
             .field("default_max_tokens", &self.default_max_tokens)
+            .field("vertex", &self.vertex)
             .finish()
     }
 }
@@ -95,7 +133,9 @@ impl AnthropicBuilder {
         self
     }
 
-    /// The `anthropic-version` header (default `2023-06-01`).
+    /// The `anthropic-version` header (default `2023-06-01`). Not used on
+    /// Vertex AI, which takes `anthropic_version: "vertex-2023-10-16"` in
+    /// the body.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = version.into();
         self
@@ -117,6 +157,27 @@ impl AnthropicBuilder {
     /// `Service<http::Request<RequestBody>>`. The timeouts set here apply to
     /// the default transport only.
     pub fn build_with<S>(self, transport: S) -> Result<Anthropic<S>, Error> {
+        if let Some(vertex) = &self.vertex {
+            let mut auth = Vec::new();
+            if let Auth::ApiKey(token) | Auth::Bearer(token) = &self.auth {
+                auth.push((
+                    AUTHORIZATION,
+                    secret_header(NAME, &format!("Bearer {token}"))?,
+                ));
+            }
+            let path = format!("{}models/", vertex.publisher_path(NAME, "anthropic")?);
+            let common = self.common.common(NAME, &path, auth)?;
+            return Ok(Anthropic {
+                client: Client {
+                    wire: std::sync::Arc::new(AnthropicWire {
+                        default_max_tokens: self.default_max_tokens,
+                        vertex: true,
+                    }),
+                    common: std::sync::Arc::new(common),
+                    transport,
+                },
+            });
+        }
         let version = HeaderValue::from_str(&self.version)
             .map_err(|_| Error::config("anthropic: invalid anthropic-version value"))?;
         let mut auth = vec![(HeaderName::from_static("anthropic-version"), version)];
@@ -136,6 +197,7 @@ impl AnthropicBuilder {
             client: Client {
                 wire: std::sync::Arc::new(AnthropicWire {
                     default_max_tokens: self.default_max_tokens,
+                    vertex: false,
                 }),
                 common: std::sync::Arc::new(common),
                 transport,
@@ -147,7 +209,13 @@ impl AnthropicBuilder {
 #[derive(Debug)]
 pub(crate) struct AnthropicWire {
     default_max_tokens: u32,
+    /// On Vertex AI: the model in the path, the version in the body, keys
+    /// as bearer tokens.
+    vertex: bool,
 }
+
+/// The `anthropic_version` Vertex AI takes in the body.
+const VERTEX_VERSION: &str = "vertex-2023-10-16";
 
 impl Wire for AnthropicWire {
     const NAME: &'static str = NAME;
@@ -156,7 +224,11 @@ impl Wire for AnthropicWire {
 
     fn encode(&self, req: &ChatRequest, model: &str) -> Result<Map<String, Value>, Error> {
         let mut body = Map::new();
-        body.insert("model".into(), model.into());
+        if self.vertex {
+            body.insert("anthropic_version".into(), VERTEX_VERSION.into());
+        } else {
+            body.insert("model".into(), model.into());
+        }
         body.insert(
             "max_tokens".into(),
             req.max_tokens.unwrap_or(self.default_max_tokens).into(),
@@ -229,7 +301,25 @@ impl Wire for AnthropicWire {
     }
 
     fn api_key_header(&self, value: &HeaderValue) -> (HeaderName, HeaderValue) {
+        if self.vertex {
+            return super::wire::bearer(value);
+        }
         (HeaderName::from_static("x-api-key"), value.clone())
+    }
+
+    fn uri(&self, endpoint: &http::Uri, model: &str, stream: bool) -> Result<http::Uri, Error> {
+        if !self.vertex {
+            return Ok(endpoint.clone());
+        }
+        check_model(NAME, model)?;
+        let method = if stream {
+            "streamRawPredict"
+        } else {
+            "rawPredict"
+        };
+        format!("{endpoint}{model}:{method}")
+            .parse()
+            .map_err(|e| Error::config(format!("{NAME}: invalid model name {model:?}: {e}")))
     }
 }
 

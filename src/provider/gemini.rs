@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use super::vertex::Vertex;
 use super::{
     Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
     provider_service,
@@ -57,7 +58,39 @@ impl Gemini {
             api_key: None,
             version: "v1beta".into(),
             include_thoughts: false,
+            vertex: None,
         }
+    }
+
+    /// Configures a service for Gemini on Vertex AI, in Google Cloud
+    /// `project` at `location` (`us-central1`, `europe-west4`, `global`…):
+    /// requests go to `https://{location}-aiplatform.googleapis.com/v1/projects/{project}/locations/{location}/publishers/google/models/{model}:streamGenerateContent?alt=sse`
+    /// (`:generateContent` when not streaming). Vertex AI takes OAuth
+    /// access tokens: give them with a [`RefreshLayer`](crate::RefreshLayer)
+    /// as [`Credential::bearer`](crate::Credential::bearer)s — from
+    /// [`CommandSource`](crate::refresh::CommandSource) running `gcloud
+    /// auth print-access-token`, say.
+    ///
+    /// ```
+    /// use llm_tower::Gemini;
+    ///
+    /// let svc = Gemini::vertex("my-project", "us-central1")
+    ///     .model("gemini-2.5-flash")
+    ///     .build()?;
+    /// assert_eq!(
+    ///     svc.endpoint(),
+    ///     "https://us-central1-aiplatform.googleapis.com/v1/projects/my-project/locations/us-central1/publishers/google/"
+    /// );
+    /// # Ok::<(), llm_tower::Error>(())
+    /// ```
+    pub fn vertex(project: impl Into<String>, location: impl Into<String>) -> GeminiBuilder {
+        let location = location.into();
+        let mut builder = Gemini::builder().base_url(Vertex::base_url(&location));
+        builder.vertex = Some(Vertex {
+            project: project.into(),
+            location,
+        });
+        builder
     }
 }
 
@@ -68,6 +101,7 @@ pub struct GeminiBuilder {
     api_key: Option<String>,
     version: String,
     include_thoughts: bool,
+    vertex: Option<Vertex>,
 }
 
 impl std::fmt::Debug for GeminiBuilder {
@@ -77,6 +111,7 @@ impl std::fmt::Debug for GeminiBuilder {
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
             .field("version", &self.version)
             .field("include_thoughts", &self.include_thoughts)
+            .field("vertex", &self.vertex)
             .finish()
     }
 }
@@ -92,7 +127,8 @@ impl GeminiBuilder {
     }
 
     /// The API version in the path (default `v1beta`, where thinking and
-    /// the newest models are).
+    /// the newest models are). Not used on Vertex AI, whose path names its
+    /// own.
     pub fn version(mut self, version: impl Into<String>) -> Self {
         self.version = version.into();
         self
@@ -120,8 +156,11 @@ impl GeminiBuilder {
         if let Some(key) = &self.api_key {
             auth.push((API_KEY, secret_header(NAME, key)?));
         }
-        let version = self.version.trim_matches('/');
-        let common = self.common.common(NAME, &format!("/{version}/"), auth)?;
+        let path = match &self.vertex {
+            Some(vertex) => vertex.publisher_path(NAME, "google")?,
+            None => format!("/{}/", self.version.trim_matches('/')),
+        };
+        let common = self.common.common(NAME, &path, auth)?;
         // The default model's two URIs, built once rather than per call.
         let default_uris = if common.model.is_empty() {
             None

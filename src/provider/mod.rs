@@ -50,6 +50,7 @@ pub(crate) mod gemini;
 pub(crate) mod openai;
 mod response;
 pub(crate) mod responses;
+mod vertex;
 mod wire;
 
 pub use anthropic::AnthropicBuilder;

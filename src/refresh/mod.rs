@@ -63,10 +63,12 @@ use pin_project_lite::pin_project;
 use crate::engine::{Engine, Policy};
 use crate::{BoxError, ChatRequest, ChatStream, Error};
 
+mod command;
 mod credential;
 
 use crate::auth::Credential;
 use crate::auth::{AuthHeader, CredentialSupply, SuppliedCredential};
+pub use command::CommandSource;
 pub use credential::{CredentialFuture, CredentialSource};
 
 pub(crate) mod layer;
