@@ -173,6 +173,7 @@ struct ReadmeDoctests;
 pub use auth::{AuthScheme, Credential};
 pub use call::{Attempts, Deadline};
 pub use chat::event::{StopReason, StreamEvent, Usage};
+pub use chat::features::{CacheTtl, Effort, Reasoning, ResponseFormat};
 pub use chat::request::{ChatRequest, ContentPart, Image, Message, Role, Tool, ToolChoice};
 pub use chat::stream::{ChatStream, Completion, CompletionBuilder, Events, ResponseMeta, ToolCall};
 pub use error::{ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportPhase};

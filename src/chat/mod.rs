@@ -24,10 +24,12 @@
 
 pub(crate) mod cut;
 pub(crate) mod event;
+pub(crate) mod features;
 pub(crate) mod request;
 pub(crate) mod stream;
 
 pub(crate) use event::{StopReason, StreamEvent, Usage};
+pub(crate) use features::{CacheTtl, Effort, ResponseFormat};
 pub(crate) use request::{ChatRequest, ContentPart, Image, Message, Role, ToolChoice};
 pub(crate) use stream::Events;
 pub(crate) use stream::{ChatStream, Completion, ResponseMeta};

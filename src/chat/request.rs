@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::SuppliedCredential;
 use crate::call::CallContext;
+use crate::chat::features::{CacheTtl, Reasoning, ResponseFormat};
 
 /// One call to a model: the conversation so far and how to answer it.
 ///
@@ -55,6 +56,18 @@ pub struct ChatRequest {
     pub top_p: Option<f32>,
     /// Sequences that end generation.
     pub stop: Vec<String>,
+    /// The shape the answer's text must have: JSON, or JSON that matches a
+    /// schema.
+    pub response_format: Option<ResponseFormat>,
+    /// How much the model reasons, and whether it returns its reasoning.
+    pub reasoning: Option<Reasoning>,
+    /// A key that routes requests sharing a long prefix to the same cache
+    /// (OpenAI's `prompt_cache_key`; left out where there is none).
+    pub prompt_cache_key: Option<String>,
+    /// Marks the tool definitions as a cacheable prefix (Anthropic's
+    /// `cache_control` on the last tool; left out where caching is
+    /// automatic).
+    pub cache_tools: Option<CacheTtl>,
     /// Stream the answer as server-sent events (the default) or fetch it as
     /// one JSON body. Both produce the same [`StreamEvent`](crate::StreamEvent)s.
     pub stream: bool,
@@ -85,6 +98,10 @@ impl std::fmt::Debug for ChatRequest {
             .field("temperature", &self.temperature)
             .field("top_p", &self.top_p)
             .field("stop", &self.stop)
+            .field("response_format", &self.response_format)
+            .field("reasoning", &self.reasoning)
+            .field("prompt_cache_key", &self.prompt_cache_key)
+            .field("cache_tools", &self.cache_tools)
             .field("stream", &self.stream)
             .field("extra", &self.extra)
             .field("extensions", &self.extensions)
@@ -176,6 +193,30 @@ impl ChatRequest {
         self
     }
 
+    /// Asks for the answer in this shape.
+    pub fn response_format(mut self, format: ResponseFormat) -> Self {
+        self.response_format = Some(format);
+        self
+    }
+
+    /// Sets how much the model reasons.
+    pub fn reasoning(mut self, reasoning: Reasoning) -> Self {
+        self.reasoning = Some(reasoning);
+        self
+    }
+
+    /// Sets the prompt cache key.
+    pub fn prompt_cache_key(mut self, key: impl Into<String>) -> Self {
+        self.prompt_cache_key = Some(key.into());
+        self
+    }
+
+    /// Marks the tool definitions as a cacheable prefix, kept for `ttl`.
+    pub fn cache_tools(mut self, ttl: CacheTtl) -> Self {
+        self.cache_tools = Some(ttl);
+        self
+    }
+
     /// Sets the model.
     pub fn model(mut self, model: impl Into<Arc<str>>) -> Self {
         self.model = model.into();
@@ -247,6 +288,14 @@ impl Message {
         Message::new(Role::Assistant, vec![ContentPart::Text(text.into())])
     }
 
+    /// Marks the prompt up to the end of this message as a cacheable
+    /// prefix, kept for `ttl`: appends a
+    /// [`ContentPart::CacheBreakpoint`].
+    pub fn cache(mut self, ttl: CacheTtl) -> Self {
+        self.content.push(ContentPart::CacheBreakpoint { ttl });
+        self
+    }
+
     /// The result of a tool call that failed, sent back to the model as a
     /// user turn: `content` says what went wrong.
     pub fn tool_error(tool_call_id: impl Into<String>, content: impl Into<String>) -> Self {
@@ -313,6 +362,14 @@ pub enum ContentPart {
     RedactedThinking {
         /// The opaque data.
         data: String,
+    },
+    /// Not content: the end of a cacheable prompt prefix (Anthropic's
+    /// `cache_control` on the part before it, which must be in the same
+    /// message; at most four per request). Left out by providers that cache
+    /// on their own.
+    CacheBreakpoint {
+        /// How long the prefix is kept.
+        ttl: CacheTtl,
     },
 }
 

@@ -396,7 +396,9 @@ impl Completion {
     /// before sending tool results back.
     pub fn to_message(&self) -> Message {
         let mut content = Vec::new();
-        if !self.thinking.is_empty() {
+        // A signature alone (Gemini signs a function call, not a thought)
+        // must go back too.
+        if !self.thinking.is_empty() || self.thinking_signature.is_some() {
             content.push(ContentPart::Thinking {
                 text: self.thinking.clone(),
                 signature: self.thinking_signature.clone(),

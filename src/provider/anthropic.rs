@@ -13,7 +13,8 @@ use super::{
 };
 use crate::auth::secret_header;
 use crate::chat::{
-    ChatRequest, ContentPart, DenseIndex, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+    CacheTtl, ChatRequest, ContentPart, DenseIndex, Effort, Image, ResponseFormat, Role,
+    StopReason, StreamEvent, ToolChoice, Usage,
 };
 use crate::error::Error;
 use crate::sse::Event;
@@ -229,34 +230,94 @@ impl Wire for AnthropicWire {
         } else {
             body.insert("model".into(), model.into());
         }
-        body.insert(
-            "max_tokens".into(),
-            req.max_tokens.unwrap_or(self.default_max_tokens).into(),
-        );
-        let mut system = String::new();
+        let mut breakpoints = 0usize;
+        let mut system = Vec::new();
         let mut messages = Vec::with_capacity(req.messages.len());
         for m in req.messages.iter() {
             let role = match m.role {
                 Role::System => {
-                    for p in &m.content {
-                        if let ContentPart::Text(t) = p {
-                            if !system.is_empty() {
-                                system.push_str("\n\n");
-                            }
-                            system.push_str(t);
-                        }
-                    }
+                    let texts = m.content.iter().filter_map(|p| match p {
+                        ContentPart::Text(t) => Some(json!({"type": "text", "text": t})),
+                        ContentPart::CacheBreakpoint { ttl } => Some(cache_mark(*ttl)),
+                        _ => None,
+                    });
+                    system.extend(texts);
                     continue;
                 }
                 Role::User => "user",
                 Role::Assistant => "assistant",
             };
-            let content: Vec<Value> = m.content.iter().map(encode_part).collect();
+            let mut content: Vec<Value> = m.content.iter().map(encode_part).collect();
+            breakpoints += apply_cache_marks(&mut content)?;
             messages.push(json!({"role": role, "content": content}));
         }
         if !system.is_empty() {
-            body.insert("system".into(), system.into());
+            let marked = system.iter().any(is_cache_mark);
+            if marked {
+                // Blocks, so that the marked one can carry its mark.
+                breakpoints += apply_cache_marks(&mut system)?;
+                body.insert("system".into(), Value::Array(system));
+            } else {
+                let texts: Vec<&str> = system
+                    .iter()
+                    .filter_map(|b| b.get("text").and_then(Value::as_str))
+                    .collect();
+                body.insert("system".into(), texts.join("\n\n").into());
+            }
         }
+        let mut max_tokens = req.max_tokens;
+        let mut output_config = Map::new();
+        if let Some(r) = &req.reasoning {
+            if let Some(budget) = r.budget_tokens {
+                // The answer's tokens include the thinking's.
+                match max_tokens {
+                    Some(n) if n <= budget => {
+                        return Err(Error::config(format!(
+                            "{NAME}: max_tokens ({n}) must be above the thinking budget ({budget})"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => max_tokens = Some(budget.saturating_add(self.default_max_tokens)),
+                }
+                body.insert(
+                    "thinking".into(),
+                    json!({"type": "enabled", "budget_tokens": budget}),
+                );
+            }
+            if let Some(effort) = r.effort {
+                if effort == Effort::Minimal {
+                    return Err(Error::config(format!(
+                        "{NAME}: has no reasoning effort \"minimal\"; its lowest is low"
+                    )));
+                }
+                output_config.insert("effort".into(), effort.as_str().into());
+                if r.budget_tokens.is_none() {
+                    body.insert("thinking".into(), json!({"type": "adaptive"}));
+                }
+            }
+        }
+        match &req.response_format {
+            None => {}
+            Some(ResponseFormat::Json) => {
+                return Err(Error::config(format!(
+                    "{NAME}: has no plain JSON mode; ask for JSON that matches a schema \
+                     (ResponseFormat::JsonSchema)"
+                )));
+            }
+            Some(ResponseFormat::JsonSchema { schema, .. }) => {
+                output_config.insert(
+                    "format".into(),
+                    json!({"type": "json_schema", "schema": schema}),
+                );
+            }
+        }
+        if !output_config.is_empty() {
+            body.insert("output_config".into(), Value::Object(output_config));
+        }
+        body.insert(
+            "max_tokens".into(),
+            max_tokens.unwrap_or(self.default_max_tokens).into(),
+        );
         body.insert("messages".into(), Value::Array(messages));
         body.insert("stream".into(), req.stream.into());
         if let Some(t) = req.temperature {
@@ -269,7 +330,7 @@ impl Wire for AnthropicWire {
             body.insert("stop_sequences".into(), req.stop.clone().into());
         }
         if !req.tools.is_empty() {
-            let tools = req
+            let mut tools: Vec<Value> = req
                 .tools
                 .iter()
                 .map(|t| {
@@ -282,7 +343,16 @@ impl Wire for AnthropicWire {
                     Value::Object(v)
                 })
                 .collect();
+            if let (Some(ttl), Some(last)) = (req.cache_tools, tools.last_mut()) {
+                last["cache_control"] = cache_control(ttl);
+                breakpoints += 1;
+            }
             body.insert("tools".into(), Value::Array(tools));
+        }
+        if breakpoints > MAX_BREAKPOINTS {
+            return Err(Error::config(format!(
+                "{NAME}: at most {MAX_BREAKPOINTS} cache breakpoints per request, not {breakpoints}"
+            )));
         }
         if let Some(choice) = &req.tool_choice {
             let v = match choice {
@@ -323,6 +393,51 @@ impl Wire for AnthropicWire {
     }
 }
 
+/// The most cache breakpoints Anthropic takes in one request.
+const MAX_BREAKPOINTS: usize = 4;
+
+/// A breakpoint's place among the blocks being built, until
+/// [`apply_cache_marks`] moves it onto the block before it.
+fn cache_mark(ttl: CacheTtl) -> Value {
+    json!({"cache_mark": cache_control(ttl)})
+}
+
+fn is_cache_mark(block: &Value) -> bool {
+    block.get("cache_mark").is_some()
+}
+
+/// `cache_control` for `ttl`.
+fn cache_control(ttl: CacheTtl) -> Value {
+    match ttl {
+        CacheTtl::Short => json!({"type": "ephemeral"}),
+        CacheTtl::Hour => json!({"type": "ephemeral", "ttl": "1h"}),
+    }
+}
+
+/// Replaces each breakpoint in `blocks` by a `cache_control` on the block
+/// before it; how many there were. A breakpoint with no block before it in
+/// its message is an error.
+fn apply_cache_marks(blocks: &mut Vec<Value>) -> Result<usize, Error> {
+    let mut marks = 0;
+    let mut out: Vec<Value> = Vec::with_capacity(blocks.len());
+    for mut block in blocks.drain(..) {
+        match block.get_mut("cache_mark").map(Value::take) {
+            Some(control) => {
+                let Some(before) = out.last_mut() else {
+                    return Err(Error::config(format!(
+                        "{NAME}: a cache breakpoint must follow a part of its message"
+                    )));
+                };
+                before["cache_control"] = control;
+                marks += 1;
+            }
+            None => out.push(block),
+        }
+    }
+    *blocks = out;
+    Ok(marks)
+}
+
 fn encode_part(p: &ContentPart) -> Value {
     match p {
         ContentPart::Text(t) => json!({"type": "text", "text": t}),
@@ -356,6 +471,7 @@ fn encode_part(p: &ContentPart) -> Value {
         ContentPart::RedactedThinking { data } => {
             json!({"type": "redacted_thinking", "data": data})
         }
+        ContentPart::CacheBreakpoint { ttl } => cache_mark(*ttl),
     }
 }
 

@@ -15,7 +15,8 @@ use super::{
 };
 use crate::auth::secret_header;
 use crate::chat::{
-    ChatRequest, ContentPart, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+    ChatRequest, ContentPart, Effort, Image, ResponseFormat, Role, StopReason, StreamEvent,
+    ToolChoice, Usage,
 };
 use crate::error::Error;
 use crate::sse::Event;
@@ -233,11 +234,14 @@ impl Wire for GeminiWire {
         let mut system = Vec::new();
         let mut contents = Vec::with_capacity(req.messages.len());
         for m in req.messages.iter() {
-            let parts: Vec<Value> = m
+            let mut parts: Vec<Value> = m
                 .content
                 .iter()
                 .filter_map(|p| encode_part(p, req))
                 .collect();
+            if m.role == Role::Assistant {
+                place_signature(&m.content, &mut parts);
+            }
             if parts.is_empty() {
                 continue;
             }
@@ -264,8 +268,46 @@ impl Wire for GeminiWire {
         if !req.stop.is_empty() {
             config.insert("stopSequences".into(), req.stop.clone().into());
         }
+        let mut thinking = Map::new();
         if self.include_thoughts {
-            config.insert("thinkingConfig".into(), json!({"includeThoughts": true}));
+            thinking.insert("includeThoughts".into(), true.into());
+        }
+        if let Some(r) = &req.reasoning {
+            if r.effort.is_some() && r.budget_tokens.is_some() {
+                return Err(Error::config(format!(
+                    "{NAME}: takes a reasoning effort (thinkingLevel) or a token budget \
+                     (thinkingBudget), not both"
+                )));
+            }
+            if let Some(effort) = r.effort {
+                if matches!(effort, Effort::XHigh | Effort::Max) {
+                    return Err(Error::config(format!(
+                        "{NAME}: has no reasoning effort {:?}; its levels are minimal, low, \
+                         medium and high",
+                        effort.as_str()
+                    )));
+                }
+                thinking.insert("thinkingLevel".into(), effort.as_str().into());
+            }
+            if let Some(n) = r.budget_tokens {
+                thinking.insert("thinkingBudget".into(), n.into());
+            }
+            if r.summary {
+                thinking.insert("includeThoughts".into(), true.into());
+            }
+        }
+        if !thinking.is_empty() {
+            config.insert("thinkingConfig".into(), Value::Object(thinking));
+        }
+        match &req.response_format {
+            None => {}
+            Some(ResponseFormat::Json) => {
+                config.insert("responseMimeType".into(), "application/json".into());
+            }
+            Some(ResponseFormat::JsonSchema { schema, .. }) => {
+                config.insert("responseMimeType".into(), "application/json".into());
+                config.insert("responseJsonSchema".into(), schema.clone());
+            }
         }
         if !config.is_empty() {
             body.insert("generationConfig".into(), Value::Object(config));
@@ -353,17 +395,36 @@ fn encode_part(p: &ContentPart, req: &ChatRequest) -> Option<Value> {
             }
             json!({"functionResponse": response})
         }
-        ContentPart::Thinking { text, signature } => {
-            let mut part = Map::new();
-            part.insert("text".into(), text.clone().into());
-            part.insert("thought".into(), true.into());
-            if let Some(s) = signature {
-                part.insert("thoughtSignature".into(), s.clone().into());
-            }
-            Value::Object(part)
+        // The signature goes where Gemini wants it (`place_signature`).
+        ContentPart::Thinking { text, .. } if !text.is_empty() => {
+            json!({"text": text, "thought": true})
         }
-        ContentPart::RedactedThinking { .. } => return None,
+        ContentPart::Thinking { .. }
+        | ContentPart::RedactedThinking { .. }
+        | ContentPart::CacheBreakpoint { .. } => return None,
     })
+}
+
+/// Puts a model turn's thought signature back where Gemini reads it: on the
+/// first function call (which Gemini 3 requires), else on the last part that
+/// is not a thought, else on the thought itself.
+fn place_signature(content: &[ContentPart], parts: &mut Vec<Value>) {
+    let Some(signature) = content.iter().find_map(|p| match p {
+        ContentPart::Thinking {
+            signature: Some(s), ..
+        } if !s.is_empty() => Some(s),
+        _ => None,
+    }) else {
+        return;
+    };
+    let at = parts
+        .iter()
+        .position(|p| p.get("functionCall").is_some())
+        .or_else(|| parts.iter().rposition(|p| p.get("thought").is_none()))
+        .or_else(|| parts.len().checked_sub(1));
+    if let Some(part) = at.and_then(|i| parts.get_mut(i)) {
+        part["thoughtSignature"] = signature.clone().into();
+    }
 }
 
 #[derive(Deserialize)]

@@ -13,7 +13,8 @@ use super::{
 };
 use crate::auth::secret_header;
 use crate::chat::{
-    ChatRequest, ContentPart, DenseIndex, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+    ChatRequest, ContentPart, DenseIndex, Effort, Image, ResponseFormat, Role, StopReason,
+    StreamEvent, ToolChoice, Usage,
 };
 use crate::error::Error;
 use crate::sse::Event;
@@ -417,6 +418,41 @@ impl Wire for OpenAiWire {
             };
             body.insert("tool_choice".into(), v);
         }
+        match &req.response_format {
+            None => {}
+            Some(ResponseFormat::Json) => {
+                body.insert("response_format".into(), json!({"type": "json_object"}));
+            }
+            Some(ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict,
+            }) => {
+                body.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema",
+                           "json_schema": {"name": name, "schema": schema, "strict": strict}}),
+                );
+            }
+        }
+        if let Some(r) = &req.reasoning {
+            if r.budget_tokens.is_some() {
+                return Err(Error::config(format!(
+                    "{NAME}: Chat Completions takes a reasoning effort, not a token budget"
+                )));
+            }
+            if r.summary {
+                return Err(Error::config(format!(
+                    "{NAME}: Chat Completions returns no reasoning summary; OpenAiResponses does"
+                )));
+            }
+            if let Some(effort) = r.effort {
+                body.insert("reasoning_effort".into(), openai_effort(NAME, effort)?.into());
+            }
+        }
+        if let Some(key) = &req.prompt_cache_key {
+            body.insert("prompt_cache_key".into(), key.clone().into());
+        }
         Ok(body)
     }
 
@@ -504,6 +540,16 @@ fn encode_messages(req: &ChatRequest) -> Vec<Value> {
         }
     }
     out
+}
+
+/// `effort` as OpenAI spells it: every level but [`Effort::Max`].
+pub(super) fn openai_effort(provider: &str, effort: Effort) -> Result<&'static str, Error> {
+    if effort == Effort::Max {
+        return Err(Error::config(format!(
+            "{provider}: has no reasoning effort \"max\"; its highest is xhigh"
+        )));
+    }
+    Ok(effort.as_str())
 }
 
 fn joined_text(parts: &[ContentPart]) -> String {

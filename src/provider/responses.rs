@@ -13,7 +13,8 @@ use super::{
 };
 use crate::auth::secret_header;
 use crate::chat::{
-    ChatRequest, ContentPart, DenseIndex, Image, Role, StopReason, StreamEvent, ToolChoice, Usage,
+    ChatRequest, ContentPart, DenseIndex, Image, ResponseFormat, Role, StopReason, StreamEvent,
+    ToolChoice, Usage,
 };
 use crate::error::Error;
 use crate::sse::Event;
@@ -279,6 +280,46 @@ impl Wire for ResponsesWire {
                 ToolChoice::Tool(name) => json!({"type": "function", "name": name}),
             };
             body.insert("tool_choice".into(), v);
+        }
+        match &req.response_format {
+            None => {}
+            Some(ResponseFormat::Json) => {
+                body.insert("text".into(), json!({"format": {"type": "json_object"}}));
+            }
+            Some(ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict,
+            }) => {
+                body.insert(
+                    "text".into(),
+                    json!({"format": {"type": "json_schema", "name": name, "schema": schema,
+                                      "strict": strict}}),
+                );
+            }
+        }
+        if let Some(r) = &req.reasoning {
+            if r.budget_tokens.is_some() {
+                return Err(Error::config(format!(
+                    "{NAME}: takes a reasoning effort, not a token budget"
+                )));
+            }
+            let mut reasoning = Map::new();
+            if let Some(effort) = r.effort {
+                reasoning.insert(
+                    "effort".into(),
+                    super::openai::openai_effort(NAME, effort)?.into(),
+                );
+            }
+            if r.summary {
+                reasoning.insert("summary".into(), "auto".into());
+            }
+            if !reasoning.is_empty() {
+                body.insert("reasoning".into(), Value::Object(reasoning));
+            }
+        }
+        if let Some(key) = &req.prompt_cache_key {
+            body.insert("prompt_cache_key".into(), key.clone().into());
         }
         Ok(body)
     }

@@ -34,6 +34,7 @@ pub(crate) fn estimate(request: &ChatRequest) -> (u64, u64) {
                 } => (tool_call_id.len() + content.len()) as u64,
                 ContentPart::Thinking { text, .. } => text.len() as u64,
                 ContentPart::RedactedThinking { data } => data.len() as u64,
+                ContentPart::CacheBreakpoint { .. } => 0,
             };
         }
     }
