@@ -192,6 +192,9 @@ async fn handle(
                 "anthropic_version: Input should be 'vertex-2023-10-16'".to_owned(),
             ))
         }
+        Dialect::OpenAi => dialect::openai::refusal(&json),
+        Dialect::Anthropic => dialect::anthropic::refusal(&json),
+        Dialect::Gemini => dialect::gemini::refusal(&asked.model, &json),
         _ => None,
     };
     let reply = if let Some(message) = refused {

@@ -447,7 +447,10 @@ impl Wire for OpenAiWire {
                 )));
             }
             if let Some(effort) = r.effort {
-                body.insert("reasoning_effort".into(), openai_effort(NAME, effort)?.into());
+                body.insert(
+                    "reasoning_effort".into(),
+                    openai_effort(NAME, effort)?.into(),
+                );
             }
         }
         if let Some(key) = &req.prompt_cache_key {

@@ -157,3 +157,58 @@ pub(super) fn frames(
     frames.push(event("message_stop", json!({"type": "message_stop"})));
     frames
 }
+
+/// Why Anthropic would refuse this request body, as (status, error type,
+/// message): a thinking block sent back without its signature, or — with
+/// thinking on — a last assistant turn that calls a tool without the
+/// thinking that led to the call.
+pub(crate) fn refusal(body: &Value) -> Option<(u16, &'static str, String)> {
+    let messages = body.get("messages").and_then(Value::as_array)?;
+    let thinking_on = body.get("thinking").is_some();
+    let mut last_assistant = None;
+    for (i, m) in messages.iter().enumerate() {
+        if m.get("role").and_then(Value::as_str) != Some("assistant") {
+            continue;
+        }
+        last_assistant = Some((i, m));
+        for (j, block) in m
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let signed = block
+                .get("signature")
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty());
+            if block.get("type").and_then(Value::as_str) == Some("thinking") && !signed {
+                return Some((
+                    400,
+                    "invalid_request_error",
+                    format!("messages.{i}.content.{j}: Invalid `signature` in `thinking` block"),
+                ));
+            }
+        }
+    }
+    let (i, last) = last_assistant?;
+    let blocks = last.get("content").and_then(Value::as_array)?;
+    let kind = |b: &Value| b.get("type").and_then(Value::as_str).map(str::to_owned);
+    let calls = blocks
+        .iter()
+        .any(|b| kind(b).as_deref() == Some("tool_use"));
+    let first = blocks.first().and_then(kind);
+    if thinking_on && calls && !matches!(first.as_deref(), Some("thinking" | "redacted_thinking")) {
+        return Some((
+            400,
+            "invalid_request_error",
+            format!(
+                "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but \
+                 found `{}`. When `thinking` is enabled, a final `assistant` message must start \
+                 with a thinking block",
+                first.unwrap_or_default()
+            ),
+        ));
+    }
+    None
+}

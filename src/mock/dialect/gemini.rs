@@ -141,3 +141,37 @@ pub(super) fn frames(asked: &Asked, content: &Content<'_>, input_tokens: u64) ->
     ));
     frames
 }
+
+/// Why Gemini would refuse this request body for `model`, as (status,
+/// error type, message): Gemini 3 models refuse a model turn whose first
+/// function call comes back without its thought signature.
+pub(crate) fn refusal(model: &str, body: &Value) -> Option<(u16, &'static str, String)> {
+    if !model.starts_with("gemini-3") {
+        return None;
+    }
+    let contents = body.get("contents").and_then(Value::as_array)?;
+    for (i, c) in contents.iter().enumerate() {
+        if c.get("role").and_then(Value::as_str) != Some("model") {
+            continue;
+        }
+        let first_call = c
+            .get("parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|p| p.get("functionCall").is_some());
+        if let Some(call) = first_call
+            && call.get("thoughtSignature").is_none()
+        {
+            return Some((
+                400,
+                "invalid_request_error",
+                format!(
+                    "Function call is missing a thought_signature in functionCall parts. \
+                     This is required for tools to work correctly (contents[{i}])."
+                ),
+            ));
+        }
+    }
+    None
+}

@@ -3,9 +3,9 @@
 //! providers' decoders and from the classification in `error`, so that the
 //! tests check one against the other rather than against itself.
 
-mod anthropic;
-mod gemini;
-mod openai;
+pub(crate) mod anthropic;
+pub(crate) mod gemini;
+pub(crate) mod openai;
 pub(crate) mod responses;
 
 use http::StatusCode;

@@ -154,3 +154,36 @@ pub(super) fn frames(
     });
     frames
 }
+
+/// Why Chat Completions would refuse this request body, as (status, error
+/// type, message): a tool message that answers no tool call before it.
+pub(crate) fn refusal(body: &Value) -> Option<(u16, &'static str, String)> {
+    let messages = body.get("messages").and_then(Value::as_array)?;
+    let mut calls: Vec<&str> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match m.get("role").and_then(Value::as_str) {
+            Some("assistant") => calls.extend(
+                m.get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.get("id").and_then(Value::as_str)),
+            ),
+            Some("tool") => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                if !calls.contains(&id) {
+                    return Some((
+                        400,
+                        "invalid_request_error",
+                        format!(
+                            "Invalid parameter: messages[{i}]: messages with role 'tool' must be \
+                             a response to a preceding message with 'tool_calls'."
+                        ),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
