@@ -408,7 +408,7 @@ fn encode_part(p: &ContentPart, req: &ChatRequest) -> Option<Value> {
 /// Puts a model turn's thought signature back where Gemini reads it: on the
 /// first function call (which Gemini 3 requires), else on the last part that
 /// is not a thought, else on the thought itself.
-fn place_signature(content: &[ContentPart], parts: &mut Vec<Value>) {
+fn place_signature(content: &[ContentPart], parts: &mut [Value]) {
     let Some(signature) = content.iter().find_map(|p| match p {
         ContentPart::Thinking {
             signature: Some(s), ..
