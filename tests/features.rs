@@ -24,13 +24,6 @@ enum Which {
     Gemini,
 }
 
-const ALL: [Which; 4] = [
-    Which::OpenAi,
-    Which::Responses,
-    Which::Anthropic,
-    Which::Gemini,
-];
-
 fn service(which: Which, server: &MockServer, model: &str) -> Svc {
     match which {
         Which::OpenAi => BoxCloneService::new(
