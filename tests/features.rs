@@ -557,3 +557,13 @@ async fn the_mock_refuses_a_second_turn_the_real_apis_refuse() {
     assert!(err.to_string().contains("role 'tool'"), "{err}");
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn continuing_a_stored_response_is_the_responses_apis_alone() {
+    let req = || hi().previous_response_id("resp_123");
+    let body = sent(Which::Responses, req()).await.unwrap();
+    assert_eq!(body["previous_response_id"], "resp_123");
+    for which in [Which::OpenAi, Which::Anthropic, Which::Gemini] {
+        refused(which, req(), "previous_response_id").await;
+    }
+}

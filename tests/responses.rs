@@ -524,3 +524,30 @@ async fn the_mock_refuses_what_the_real_api_refuses() {
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
     assert!(err.to_string().contains("rs_9"), "{err}");
 }
+
+/// Open-weight models served by vLLM stream their raw reasoning as
+/// `response.reasoning_text.delta`; a reasoning item without encrypted
+/// content comes back as its id alone.
+#[tokio::test]
+async fn raw_reasoning_text_arrives_as_thinking() {
+    let (events, err) = each_chunking("responses_reasoning_text.sse").await;
+    assert!(err.is_none(), "{err:?}");
+    let thinking: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::ThinkingDelta { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(thinking, ["Two plus two", " is four."]);
+    assert!(events.contains(&StreamEvent::RedactedThinking {
+        data: "rs_LT0003".into()
+    }));
+    assert_eq!(texts(&events), ["4"]);
+    assert!(events.contains(&StreamEvent::Usage(Usage {
+        input_tokens: 20,
+        output_tokens: 12,
+        reasoning_tokens: Some(9),
+        ..Usage::default()
+    })));
+}

@@ -68,6 +68,11 @@ pub struct ChatRequest {
     /// `cache_control` on the last tool; left out where caching is
     /// automatic).
     pub cache_tools: Option<CacheTtl>,
+    /// Continues a response the provider stored (the Responses API's
+    /// `previous_response_id`, with [`store`](crate::provider::OpenAiResponsesBuilder::store)
+    /// on): the conversation then holds only what is new. Refused by the
+    /// providers that keep no responses.
+    pub previous_response_id: Option<String>,
     /// Stream the answer as server-sent events (the default) or fetch it as
     /// one JSON body. Both produce the same [`StreamEvent`](crate::StreamEvent)s.
     pub stream: bool,
@@ -102,6 +107,7 @@ impl std::fmt::Debug for ChatRequest {
             .field("reasoning", &self.reasoning)
             .field("prompt_cache_key", &self.prompt_cache_key)
             .field("cache_tools", &self.cache_tools)
+            .field("previous_response_id", &self.previous_response_id)
             .field("stream", &self.stream)
             .field("extra", &self.extra)
             .field("extensions", &self.extensions)
@@ -214,6 +220,12 @@ impl ChatRequest {
     /// Marks the tool definitions as a cacheable prefix, kept for `ttl`.
     pub fn cache_tools(mut self, ttl: CacheTtl) -> Self {
         self.cache_tools = Some(ttl);
+        self
+    }
+
+    /// Continues the stored response `id` (the Responses API only).
+    pub fn previous_response_id(mut self, id: impl Into<String>) -> Self {
+        self.previous_response_id = Some(id.into());
         self
     }
 

@@ -224,6 +224,7 @@ impl Wire for AnthropicWire {
     type Decoder = AnthropicDecoder;
 
     fn encode(&self, req: &ChatRequest, model: &str) -> Result<Map<String, Value>, Error> {
+        super::encode::no_previous_response(NAME, req)?;
         let mut body = Map::new();
         if self.vertex {
             body.insert("anthropic_version".into(), VERTEX_VERSION.into());

@@ -1,7 +1,11 @@
 //! Helpers that encode a request's body: JSON merge patch for `extra`,
-//! floats as the decimals a person wrote.
+//! floats as the decimals a person wrote, and the check for what only one
+//! provider keeps.
 
 use serde_json::{Map, Value};
+
+use crate::chat::ChatRequest;
+use crate::error::Error;
 
 /// Applies `patch` to `target` as a JSON merge patch (RFC 7386): objects
 /// merge key by key, `null` removes a key, anything else replaces.
@@ -35,4 +39,16 @@ pub(super) fn decimal(x: f32) -> Value {
         .ok()
         .and_then(serde_json::Number::from_f64)
         .map_or(Value::Null, Value::Number)
+}
+
+/// A request that continues a stored response fails on a provider that
+/// keeps none: it would otherwise be answered without its history.
+pub(super) fn no_previous_response(provider: &str, req: &ChatRequest) -> Result<(), Error> {
+    match &req.previous_response_id {
+        Some(_) => Err(Error::config(format!(
+            "{provider}: keeps no responses to continue (previous_response_id is the Responses \
+             API's); send the whole conversation"
+        ))),
+        None => Ok(()),
+    }
 }

@@ -230,6 +230,7 @@ impl Wire for GeminiWire {
     }
 
     fn encode(&self, req: &ChatRequest, _model: &str) -> Result<Map<String, Value>, Error> {
+        super::encode::no_previous_response(NAME, req)?;
         let mut body = Map::new();
         let mut system = Vec::new();
         let mut contents = Vec::with_capacity(req.messages.len());

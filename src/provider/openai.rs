@@ -374,6 +374,7 @@ impl Wire for OpenAiWire {
     type Decoder = OpenAiDecoder;
 
     fn encode(&self, req: &ChatRequest, model: &str) -> Result<Map<String, Value>, Error> {
+        super::encode::no_previous_response(NAME, req)?;
         let mut body = Map::new();
         body.insert("model".into(), model.into());
         body.insert("messages".into(), Value::Array(encode_messages(req)));

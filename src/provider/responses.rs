@@ -321,6 +321,9 @@ impl Wire for ResponsesWire {
         if let Some(key) = &req.prompt_cache_key {
             body.insert("prompt_cache_key".into(), key.clone().into());
         }
+        if let Some(id) = &req.previous_response_id {
+            body.insert("previous_response_id".into(), id.clone().into());
+        }
         Ok(body)
     }
 
