@@ -503,17 +503,14 @@ async fn openai_sends_the_call_back_and_keeps_reasoning_to_itself() {
 #[tokio::test]
 async fn the_mock_refuses_a_second_turn_the_real_apis_refuse() {
     let server = MockServer::start().await;
-    // Anthropic: thinking without its signature.
-    let unsigned = hi().message(Message::new(
-        Role::Assistant,
-        vec![
-            ContentPart::Thinking {
-                text: "hmm".into(),
-                signature: None,
-            },
-            ContentPart::Text("ok".into()),
-        ],
-    ));
+    // Anthropic: thinking without its signature (which the provider never
+    // sends: only a body written by hand can carry one).
+    let unsigned = hi().extra(
+        "messages",
+        json!([{"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": ""},
+            {"type": "text", "text": "ok"}]}]),
+    );
     let err = service(Which::Anthropic, &server, "m")
         .oneshot(unsigned)
         .await
@@ -556,6 +553,34 @@ async fn the_mock_refuses_a_second_turn_the_real_apis_refuse() {
         .unwrap_err();
     assert!(err.to_string().contains("role 'tool'"), "{err}");
     assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
+}
+
+/// History from another provider: reasoning Anthropic did not sign is left
+/// out rather than sent to be refused.
+#[tokio::test]
+async fn anthropic_leaves_out_reasoning_it_did_not_write() {
+    let history = hi().message(Message::new(
+        Role::Assistant,
+        vec![
+            ContentPart::Thinking {
+                text: "a summary from elsewhere".into(),
+                signature: None,
+            },
+            ContentPart::RedactedThinking {
+                data: "rs_1:gAAAAenc".into(),
+            },
+            ContentPart::RedactedThinking {
+                data: "EqQBCkYIARgC".into(),
+            },
+            ContentPart::Text("ok".into()),
+        ],
+    ));
+    let body = sent(Which::Anthropic, history).await.unwrap();
+    assert_eq!(
+        body["messages"][1]["content"],
+        json!([{"type": "redacted_thinking", "data": "EqQBCkYIARgC"},
+               {"type": "text", "text": "ok"}])
+    );
 }
 
 #[tokio::test]

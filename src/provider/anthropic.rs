@@ -248,7 +248,12 @@ impl Wire for AnthropicWire {
                 Role::User => "user",
                 Role::Assistant => "assistant",
             };
-            let mut content: Vec<Value> = m.content.iter().map(encode_part).collect();
+            let mut content: Vec<Value> = m
+                .content
+                .iter()
+                .filter(|p| !foreign_reasoning(p))
+                .map(encode_part)
+                .collect();
             breakpoints += apply_cache_marks(&mut content)?;
             messages.push(json!({"role": role, "content": content}));
         }
@@ -394,6 +399,17 @@ impl Wire for AnthropicWire {
     }
 }
 
+/// Reasoning Anthropic could not have written, so cannot take back:
+/// thinking without a signature (another provider's, or a summary), and the
+/// Responses API's reasoning items (`rs_…`). Sent, either fails the call.
+fn foreign_reasoning(part: &ContentPart) -> bool {
+    match part {
+        ContentPart::Thinking { signature, .. } => signature.as_deref().is_none_or(str::is_empty),
+        ContentPart::RedactedThinking { data } => data.starts_with("rs_"),
+        _ => false,
+    }
+}
+
 /// The most cache breakpoints Anthropic takes in one request.
 const MAX_BREAKPOINTS: usize = 4;
 
@@ -467,7 +483,7 @@ fn encode_part(p: &ContentPart) -> Value {
             "is_error": is_error,
         }),
         ContentPart::Thinking { text, signature } => {
-            json!({"type": "thinking", "thinking": text, "signature": signature.clone().unwrap_or_default()})
+            json!({"type": "thinking", "thinking": text, "signature": signature.as_deref().unwrap_or_default()})
         }
         ContentPart::RedactedThinking { data } => {
             json!({"type": "redacted_thinking", "data": data})
