@@ -3,6 +3,7 @@
 
 use http::header::{HeaderName, HeaderValue};
 
+use crate::auth::secret_header;
 use crate::error::Error;
 
 /// The environment variable Azure's documentation and SDKs keep the key in.
@@ -57,9 +58,22 @@ impl Azure {
     }
 }
 
-/// An API key as Azure takes it: `api-key: {key}`.
-pub(crate) fn api_key_header(key: &HeaderValue) -> (HeaderName, HeaderValue) {
+/// Where an OpenAI provider sends an API key: Azure's `api-key: {key}`, or
+/// `Authorization: Bearer {key}`.
+pub(crate) fn key_header(azure: bool, key: &HeaderValue) -> (HeaderName, HeaderValue) {
+    if !azure {
+        return super::wire::bearer(key);
+    }
     let mut value = key.clone();
     value.set_sensitive(true);
     (KEY_HEADER, value)
+}
+
+/// The configured `key` as an OpenAI provider sends it (see [`key_header`]).
+pub(crate) fn configured_key(
+    provider: &str,
+    azure: bool,
+    key: &str,
+) -> Result<(HeaderName, HeaderValue), Error> {
+    Ok(key_header(azure, &secret_header(provider, key)?))
 }

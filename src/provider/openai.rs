@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -11,7 +11,6 @@ use super::{
     Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
     provider_service,
 };
-use crate::auth::secret_header;
 use crate::chat::{
     ChatRequest, ContentPart, DenseIndex, Effort, Image, ResponseFormat, Role, StopReason,
     StreamEvent, ToolChoice, Usage,
@@ -332,17 +331,12 @@ impl OpenAiBuilder {
             {
                 self.common.model = deployment.clone();
             }
-            if let Some(key) = &self.api_key {
-                auth.push((azure::KEY_HEADER, secret_header(NAME, key)?));
-            }
-        } else if let Some(key) = &self.api_key {
-            auth.push((
-                AUTHORIZATION,
-                secret_header(NAME, &format!("Bearer {key}"))?,
-            ));
+        }
+        let azure = self.azure.is_some();
+        if let Some(key) = &self.api_key {
+            auth.push(azure::configured_key(NAME, azure, key)?);
         }
         let mut common = self.common.common(NAME, &path, auth)?;
-        let azure = self.azure.is_some();
         if azure {
             common.key_header = Some(azure::KEY_HEADER);
         }
@@ -461,10 +455,7 @@ impl Wire for OpenAiWire {
     }
 
     fn api_key_header(&self, key: &HeaderValue) -> (HeaderName, HeaderValue) {
-        if self.azure {
-            return azure::api_key_header(key);
-        }
-        super::wire::bearer(key)
+        azure::key_header(self.azure, key)
     }
 
     fn decoder(&self) -> OpenAiDecoder {
@@ -491,11 +482,7 @@ fn encode_messages(req: &ChatRequest) -> Vec<Value> {
                         } => out.push(json!({"role": "tool", "tool_call_id": tool_call_id, "content": content})),
                         ContentPart::Text(t) => parts.push(json!({"type": "text", "text": t})),
                         ContentPart::Image(img) => {
-                            let url = match img {
-                                Image::Url(u) => u.clone(),
-                                Image::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
-                            };
-                            parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
+                            parts.push(json!({"type": "image_url", "image_url": {"url": image_url(img)}}));
                         }
                         _ => {}
                     }
@@ -544,6 +531,14 @@ fn encode_messages(req: &ChatRequest) -> Vec<Value> {
         }
     }
     out
+}
+
+/// An image as OpenAI's APIs take it: its URL, or its bytes as a `data:` URL.
+pub(super) fn image_url(img: &Image) -> String {
+    match img {
+        Image::Url(u) => u.clone(),
+        Image::Base64 { media_type, data } => format!("data:{media_type};base64,{data}"),
+    }
 }
 
 /// `effort` as OpenAI spells it: every level but [`Effort::Max`].

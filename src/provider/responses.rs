@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -11,9 +11,8 @@ use super::{
     Client, CommonBuilder, Decode, Decoded, Wire, common_builder_methods, default_transport,
     provider_service,
 };
-use crate::auth::secret_header;
 use crate::chat::{
-    ChatRequest, ContentPart, DenseIndex, Image, ResponseFormat, Role, StopReason, StreamEvent,
+    ChatRequest, ContentPart, DenseIndex, ResponseFormat, Role, StopReason, StreamEvent,
     ToolChoice, Usage,
 };
 use crate::error::Error;
@@ -187,14 +186,9 @@ impl OpenAiResponsesBuilder {
                 Azure::default().base_and_path(NAME, &self.common.base_url, "/responses")?;
             self.common.base_url = base;
             path = azure_path;
-            if let Some(key) = &self.api_key {
-                auth.push((azure::KEY_HEADER, secret_header(NAME, key)?));
-            }
-        } else if let Some(key) = &self.api_key {
-            auth.push((
-                AUTHORIZATION,
-                secret_header(NAME, &format!("Bearer {key}"))?,
-            ));
+        }
+        if let Some(key) = &self.api_key {
+            auth.push(azure::configured_key(NAME, self.azure, key)?);
         }
         let mut common = self.common.common(NAME, &path, auth)?;
         if self.azure {
@@ -328,10 +322,7 @@ impl Wire for ResponsesWire {
     }
 
     fn api_key_header(&self, key: &HeaderValue) -> (HeaderName, HeaderValue) {
-        if self.azure {
-            return azure::api_key_header(key);
-        }
-        super::wire::bearer(key)
+        azure::key_header(self.azure, key)
     }
 
     fn decoder(&self) -> ResponsesDecoder {
@@ -370,12 +361,7 @@ impl ResponsesWire {
                                 parts.push(json!({"type": "input_text", "text": t}));
                             }
                             ContentPart::Image(img) => {
-                                let url = match img {
-                                    Image::Url(u) => u.clone(),
-                                    Image::Base64 { media_type, data } => {
-                                        format!("data:{media_type};base64,{data}")
-                                    }
-                                };
+                                let url = super::openai::image_url(img);
                                 parts.push(json!({"type": "input_image", "image_url": url}));
                             }
                             ContentPart::ToolResult {
