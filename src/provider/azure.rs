@@ -3,6 +3,7 @@
 
 use http::header::{HeaderName, HeaderValue};
 
+use super::builder::check_path_name;
 use crate::auth::secret_header;
 use crate::error::Error;
 
@@ -40,17 +41,8 @@ impl Azure {
         let path = match &self.deployment {
             None => format!("/openai/v1{api}"),
             Some((deployment, version)) => {
-                for (what, value) in [("deployment", deployment), ("api-version", version)] {
-                    if value.is_empty()
-                        || !value
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                    {
-                        return Err(Error::config(format!(
-                            "{provider}: invalid Azure {what} {value:?} (letters, digits, '-', '_' and '.' only)"
-                        )));
-                    }
-                }
+                check_path_name(provider, "Azure deployment", deployment)?;
+                check_path_name(provider, "Azure api-version", version)?;
                 format!("/openai/deployments/{deployment}{api}?api-version={version}")
             }
         };

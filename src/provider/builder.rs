@@ -26,6 +26,22 @@ pub(super) fn endpoint(provider: &str, base: &str, path: &str) -> Result<Uri, Er
     Ok(uri)
 }
 
+/// Checks that `value`, the `what` of a cloud's path (an Azure deployment, a
+/// Vertex AI project), is a name that fits in one path segment: letters,
+/// digits, `-`, `_` and `.`.
+pub(super) fn check_path_name(provider: &str, what: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty()
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(Error::config(format!(
+            "{provider}: invalid {what} {value:?} (letters, digits, '-', '_' and '.' only)"
+        )));
+    }
+    Ok(())
+}
+
 /// Settings every provider builder has.
 #[derive(Clone)]
 pub(crate) struct CommonBuilder {

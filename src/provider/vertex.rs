@@ -1,6 +1,7 @@
 //! Vertex AI: where a project's models of a publisher live, for the
 //! providers' `vertex` constructors.
 
+use super::builder::check_path_name;
 use crate::error::Error;
 
 /// A Google Cloud project and location on Vertex AI.
@@ -24,17 +25,8 @@ impl Vertex {
     /// `/v1/projects/{project}/locations/{location}/publishers/{publisher}/`,
     /// after checking that the names fit in a path.
     pub(crate) fn publisher_path(&self, provider: &str, publisher: &str) -> Result<String, Error> {
-        for (what, value) in [("project", &self.project), ("location", &self.location)] {
-            if value.is_empty()
-                || !value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(Error::config(format!(
-                    "{provider}: invalid Vertex AI {what} {value:?}"
-                )));
-            }
-        }
+        check_path_name(provider, "Vertex AI project", &self.project)?;
+        check_path_name(provider, "Vertex AI location", &self.location)?;
         Ok(format!(
             "/v1/projects/{}/locations/{}/publishers/{publisher}/",
             self.project, self.location
