@@ -1,6 +1,6 @@
 //! What travels with one call, read by the providers and written by the
-//! layers: the call's [`Deadline`], its [`Attempts`] counter, and which
-//! provider it reached.
+//! layers: the call's [`Deadline`], its [`Attempts`] counter, which
+//! provider it reached, and which deployments of a pool it tried.
 //!
 //! A user puts a `Deadline` or an `Attempts` in the request's extensions;
 //! the layers keep theirs in the request's [`CallContext`], one shared
@@ -35,6 +35,8 @@ struct Shared {
     deadline: Mutex<Option<Instant>>,
     /// The highest attempt count a failure was reported with.
     reported: AtomicU32,
+    /// The deployments a pool sent this call to, as (pool, deployment).
+    tried: Mutex<Vec<(usize, usize)>>,
 }
 
 impl ChatRequest {
@@ -50,6 +52,7 @@ impl ChatRequest {
                 called: OnceLock::new(),
                 deadline: Mutex::new(None),
                 reported: AtomicU32::new(0),
+                tried: Mutex::new(Vec::new()),
             })
         });
         CallHandle(shared.clone())
@@ -111,6 +114,16 @@ impl CallHandle {
     /// this call was reported with as many yet.
     pub(crate) fn first_report(&self, attempts: u32) -> bool {
         self.0.reported.fetch_max(attempts, Ordering::Relaxed) < attempts
+    }
+
+    /// Notes that pool `pool` sent this call to its deployment `index`.
+    pub(crate) fn tried(&self, pool: usize, index: usize) {
+        crate::lock(&self.0.tried).push((pool, index));
+    }
+
+    /// Whether pool `pool` sent this call to its deployment `index` before.
+    pub(crate) fn has_tried(&self, pool: usize, index: usize) -> bool {
+        crate::lock(&self.0.tried).contains(&(pool, index))
     }
 
     /// Sets the deadline to `at`, unless one nearer is set.

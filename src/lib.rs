@@ -50,10 +50,13 @@
 //!   life of the stream); [`rate_limit`] (pacing by the provider's headers and
 //!   a budget of requests and tokens); [`fallback`] (a second service for
 //!   failures before output); [`trace`] (one span per call with
-//!   OpenTelemetry GenAI attributes). The README's "Stacking layers" gives
-//!   their order.
+//!   OpenTelemetry GenAI attributes); [`pool`] ([`Pool`], one service over
+//!   several deployments, with cooldowns and hedging). The README's
+//!   "Stacking layers" gives their order.
 //! - **Providers** and their transport: [`provider`] ([`OpenAi`] and every
-//!   OpenAI-compatible server through [`Preset`]s, [`Anthropic`], [`Gemini`]),
+//!   OpenAI-compatible server through [`Preset`]s, [`OpenAiResponses`],
+//!   [`Anthropic`], [`Gemini`], with Azure OpenAI and Vertex AI through
+//!   their constructors),
 //!   generic over the HTTP service under them; [`transport`], the default
 //!   reqwest one. `mock` (feature `mock`) is a scriptable server on loopback
 //!   speaking the providers' wire formats, for tests and demos.
@@ -119,6 +122,7 @@ mod headers;
 pub mod limit;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod pool;
 pub mod provider;
 pub mod rate_limit;
 mod redact;
@@ -180,6 +184,7 @@ pub use error::{ApiError, BoxError, DecodeError, Error, TimeoutPhase, TransportP
 pub use fallback::layer::FallbackLayer;
 pub use headers::{RateLimitInfo, parse_retry_after};
 pub use limit::layer::StreamConcurrencyLimitLayer;
+pub use pool::Pool;
 pub use provider::anthropic::Anthropic;
 pub use provider::gemini::Gemini;
 pub use provider::openai::{OpenAi, Preset};

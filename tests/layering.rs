@@ -20,6 +20,7 @@ const LAYERS: &[&str] = &[
     "limit",
     "fallback",
     "trace",
+    "pool",
 ];
 
 /// Files and folders under `src/` that sit below every layer.

@@ -142,6 +142,9 @@ pub struct ResponseMeta {
     pub attempts: u32,
     /// What the provider's rate-limit headers said, if it sent any.
     pub rate_limit: Option<RateLimitInfo>,
+    /// The [`Pool`](crate::Pool) deployment that answered, when a pool
+    /// picked one.
+    pub deployment: Option<std::sync::Arc<str>>,
 }
 
 impl ResponseMeta {
@@ -156,6 +159,7 @@ impl ResponseMeta {
             headers: HeaderMap::new(),
             attempts: 1,
             rate_limit: None,
+            deployment: None,
         }
     }
 }

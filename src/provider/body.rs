@@ -56,6 +56,7 @@ where
         headers: parts.headers,
         attempts: ctx.attempt,
         rate_limit,
+        deployment: None,
     };
     ChatStream::new(
         meta,

@@ -1,0 +1,500 @@
+//! [`Pool`]: one service over several deployments of a model — keys,
+//! regions, Azure resources, providers — that sends each call where it costs
+//! least and will not be refused, takes failing deployments out for a
+//! cooldown, and may hedge a slow call before its first output.
+//!
+//! - **The pick**: power of two choices among the deployments that take
+//!   calls, by *open streams* per unit of weight (a stream counts until it
+//!   ends or is dropped, not until its head arrives), divided by the share
+//!   of their rate limits the deployments last reported left. A deployment
+//!   that reported nothing left is not picked before its reset.
+//! - **Cooldowns**: a 429 takes a deployment out for its `retry-after` (else
+//!   the cooldown); overload, 5xx, transport failures, timeouts and broken
+//!   answers take it out after a number of them within a window (default 3
+//!   in 60 s) for the cooldown (default 30 s, doubled by each failed probe up
+//!   to 5 min); 401 and 403 take it out until
+//!   [`Pool::credential_changed`]. After a cooldown one probe call decides.
+//!   Failures are read from the [`Error`] classes, and only failures before
+//!   output count: the pool reads each answer up to its first output event
+//!   (as the retry layer does) to know.
+//! - **When every deployment is out** the call fails at once with
+//!   [`Error::Overloaded`] whose `retry_after` is when the first is back, so
+//!   a [`TransportRetryLayer`](crate::TransportRetryLayer) above waits
+//!   exactly that long. Under a retry layer, a retried attempt goes to a
+//!   deployment the call has not tried, when one takes calls.
+//! - **Hedging** (off by default): a call with no output after
+//!   [`hedge_after`](PoolBuilder::hedge_after) starts a second attempt on
+//!   another deployment; the first to deliver output wins and the other is
+//!   dropped, connection and all. Output from both cannot happen: the pool
+//!   resolves with one primed answer. Hedges are bounded by a budget (by
+//!   default 10% of calls).
+//!
+//! [`ResponseMeta::deployment`](crate::ResponseMeta::deployment) says which
+//! deployment answered; [`Pool::status`] gives each one's state for
+//! metrics; every cooldown, probe and hedge is a `tracing` event.
+//!
+//! Why not `tower::balance::p2c`: its load is read from services that stay
+//! ready between calls, and `tower::load`'s pending-request count ends when
+//! the response future resolves — for an LLM, at the head, while the stream
+//! that costs the deployment goes on for minutes. Here the load lives as
+//! long as the stream, and the pick also reads the deployment's cooldown and
+//! reported headroom, which a `Load` value cannot carry.
+//!
+//! ```
+//! use std::time::Duration;
+//! use llm_tower::{OpenAi, Pool};
+//!
+//! let east = OpenAi::azure("https://contoso-east.openai.azure.com").model("gpt-4o").build()?;
+//! let west = OpenAi::azure("https://contoso-west.openai.azure.com").model("gpt-4o").build()?;
+//! let pool = Pool::builder()
+//!     .deployment("east", east)
+//!     .weighted_deployment("west", 2, west)
+//!     .failures(3, Duration::from_secs(60))
+//!     .cooldown(Duration::from_secs(30))
+//!     .hedge_after(Duration::from_secs(5))
+//!     .build()?;
+//! assert_eq!(pool.status().len(), 2);
+//! # Ok::<(), llm_tower::Error>(())
+//! ```
+
+mod future;
+mod health;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower::Service;
+use tower::util::BoxCloneService;
+
+use crate::error::ApiError;
+use crate::{ChatRequest, ChatStream, Error};
+
+pub use future::ResponseFuture;
+pub use health::Health;
+use health::{Breaker, Outcome, Standing};
+
+/// A deployment's service, boxed.
+type Svc = BoxCloneService<ChatRequest, ChatStream, Error>;
+
+/// One service over several deployments. See the [module docs](self).
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    deployments: Vec<Deployment>,
+    breaker: Breaker,
+    hedge: Option<Hedge>,
+    /// Calls, and hedges started, for the hedge budget.
+    calls: AtomicU64,
+    hedges: AtomicU64,
+    /// The pick's random state (xorshift).
+    rng: AtomicU64,
+}
+
+struct Deployment {
+    name: Arc<str>,
+    weight: f64,
+    /// Cloned for each call (a boxed service is `Send`, not `Sync`).
+    service: Mutex<Svc>,
+    standing: Mutex<Standing>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hedge {
+    after: Duration,
+    budget: f64,
+}
+
+/// A deployment's state, for metrics.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeploymentStatus {
+    /// Its name.
+    pub name: Arc<str>,
+    /// Whether it takes calls.
+    pub health: Health,
+    /// Streams it is serving now.
+    pub open_streams: usize,
+    /// Requests its last rate-limit headers said were left.
+    pub remaining_requests: Option<u64>,
+    /// Tokens its last rate-limit headers said were left.
+    pub remaining_tokens: Option<u64>,
+}
+
+impl Pool {
+    /// Configures a pool.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder {
+            deployments: Vec::new(),
+            breaker: Breaker {
+                failures: 3,
+                window: Duration::from_secs(60),
+                cooldown: Duration::from_secs(30),
+                max_cooldown: Duration::from_secs(300),
+            },
+            hedge: None,
+            budget: 0.1,
+        }
+    }
+
+    /// Each deployment's state, in the order they were added.
+    pub fn status(&self) -> Vec<DeploymentStatus> {
+        self.shared
+            .deployments
+            .iter()
+            .map(|d| {
+                let s = crate::lock(&d.standing);
+                let (remaining_requests, remaining_tokens) = s.headroom.remaining();
+                DeploymentStatus {
+                    name: d.name.clone(),
+                    health: s.health,
+                    open_streams: s.open,
+                    remaining_requests,
+                    remaining_tokens,
+                }
+            })
+            .collect()
+    }
+
+    /// Hedges started so far.
+    pub fn hedges(&self) -> u64 {
+        self.shared.hedges.load(Ordering::Relaxed)
+    }
+
+    /// The credential of deployment `name` changed: if it was locked out by
+    /// a refused credential, its next call probes. Whether `name` is one of
+    /// the pool's deployments.
+    pub fn credential_changed(&self, name: &str) -> bool {
+        let Some(d) = self.shared.deployments.iter().find(|d| &*d.name == name) else {
+            return false;
+        };
+        let mut s = crate::lock(&d.standing);
+        if s.health == Health::Locked {
+            s.health = Health::CoolingDown {
+                until: Instant::now(),
+            };
+        }
+        true
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("deployments", &self.status())
+            .field("breaker", &self.shared.breaker)
+            .field("hedge", &self.shared.hedge)
+            .finish()
+    }
+}
+
+/// Builds a [`Pool`].
+pub struct PoolBuilder {
+    deployments: Vec<(String, u32, Svc)>,
+    breaker: Breaker,
+    hedge: Option<Duration>,
+    budget: f64,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field(
+                "deployments",
+                &self
+                    .deployments
+                    .iter()
+                    .map(|(n, w, _)| (n, w))
+                    .collect::<Vec<_>>(),
+            )
+            .field("breaker", &self.breaker)
+            .field("hedge", &self.hedge)
+            .field("budget", &self.budget)
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    /// Adds a deployment named `name` (for metrics and
+    /// [`ResponseMeta::deployment`](crate::ResponseMeta::deployment)), of
+    /// weight 1: any service of this crate's shape — a provider, or a
+    /// provider under its own layers.
+    pub fn deployment<S>(self, name: impl Into<String>, service: S) -> Self
+    where
+        S: Service<ChatRequest, Response = ChatStream, Error = Error> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        self.weighted_deployment(name, 1, service)
+    }
+
+    /// Adds a deployment that takes `weight` times the open streams of one
+    /// of weight 1 at equal cost.
+    pub fn weighted_deployment<S>(
+        mut self,
+        name: impl Into<String>,
+        weight: u32,
+        service: S,
+    ) -> Self
+    where
+        S: Service<ChatRequest, Response = ChatStream, Error = Error> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        self.deployments
+            .push((name.into(), weight, BoxCloneService::new(service)));
+        self
+    }
+
+    /// `n` failures within `window` take a deployment out (default 3 in
+    /// 60 s).
+    pub fn failures(mut self, n: u32, window: Duration) -> Self {
+        self.breaker.failures = n;
+        self.breaker.window = window;
+        self
+    }
+
+    /// How long a deployment stays out (default 30 s); each failed probe
+    /// doubles it, up to `max(cooldown, 5 min)`.
+    pub fn cooldown(mut self, cooldown: Duration) -> Self {
+        self.breaker.cooldown = cooldown;
+        self.breaker.max_cooldown = cooldown.max(Duration::from_secs(300));
+        self
+    }
+
+    /// Starts a second attempt on another deployment when a call has no
+    /// output after `delay` (off by default).
+    pub fn hedge_after(mut self, delay: Duration) -> Self {
+        self.hedge = Some(delay);
+        self
+    }
+
+    /// Hedges at most this share of calls (default 0.1: 10% more
+    /// requests at most).
+    pub fn hedge_budget(mut self, share: f64) -> Self {
+        self.budget = share;
+        self
+    }
+
+    /// Builds the pool: at least one deployment, distinct names, weights
+    /// of at least 1, at least one failure, a budget from 0 to 1.
+    pub fn build(self) -> Result<Pool, Error> {
+        if self.deployments.is_empty() {
+            return Err(Error::config("pool: no deployments"));
+        }
+        for (i, (name, weight, _)) in self.deployments.iter().enumerate() {
+            if self.deployments[..i].iter().any(|(n, _, _)| n == name) {
+                return Err(Error::config(format!(
+                    "pool: two deployments named {name:?}"
+                )));
+            }
+            if *weight == 0 {
+                return Err(Error::config(format!(
+                    "pool: deployment {name:?} has weight 0"
+                )));
+            }
+        }
+        if self.breaker.failures == 0 {
+            return Err(Error::config("pool: failures must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.budget) {
+            return Err(Error::config(format!(
+                "pool: hedge budget {} is not a share from 0 to 1",
+                self.budget
+            )));
+        }
+        let breaker = self.breaker;
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                deployments: self
+                    .deployments
+                    .into_iter()
+                    .map(|(name, weight, service)| Deployment {
+                        name: name.into(),
+                        weight: f64::from(weight),
+                        service: Mutex::new(service),
+                        standing: Mutex::new(Standing::new(&breaker)),
+                    })
+                    .collect(),
+                breaker,
+                hedge: self.hedge.map(|after| Hedge {
+                    after,
+                    budget: self.budget,
+                }),
+                calls: AtomicU64::new(0),
+                hedges: AtomicU64::new(0),
+                rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            }),
+        })
+    }
+}
+
+impl Shared {
+    fn id(self: &Arc<Self>) -> usize {
+        Arc::as_ptr(self) as usize
+    }
+
+    /// A number from 0 to `n - 1` (n > 0).
+    fn random(&self, n: usize) -> usize {
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Ordering::Relaxed);
+        (x % n as u64) as usize
+    }
+
+    /// Picks a deployment for a call and counts the call on it: power of two
+    /// choices among those that take calls and are not `never`, those
+    /// `avoid` says to avoid left out while another takes calls. `Err` with
+    /// the soonest time one is back when none takes calls.
+    fn pick(
+        &self,
+        avoid: impl Fn(usize) -> bool,
+        never: impl Fn(usize) -> bool,
+    ) -> Result<usize, Option<Instant>> {
+        let now = Instant::now();
+        // A racing call may take the one picked (its probe): look again.
+        for _ in 0..4 {
+            let mut soonest: Option<Instant> = None;
+            let mut open = Vec::with_capacity(self.deployments.len());
+            for (i, d) in self.deployments.iter().enumerate() {
+                if never(i) {
+                    continue;
+                }
+                let s = crate::lock(&d.standing);
+                match s.admits(now) {
+                    Ok(_) => open.push((i, s.cost(d.weight, now))),
+                    Err(back) => soonest = crate::nearer(soonest, back),
+                }
+            }
+            if open.is_empty() {
+                return Err(soonest);
+            }
+            if open.iter().any(|(i, _)| !avoid(*i)) {
+                open.retain(|(i, _)| !avoid(*i));
+            }
+            let (a, b) = match open.len() {
+                1 => (open[0], open[0]),
+                n => {
+                    let x = self.random(n);
+                    let y = (x + 1 + self.random(n - 1)) % n;
+                    (open[x], open[y])
+                }
+            };
+            let chosen = if b.1 < a.1 { b.0 } else { a.0 };
+            let d = &self.deployments[chosen];
+            let mut s = crate::lock(&d.standing);
+            if let Ok(probe) = s.admits(now) {
+                s.start(probe);
+                if probe {
+                    tracing::info!(
+                        deployment = &*d.name,
+                        "probing a deployment after its cooldown"
+                    );
+                }
+                return Ok(chosen);
+            }
+        }
+        Err(None)
+    }
+
+    /// Records how a call sent to deployment `index` went.
+    fn record(&self, index: usize, outcome: Outcome, error: Option<&Error>) {
+        let d = &self.deployments[index];
+        let now = Instant::now();
+        let changed = {
+            let mut s = crate::lock(&d.standing);
+            if let Some(info) = error
+                .and_then(Error::api_error)
+                .and_then(ApiError::rate_limit)
+            {
+                s.headroom.update(info, now);
+            }
+            s.record(outcome, &self.breaker, now)
+        };
+        match changed {
+            Some(Health::CoolingDown { until }) => tracing::warn!(
+                deployment = &*d.name,
+                cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
+                error = error.map(tracing::field::display),
+                "deployment cooling down"
+            ),
+            Some(Health::InService) => {
+                tracing::info!(deployment = &*d.name, "deployment back in service");
+            }
+            Some(Health::Locked) => tracing::warn!(
+                deployment = &*d.name,
+                error = error.map(tracing::field::display),
+                "deployment out until its credential changes"
+            ),
+            Some(Health::Probing) | None => {}
+        }
+    }
+
+    /// The error of a call no deployment takes.
+    fn exhausted(&self, soonest: Option<Instant>) -> Error {
+        let retry_after = soonest.map(|t| t.saturating_duration_since(Instant::now()));
+        let message = match retry_after {
+            Some(d) => format!(
+                "all {} deployments are out; the first is back in {d:?}",
+                self.deployments.len()
+            ),
+            None => format!(
+                "all {} deployments are out (probing, or refusing their credentials)",
+                self.deployments.len()
+            ),
+        };
+        Error::Overloaded {
+            retry_after,
+            error: Box::new(ApiError {
+                provider: "pool",
+                error_type: Some("no_deployment".into()),
+                message: Some(message),
+                retry_after,
+                local: true,
+                ..ApiError::default()
+            }),
+        }
+    }
+
+    /// Whether the budget allows one more hedge.
+    fn may_hedge(&self, budget: f64) -> bool {
+        let calls = self.calls.load(Ordering::Relaxed) as f64;
+        let hedges = self.hedges.load(Ordering::Relaxed) as f64;
+        hedges < budget * calls
+    }
+}
+
+/// A call's count on the deployment serving it, held by its stream: the
+/// deployment's open streams drop when the stream ends or is dropped.
+struct Open {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let mut s = crate::lock(&self.shared.deployments[self.index].standing);
+        s.open = s.open.saturating_sub(1);
+    }
+}
+
+impl Service<ChatRequest> for Pool {
+    type Response = ChatStream;
+    type Error = Error;
+    type Future = ResponseFuture;
+
+    /// Always ready: the deployment is picked, and readied, in the call.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: ChatRequest) -> ResponseFuture {
+        ResponseFuture::new(self.shared.clone(), req)
+    }
+}
