@@ -592,3 +592,30 @@ async fn continuing_a_stored_response_is_the_responses_apis_alone() {
         refused(which, req(), "previous_response_id").await;
     }
 }
+
+#[tokio::test]
+async fn two_breakpoints_in_a_row_mark_one_part_and_thinking_takes_none() {
+    let twice = hi().message(
+        Message::user("doc")
+            .cache(CacheTtl::Short)
+            .cache(CacheTtl::Hour),
+    );
+    let body = sent(Which::Anthropic, twice).await.unwrap();
+    assert_eq!(
+        body["messages"][1]["content"],
+        json!([{"type": "text", "text": "doc", "cache_control": {"type": "ephemeral", "ttl": "1h"}}])
+    );
+    let after_thinking = hi().message(Message::new(
+        Role::Assistant,
+        vec![
+            ContentPart::Thinking {
+                text: "t".into(),
+                signature: Some("sig".into()),
+            },
+            ContentPart::CacheBreakpoint {
+                ttl: CacheTtl::Short,
+            },
+        ],
+    ));
+    refused(Which::Anthropic, after_thinking, "thinking cannot carry").await;
+}

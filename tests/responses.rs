@@ -551,3 +551,81 @@ async fn raw_reasoning_text_arrives_as_thinking() {
         ..Usage::default()
     })));
 }
+
+/// A body that is an error, or a response that did not end, is a failure,
+/// not an empty answer; `null` where a list belongs is an empty list; a
+/// message a server sends whole, without deltas, is not lost.
+#[tokio::test]
+async fn whole_bodies_that_failed_and_items_sent_whole() {
+    let server = MockServer::start().await;
+    let svc = responses_at(&server);
+    let whole = |body: serde_json::Value| Reply::body(200, "application/json", body.to_string());
+    server.push(whole(
+        json!({"error": {"code": "invalid_prompt", "message": "flagged"}}),
+    ));
+    server.push(whole(
+        json!({"id": "resp_1", "status": "cancelled", "output": []}),
+    ));
+    server.push(whole(
+        json!({"id": "resp_2", "status": "completed", "output": [
+        {"type": "message", "id": "m", "content": null},
+        {"type": "message", "id": "m2", "content": [{"type": "output_text", "text": "ok"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": null}],
+        "usage": null}),
+    ));
+    let call = || {
+        svc.clone().oneshot(
+            ChatRequest::new("m")
+                .message(Message::user("hi"))
+                .stream(false),
+        )
+    };
+    let err = call().await.unwrap().completion().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest { .. }), "{err:?}");
+    assert!(!err.is_retryable(), "the same prompt fails the same way");
+    let err = call().await.unwrap().completion().await.unwrap_err();
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    let ok = call().await.unwrap().completion().await.unwrap();
+    assert_eq!(ok.text, "ok");
+    assert_eq!(ok.redacted_thinking, ["rs_1"]);
+
+    // Streamed, a message whose text came only in its item.
+    let events = [
+        "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"m\",\"content\":[{\"type\":\"output_text\",\"text\":\"whole\"}]}}\n\n",
+        "event: response.refusal.done\ndata: {\"type\":\"response.refusal.done\",\"output_index\":1,\"refusal\":\"no\"}\n\n",
+        "event: response.output_item.done\ndata: {\"type\":\"response.output_item.done\",\"output_index\":1,\"item\":{\"type\":\"message\",\"id\":\"m2\",\"content\":[{\"type\":\"refusal\",\"refusal\":\"no\"}]}}\n\n",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":\"completed\",\"output\":[{\"content\":null}]}}\n\n",
+    ];
+    server.push(Reply::sse(events));
+    let c = svc
+        .oneshot(ChatRequest::new("m").message(Message::user("hi")))
+        .await
+        .unwrap()
+        .completion()
+        .await
+        .unwrap();
+    assert_eq!(c.text, "whole");
+    assert_eq!(c.refusal, "no");
+}
+
+#[tokio::test]
+async fn a_continued_response_may_answer_calls_the_stored_one_made() {
+    let server = MockServer::start().await;
+    server.push(Reply::text(["ok"]));
+    let svc = OpenAiResponses::builder()
+        .base_url(server.openai_url())
+        .store(true)
+        .model("m")
+        .build()
+        .unwrap();
+    svc.oneshot(
+        ChatRequest::new("m")
+            .previous_response_id("resp_9")
+            .message(Message::tool_result("call_from_resp_9", "42")),
+    )
+    .await
+    .expect("the mock takes outputs for the stored response's calls")
+    .completion()
+    .await
+    .unwrap();
+}

@@ -142,7 +142,7 @@ async fn the_command_source_trims_the_output_and_may_say_how_long_it_lasts() {
     assert!(credential.expiry().is_some());
     let key = CommandSource::new("echo")
         .args(["k"])
-        .api_key()
+        .scheme(AuthScheme::ApiKey)
         .fetch()
         .await
         .unwrap();
@@ -217,4 +217,15 @@ async fn through_the_refresh_layer_a_failing_command_fails_the_call_typed() {
         .unwrap_err();
     assert!(matches!(err, Error::Refresh { .. }), "{err:?}");
     assert_eq!(server.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_chatty_stderr_does_not_block_the_token_and_debug_hides_the_arguments() {
+    let source = CommandSource::new("sh").args([
+        "-c",
+        "head -c 200000 /dev/zero | tr '\\0' e >&2; echo tok-after-noise",
+    ]);
+    assert!(!format!("{source:?}").contains("tok-after-noise"));
+    let credential = source.fetch().await.unwrap();
+    assert_eq!(credential.expose_secret(), "tok-after-noise");
 }

@@ -24,7 +24,9 @@ use serde_json::Value;
 pub enum ResponseFormat {
     /// Any valid JSON value (OpenAI asks that the prompt mention JSON too).
     Json,
-    /// JSON that matches a schema.
+    /// JSON that matches a schema; made with
+    /// [`json_schema`](ResponseFormat::json_schema).
+    #[non_exhaustive]
     JsonSchema {
         /// A name for the schema (`[a-zA-Z0-9_-]`, at most 64 characters,
         /// as OpenAI requires).
@@ -46,6 +48,15 @@ impl ResponseFormat {
             strict: true,
         }
     }
+
+    /// Whether a schema is followed exactly (OpenAI's `strict`; default
+    /// on). No effect on [`Json`](ResponseFormat::Json).
+    pub fn strict(mut self, on: bool) -> Self {
+        if let ResponseFormat::JsonSchema { strict, .. } = &mut self {
+            *strict = on;
+        }
+        self
+    }
 }
 
 /// How much the model reasons before it answers, and whether it says how.
@@ -54,8 +65,10 @@ impl ResponseFormat {
 /// |---|---|---|---|---|
 /// | [`effort`](Reasoning::effort) | `reasoning_effort` | `reasoning.effort` | `output_config.effort`, with adaptive thinking | `thinkingConfig.thinkingLevel` |
 /// | [`budget_tokens`](Reasoning::budget_tokens) | — (refused) | — (refused) | `thinking.budget_tokens` | `thinkingConfig.thinkingBudget` |
-/// | [`summary`](Reasoning::summary) | — (refused) | `reasoning.summary: auto` | always (thinking is returned) | `thinkingConfig.includeThoughts` |
+/// | [`summary`](Reasoning::summary) | — (refused) | `reasoning.summary: auto` | — (thinking, when on, comes back anyway) | `thinkingConfig.includeThoughts` |
 ///
+/// On Anthropic an effort also turns on adaptive thinking, which the models
+/// since Claude Opus 4.6 take; give older thinking models a budget instead.
 /// Not every level exists everywhere: `Minimal` is not Anthropic's, `XHigh`
 /// and `Max` are not Gemini's, `Max` is not OpenAI's; a level a provider
 /// lacks is refused. Gemini takes a level or a budget, not both.
@@ -86,6 +99,12 @@ impl Reasoning {
             budget_tokens: Some(tokens),
             ..Reasoning::default()
         }
+    }
+
+    /// Also at `effort`.
+    pub fn with_effort(mut self, effort: Effort) -> Self {
+        self.effort = Some(effort);
+        self
     }
 
     /// Also within `tokens` of thinking.
@@ -135,7 +154,8 @@ impl Effort {
     }
 }
 
-/// How long a cached prompt prefix is kept.
+/// How long a cached prompt prefix is kept. Anthropic takes hour-long
+/// breakpoints only before the shorter ones in a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]

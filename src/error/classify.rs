@@ -171,7 +171,16 @@ fn class_from_type(api: &ApiError) -> Option<Class> {
             | "not_found_error"
             | "request_too_large"
             | "INVALID_ARGUMENT"
-            | "NOT_FOUND" => Some(Class::InvalidRequest),
+            | "NOT_FOUND"
+            // The Responses API's `response.failed` codes for what the
+            // request holds: sending it again fails the same way.
+            | "invalid_prompt"
+            | "empty_image_file"
+            | "failed_to_download_image"
+            | "unsupported_image_media_type" => Some(Class::InvalidRequest),
+            t if t.starts_with("invalid_image") || t.starts_with("image_") => {
+                Some(Class::InvalidRequest)
+            }
             _ => None,
         })
 }

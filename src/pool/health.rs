@@ -269,7 +269,10 @@ mod tests {
         let mut s = Standing::new(&b);
         let t0 = Instant::now();
         assert_eq!(s.record(Outcome::Failed, &b, t0), None);
-        assert_eq!(s.record(Outcome::Failed, &b, t0 + Duration::from_secs(30)), None);
+        assert_eq!(
+            s.record(Outcome::Failed, &b, t0 + Duration::from_secs(30)),
+            None
+        );
         // The third, 61 s after the first, finds only two in its window.
         let late = t0 + Duration::from_secs(61);
         assert_eq!(s.record(Outcome::Failed, &b, late), None);

@@ -445,8 +445,18 @@ fn apply_cache_marks(blocks: &mut Vec<Value>) -> Result<usize, Error> {
                         "{NAME}: a cache breakpoint must follow a part of its message"
                     )));
                 };
+                let kind = before.get("type").and_then(Value::as_str);
+                if matches!(kind, Some("thinking" | "redacted_thinking")) {
+                    return Err(Error::config(format!(
+                        "{NAME}: thinking cannot carry a cache breakpoint; put it after \
+                         another part"
+                    )));
+                }
+                // Two in a row mark one part: the later one's TTL counts.
+                if before.get("cache_control").is_none() {
+                    marks += 1;
+                }
                 before["cache_control"] = control;
-                marks += 1;
             }
             None => out.push(block),
         }

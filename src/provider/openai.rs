@@ -264,8 +264,8 @@ impl std::fmt::Debug for OpenAiBuilder {
 impl OpenAiBuilder {
     common_builder_methods!();
 
-    /// The API key, sent as `Authorization: Bearer …`. Local servers often
-    /// need none.
+    /// The API key, sent as `Authorization: Bearer …` (on Azure, in
+    /// `api-key`). Local servers often need none.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         let key = key.into();
         self.api_key = (!key.is_empty()).then_some(key);
@@ -293,10 +293,12 @@ impl OpenAiBuilder {
         self
     }
 
-    /// Azure OpenAI's deployment style: requests go to
+    /// Azure OpenAI's deployment style, after [`OpenAi::azure`]: requests
+    /// go to
     /// `{endpoint}/openai/deployments/{deployment}/chat/completions?api-version={api_version}`,
-    /// with the key in `api-key` as for [`OpenAi::azure`] (which this
-    /// implies); the deployment is the default model. The names may hold
+    /// with the key in `api-key`; the deployment is the default model. (On
+    /// a builder not made by [`OpenAi::azure`], the base URL is taken as the
+    /// resource's endpoint, and `AZURE_OPENAI_API_KEY` is not read.) The names may hold
     /// letters, digits, `-`, `_` and `.`; anything else fails the build.
     pub fn azure_deployment(
         mut self,

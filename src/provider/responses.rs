@@ -144,7 +144,8 @@ impl std::fmt::Debug for OpenAiResponsesBuilder {
 impl OpenAiResponsesBuilder {
     common_builder_methods!();
 
-    /// The API key, sent as `Authorization: Bearer …`.
+    /// The API key, sent as `Authorization: Bearer …` (on Azure, in
+    /// `api-key`).
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         let key = key.into();
         self.api_key = (!key.is_empty()).then_some(key);
@@ -448,22 +449,39 @@ struct WireEvent<'a> {
     output_index: Option<u64>,
     #[serde(default)]
     summary_index: Option<u64>,
+    #[serde(default)]
+    content_index: Option<u64>,
     #[serde(borrow, default)]
     delta: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     arguments: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     item: Option<Item<'a>>,
     #[serde(borrow, default)]
-    response: Option<WireResponse<'a>>,
+    response: Option<Ending<'a>>,
 }
 
-/// A response object: in `response.*` lifecycle events, and the whole body
-/// of a non-streaming answer.
+/// A response object as the `response.*` lifecycle events carry it: its
+/// output (which the stream's events gave already) is not read.
 #[derive(Deserialize)]
-struct WireResponse<'a> {
+struct Ending<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(borrow, default)]
+    incomplete_details: Option<IncompleteDetails<'a>>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+/// The whole body of a non-streaming answer: the same, with its output.
+#[derive(Deserialize)]
+struct Whole<'a> {
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -471,13 +489,27 @@ struct WireResponse<'a> {
     #[serde(borrow, default)]
     status: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    output: Vec<Item<'a>>,
+    output: Option<Vec<Item<'a>>>,
     #[serde(default)]
     usage: Option<WireUsage>,
     #[serde(borrow, default)]
     incomplete_details: Option<IncompleteDetails<'a>>,
     #[serde(default)]
     error: Option<Value>,
+}
+
+impl<'a> Whole<'a> {
+    fn split(self) -> (Vec<Item<'a>>, Ending<'a>) {
+        let ending = Ending {
+            id: self.id,
+            model: self.model,
+            status: self.status,
+            usage: self.usage,
+            incomplete_details: self.incomplete_details,
+            error: self.error,
+        };
+        (self.output.unwrap_or_default(), ending)
+    }
 }
 
 #[derive(Deserialize)]
@@ -502,11 +534,11 @@ struct Item<'a> {
     arguments: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     encrypted_content: Option<Cow<'a, str>>,
-    /// A message's parts, or a reasoning item's raw text.
+    /// A message's parts, or a reasoning item's raw text (`null` is none).
     #[serde(borrow, default)]
-    content: Vec<Part<'a>>,
+    content: Option<Vec<Part<'a>>>,
     #[serde(borrow, default)]
-    summary: Vec<Part<'a>>,
+    summary: Option<Vec<Part<'a>>>,
 }
 
 /// A part of a message (`output_text`, `refusal`) or of a reasoning item
@@ -566,12 +598,13 @@ pub(crate) struct ResponsesDecoder {
     /// Per tool call (by position): whether argument deltas came, so that
     /// `.done` does not repeat them.
     tool_deltas: Vec<bool>,
-    /// Whether text deltas came for the item at the output index last seen,
-    /// so that `response.output_text.done` does not repeat them.
-    text_deltas: Option<(u64, bool)>,
-    /// The last reasoning summary part seen, as (output index, summary
+    /// The output index of the message whose text or refusal deltas came
+    /// last, so that its `.done` events do not repeat them and a message
+    /// sent whole (no deltas) is not lost.
+    delivered: Option<u64>,
+    /// The last reasoning part seen, as (output index, part kind, part
     /// index): a new one is set off from the one before by a blank line.
-    summary_part: Option<(u64, u64)>,
+    reasoning_part: Option<(u64, bool, u64)>,
     /// Whether any function call was part of the answer.
     called: bool,
 }
@@ -605,26 +638,29 @@ impl ResponsesDecoder {
                 }
             }
             "response.output_text.delta" => {
-                self.text_deltas = Some((output, true));
+                self.delivered = Some(output);
                 push_text(out, ev.delta, |text| StreamEvent::TextDelta { text });
             }
-            "response.output_text.done" => {
-                if self.text_deltas != Some((output, true)) {
-                    push_text(out, ev.text, |text| StreamEvent::TextDelta { text });
-                }
-                self.text_deltas = None;
-            }
             "response.refusal.delta" => {
+                self.delivered = Some(output);
                 push_text(out, ev.delta, |text| StreamEvent::RefusalDelta { text });
             }
+            // Deltas came, or the whole message comes at its item's end.
+            "response.output_text.done" | "response.refusal.done" => {}
             "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
-                let part = (output, ev.summary_index.unwrap_or(0));
-                if self.summary_part.is_some_and(|p| p != part) {
+                let summary = kind == "response.reasoning_summary_text.delta";
+                let index = if summary {
+                    ev.summary_index
+                } else {
+                    ev.content_index
+                };
+                let part = (output, summary, index.unwrap_or(0));
+                if self.reasoning_part.is_some_and(|p| p != part) {
                     out.push(StreamEvent::ThinkingDelta {
                         text: "\n\n".into(),
                     });
                 }
-                self.summary_part = Some(part);
+                self.reasoning_part = Some(part);
                 push_text(out, ev.delta, |text| StreamEvent::ThinkingDelta { text });
             }
             "response.function_call_arguments.delta" => {
@@ -652,6 +688,11 @@ impl ResponsesDecoder {
                 if let Some(item) = ev.item {
                     match item.kind.as_deref() {
                         Some("reasoning") => reasoning_item(&item, out),
+                        // A message no deltas gave (a server that sends
+                        // items whole): its parts now.
+                        Some("message") if self.delivered != Some(output) => {
+                            message_parts(&item, out);
+                        }
                         // A call the stream never opened (a server that
                         // sends items whole): opened and filled now.
                         Some("function_call") if self.tools.get(output).is_none() => {
@@ -712,11 +753,23 @@ impl ResponsesDecoder {
         Ok(())
     }
 
-    /// The end of an answer: its usage and why it stopped.
-    fn finish_response(&mut self, r: WireResponse<'_>, out: &mut Decoded) {
+    /// The end of an answer: its usage and why it stopped — or its failure.
+    fn finish_response(&mut self, r: Ending<'_>, out: &mut Decoded) {
         out.start(r.id.map(Cow::into_owned), r.model.map(Cow::into_owned));
-        if r.status.as_deref() == Some("failed") {
-            let error = r.error.unwrap_or_else(|| json!({"message": "failed"}));
+        let status = r.status.as_deref();
+        let failed = r
+            .error
+            .as_ref()
+            .filter(|e| !e.is_null())
+            .cloned()
+            .or_else(|| {
+                // Not an ending this client asked for: background responses
+                // (`queued`, `in_progress`) and cancelled ones have no answer.
+                (!matches!(status, None | Some("completed" | "incomplete"))).then(|| {
+                json!({"code": status, "message": format!("response {}", status.unwrap_or(""))})
+            })
+            });
+        if let Some(error) = failed {
             out.fail(Error::from_event(
                 out.provider(),
                 &json!({ "error": error }),
@@ -726,7 +779,7 @@ impl ResponsesDecoder {
         if let Some(u) = r.usage {
             out.push(StreamEvent::Usage(u.into()));
         }
-        let reason = match r.status.as_deref() {
+        let reason = match status {
             Some("incomplete") => match r.incomplete_details.and_then(|d| d.reason).as_deref() {
                 Some("max_output_tokens") => StopReason::MaxTokens,
                 Some("content_filter") => StopReason::ContentFilter,
@@ -741,15 +794,21 @@ impl ResponsesDecoder {
     }
 
     /// A whole response object: its items in order, then its end.
-    fn whole(&mut self, mut r: WireResponse<'_>, out: &mut Decoded) {
+    fn whole(&mut self, r: Whole<'_>, out: &mut Decoded) {
         out.start(
             r.id.as_deref().map(str::to_owned),
             r.model.as_deref().map(str::to_owned),
         );
-        for (output, item) in std::mem::take(&mut r.output).into_iter().enumerate() {
+        let (items, ending) = r.split();
+        for (output, item) in items.into_iter().enumerate() {
             match item.kind.as_deref() {
                 Some("reasoning") => {
-                    for (i, p) in item.summary.iter().chain(&item.content).enumerate() {
+                    let parts = item
+                        .summary
+                        .iter()
+                        .flatten()
+                        .chain(item.content.iter().flatten());
+                    for (i, p) in parts.enumerate() {
                         if i > 0 {
                             out.push(StreamEvent::ThinkingDelta {
                                 text: "\n\n".into(),
@@ -761,20 +820,7 @@ impl ResponsesDecoder {
                     }
                     reasoning_item(&item, out);
                 }
-                Some("message") => {
-                    for p in &item.content {
-                        match p.kind.as_deref() {
-                            Some("refusal") => {
-                                push_text(out, p.refusal.clone(), |text| {
-                                    StreamEvent::RefusalDelta { text }
-                                });
-                            }
-                            _ => push_text(out, p.text.clone(), |text| StreamEvent::TextDelta {
-                                text,
-                            }),
-                        }
-                    }
-                }
+                Some("message") => message_parts(&item, out),
                 Some("function_call") => {
                     if self.tool_start(output as u64, &item, out).is_err() {
                         return;
@@ -788,7 +834,21 @@ impl ResponsesDecoder {
                 _ => {}
             }
         }
-        self.finish_response(r, out);
+        self.finish_response(ending, out);
+    }
+}
+
+/// A message item's text and refusal parts.
+fn message_parts(item: &Item<'_>, out: &mut Decoded) {
+    for p in item.content.iter().flatten() {
+        match p.kind.as_deref() {
+            Some("refusal") => {
+                push_text(out, p.refusal.clone(), |text| StreamEvent::RefusalDelta {
+                    text,
+                });
+            }
+            _ => push_text(out, p.text.clone(), |text| StreamEvent::TextDelta { text }),
+        }
     }
 }
 
@@ -848,7 +908,7 @@ impl Decode for ResponsesDecoder {
 
     fn body(&mut self, body: &str, out: &mut Decoded) {
         // An error object in a 200 body is an error like any other.
-        let Some(r) = out.json::<WireResponse<'_>>(body, "body") else {
+        let Some(r) = out.json::<Whole<'_>>(body, "body") else {
             return;
         };
         self.whole(r, out);

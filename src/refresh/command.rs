@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::auth::Credential;
+use crate::auth::{AuthScheme, Credential};
 
 use super::credential::{CredentialFuture, CredentialSource};
 
@@ -47,7 +47,7 @@ pub struct CommandSource {
     program: OsString,
     args: Vec<OsString>,
     timeout: Duration,
-    api_key: bool,
+    scheme: AuthScheme,
     valid_for: Option<Duration>,
 }
 
@@ -58,7 +58,7 @@ impl CommandSource {
             program: program.into(),
             args: Vec::new(),
             timeout: Duration::from_secs(30),
-            api_key: false,
+            scheme: AuthScheme::Bearer,
             valid_for: None,
         }
     }
@@ -79,10 +79,10 @@ impl CommandSource {
         self
     }
 
-    /// Sends the output as an API key ([`Credential::api_key`]) rather
-    /// than a bearer token.
-    pub fn api_key(mut self) -> Self {
-        self.api_key = true;
+    /// How the output is sent (default [`AuthScheme::Bearer`];
+    /// [`AuthScheme::ApiKey`] for the provider's API-key header).
+    pub fn scheme(mut self, scheme: AuthScheme) -> Self {
+        self.scheme = scheme;
         self
     }
 
@@ -117,10 +117,10 @@ impl CommandSource {
                 read_at_most(stderr, MAX_OUTPUT),
             )
             .await?;
+            let status = child.wait().await?;
             if out.len() as u64 > MAX_OUTPUT {
                 return Ok((out, err, None));
             }
-            let status = child.wait().await?;
             Ok::<_, std::io::Error>((out, err, Some(status)))
         };
         // Dropping the child (on every early return) kills it.
@@ -148,11 +148,7 @@ impl CommandSource {
         if token.is_empty() {
             return Err(fail("printed nothing".into()));
         }
-        let mut credential = if self.api_key {
-            Credential::api_key(token)
-        } else {
-            Credential::bearer(token)
-        };
+        let mut credential = Credential::new(token, self.scheme.clone());
         if let Some(ttl) = self.valid_for {
             credential = credential.expires_in(ttl);
         }
@@ -160,14 +156,16 @@ impl CommandSource {
     }
 }
 
-/// What `pipe` gives, up to `limit` bytes.
+/// What `pipe` gives, up to `limit` bytes; the rest is read and dropped, so
+/// that the program never waits on a full pipe.
 async fn read_at_most(
     pipe: Option<impl tokio::io::AsyncRead + Unpin>,
     limit: u64,
 ) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    if let Some(pipe) = pipe {
-        pipe.take(limit).read_to_end(&mut out).await?;
+    if let Some(mut pipe) = pipe {
+        (&mut pipe).take(limit).read_to_end(&mut out).await?;
+        tokio::io::copy(&mut pipe, &mut tokio::io::sink()).await?;
     }
     Ok(out)
 }
@@ -183,9 +181,10 @@ impl fmt::Debug for CommandSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommandSource")
             .field("program", &self.program)
-            .field("args", &self.args)
+            // Arguments may hold secrets (a vault path, a client secret).
+            .field("args", &format_args!("[{} hidden]", self.args.len()))
             .field("timeout", &self.timeout)
-            .field("api_key", &self.api_key)
+            .field("scheme", &self.scheme)
             .field("valid_for", &self.valid_for)
             .finish()
     }

@@ -226,6 +226,8 @@ pub(super) fn frames(
 /// encrypted content), a function call output that answers no call before it.
 pub(crate) fn refusal(body: &Value) -> Option<(u16, &'static str, String)> {
     let stored = body.get("store").and_then(Value::as_bool).unwrap_or(true);
+    // Continuing a stored response, outputs answer its calls.
+    let continued = body.get("previous_response_id").is_some();
     let items = body.get("input").and_then(Value::as_array)?;
     let mut calls = Vec::new();
     for item in items {
@@ -248,7 +250,7 @@ pub(crate) fn refusal(body: &Value) -> Option<(u16, &'static str, String)> {
             }
             Some("function_call_output") => {
                 let id = item.get("call_id").and_then(Value::as_str).unwrap_or("");
-                if !calls.contains(&id) {
+                if !continued && !calls.contains(&id) {
                     return Some((
                         400,
                         "invalid_request_error",
