@@ -415,3 +415,99 @@ fn a_pool_needs_deployments_with_names_and_weights() {
             .is_err()
     );
 }
+
+/// 1,000 calls at once through the retry layer over a pool of three
+/// deployments that fail on their own schedules — resets, 500s and 529s
+/// before output on one request in ten, a reset after output on one in a
+/// hundred, one deployment down for a while: every call ends with the whole
+/// text or an error, each delta delivered once and in order, and the pool
+/// holds no stream at the end.
+#[tokio::test(start_paused = true)]
+async fn a_thousand_calls_through_a_pool_with_faults_lose_nothing_and_repeat_nothing() {
+    use llm_tower::StreamConcurrencyLimitLayer;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const CALLS: usize = 1000;
+    let words: Vec<String> = (0..8).map(|i| format!("w{i} ")).collect();
+    let s = servers(3).await;
+    for (d, server) in s.iter().enumerate() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let words = words.clone();
+        server.respond_with(move |_| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            // d2 is down for its requests 100 to 199.
+            if d == 2 && (100..200).contains(&n) {
+                return Reply::api_error(529, "overloaded_error", "down");
+            }
+            match (n * 7 + d * 13) % 100 {
+                0..=3 => Reply::reset(),
+                4..=6 => Reply::api_error(500, "server_error", "boom"),
+                7..=9 => Reply::api_error(529, "overloaded_error", "busy"),
+                10 => Reply::text(words.clone()).reset_after(3),
+                _ => Reply::text(words.clone()),
+            }
+        });
+    }
+    let patient = |server: &MockServer| {
+        OpenAi::builder()
+            .base_url(server.openai_url())
+            .model("m")
+            .connect_timeout(Duration::from_secs(86_400))
+            .build()
+            .unwrap()
+    };
+    let pool = Pool::builder()
+        .deployment("d0", patient(&s[0]))
+        .deployment("d1", patient(&s[1]))
+        .deployment("d2", patient(&s[2]))
+        .build()
+        .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .layer(TransportRetryLayer::new(RetryPolicy::default()))
+        .layer(StreamConcurrencyLimitLayer::new(16))
+        .service(pool.clone());
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                match svc.oneshot(hi()).await {
+                    Ok(stream) => support::drain(stream).await,
+                    Err(e) => (Vec::new(), Some(e)),
+                }
+            })
+        })
+        .collect();
+    let (mut whole, mut failed, mut interrupted) = (0, 0, 0);
+    for call in calls {
+        let (events, error) = call.await.unwrap();
+        let deltas = texts(&events);
+        assert_eq!(deltas, words[..deltas.len()], "each delta once, in order");
+        match error {
+            None => {
+                assert_eq!(deltas.len(), words.len(), "a clean end is the whole text");
+                whole += 1;
+            }
+            Some(_) if deltas.is_empty() => failed += 1,
+            Some(e) => {
+                assert!(!e.is_retryable() || deltas.len() < words.len(), "{e:?}");
+                interrupted += 1;
+            }
+        }
+    }
+    assert_eq!(whole + failed + interrupted, CALLS);
+    assert!(
+        whole > 900,
+        "{whole} whole, {failed} failed, {interrupted} interrupted"
+    );
+    assert!(pool.status().iter().all(|d| d.open_streams == 0));
+    let requests: usize = s.iter().map(MockServer::request_count).sum();
+    assert!(requests >= CALLS);
+    println!(
+        "pool load: {whole} whole, {failed} failed, {interrupted} interrupted, {requests} requests; {:?}",
+        pool.status()
+            .iter()
+            .map(|d| (d.name.clone(), d.health))
+            .collect::<Vec<_>>()
+    );
+}

@@ -30,9 +30,11 @@ pub enum Health {
 /// The pool's settings for taking deployments out.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Breaker {
-    /// This many failures within `window` take a deployment out.
+    /// This many failures within `window`, if they are at least
+    /// `failure_rate` of the calls there, take a deployment out.
     pub(crate) failures: u32,
     pub(crate) window: Duration,
+    pub(crate) failure_rate: f64,
     /// The first cooldown; each failed probe doubles it, up to `max`.
     pub(crate) cooldown: Duration,
     pub(crate) max_cooldown: Duration,
@@ -140,7 +142,9 @@ impl Headroom {
 pub(crate) struct Standing {
     pub(crate) health: Health,
     pub(crate) open: usize,
-    failures: VecDeque<Instant>,
+    /// Recent outcomes that count for the breaker: when, and whether it
+    /// failed. At most [`MAX_RECENT`].
+    recent: VecDeque<(Instant, bool)>,
     /// The next cooldown's length.
     next_cooldown: Duration,
     pub(crate) headroom: Headroom,
@@ -151,7 +155,7 @@ impl Standing {
         Standing {
             health: Health::InService,
             open: 0,
-            failures: VecDeque::new(),
+            recent: VecDeque::new(),
             next_cooldown: breaker.cooldown,
             headroom: Headroom::default(),
         }
@@ -201,7 +205,7 @@ impl Standing {
             s.health = Health::CoolingDown {
                 until: crate::later_or_far(now, length),
             };
-            s.failures.clear();
+            s.recent.clear();
         };
         match outcome {
             Outcome::Served => {
@@ -209,6 +213,7 @@ impl Standing {
                     self.health = Health::InService;
                     self.next_cooldown = breaker.cooldown;
                 }
+                self.remember(false, breaker, now);
             }
             Outcome::Neutral => {
                 // A probe that proved nothing lets the next call probe.
@@ -230,15 +235,11 @@ impl Standing {
                 cool(self, length);
             }
             Outcome::Failed => {
-                while self
-                    .failures
-                    .front()
-                    .is_some_and(|t| now.saturating_duration_since(*t) > breaker.window)
-                {
-                    self.failures.pop_front();
-                }
-                self.failures.push_back(now);
-                if self.failures.len() >= breaker.failures.max(1) as usize
+                self.remember(true, breaker, now);
+                let failed = self.recent.iter().filter(|(_, f)| *f).count();
+                let rate = failed as f64 / self.recent.len().max(1) as f64;
+                if failed >= breaker.failures.max(1) as usize
+                    && rate >= breaker.failure_rate
                     && self.health == Health::InService
                 {
                     let length = self.next_cooldown;
@@ -248,7 +249,23 @@ impl Standing {
         }
         (self.health != before).then_some(self.health)
     }
+
+    /// Notes an outcome in the breaker's window.
+    fn remember(&mut self, failed: bool, breaker: &Breaker, now: Instant) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > breaker.window)
+            || self.recent.len() >= MAX_RECENT
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((now, failed));
+    }
 }
+
+/// The most outcomes a deployment remembers for its breaker.
+const MAX_RECENT: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -258,6 +275,7 @@ mod tests {
         Breaker {
             failures: 3,
             window: Duration::from_secs(60),
+            failure_rate: 0.5,
             cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(300),
         }
@@ -299,6 +317,31 @@ mod tests {
         s.start(true);
         assert_eq!(s.record(Outcome::Served, &b, back), Some(Health::InService));
         assert_eq!(s.admits(back), Ok(false));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_among_many_successes_do_not_trip_the_breaker() {
+        let b = breaker();
+        let mut s = Standing::new(&b);
+        let now = Instant::now();
+        for i in 0..100 {
+            let outcome = if i % 10 == 0 {
+                Outcome::Failed
+            } else {
+                Outcome::Served
+            };
+            assert_eq!(s.record(outcome, &b, now), None, "call {i}");
+        }
+        assert_eq!(s.admits(now), Ok(false));
+        // A run of failures does, once they are half of what is remembered.
+        let mut tripped = None;
+        for i in 0..200 {
+            if s.record(Outcome::Failed, &b, now).is_some() {
+                tripped = Some(i);
+                break;
+            }
+        }
+        assert_eq!(tripped, Some(79), "10 + 80 failures of 180 outcomes");
     }
 
     #[tokio::test(start_paused = true)]

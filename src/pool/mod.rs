@@ -11,7 +11,7 @@
 //! - **Cooldowns**: a 429 takes a deployment out for its `retry-after` (else
 //!   the cooldown); overload, 5xx, transport failures, timeouts and broken
 //!   answers take it out after a number of them within a window (default 3
-//!   in 60 s) for the cooldown (default 30 s, doubled by each failed probe up
+//!   in 60 s, and at least half of its calls there) for the cooldown (default 30 s, doubled by each failed probe up
 //!   to 5 min); 401 and 403 take it out until
 //!   [`Pool::credential_changed`]. After a cooldown one probe call decides.
 //!   Failures are read from the [`Error`] classes, and only failures before
@@ -135,6 +135,7 @@ impl Pool {
             breaker: Breaker {
                 failures: 3,
                 window: Duration::from_secs(60),
+                failure_rate: 0.5,
                 cooldown: Duration::from_secs(30),
                 max_cooldown: Duration::from_secs(300),
             },
@@ -251,10 +252,19 @@ impl PoolBuilder {
     }
 
     /// `n` failures within `window` take a deployment out (default 3 in
-    /// 60 s).
+    /// 60 s), if they are at least the [failure rate](Self::failure_rate)
+    /// of its calls in that window.
     pub fn failures(mut self, n: u32, window: Duration) -> Self {
         self.breaker.failures = n;
         self.breaker.window = window;
+        self
+    }
+
+    /// The share of a deployment's recent calls that must have failed for
+    /// its failures to take it out (default 0.5): a busy deployment that
+    /// fails now and then stays in; one that fails most calls goes out.
+    pub fn failure_rate(mut self, share: f64) -> Self {
+        self.breaker.failure_rate = share;
         self
     }
 
@@ -300,6 +310,12 @@ impl PoolBuilder {
         }
         if self.breaker.failures == 0 {
             return Err(Error::config("pool: failures must be at least 1"));
+        }
+        if !(0.0..=1.0).contains(&self.breaker.failure_rate) {
+            return Err(Error::config(format!(
+                "pool: failure rate {} is not a share from 0 to 1",
+                self.breaker.failure_rate
+            )));
         }
         if !(0.0..=1.0).contains(&self.budget) {
             return Err(Error::config(format!(
