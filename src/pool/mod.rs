@@ -374,6 +374,9 @@ impl Shared {
         never: impl Fn(usize) -> bool,
     ) -> Result<usize, Option<Instant>> {
         let now = Instant::now();
+        if let Some(chosen) = self.pick_two(&avoid, &never, now) {
+            return Ok(chosen);
+        }
         // A racing call may take the one picked (its probe): look again.
         for _ in 0..4 {
             let mut soonest: Option<Instant> = None;
@@ -417,6 +420,42 @@ impl Shared {
             }
         }
         Err(None)
+    }
+
+    /// The common case without a scan: two deployments drawn at random both
+    /// take calls (and are not to be avoided); the cheaper is counted and
+    /// returned. `None` when the draw says nothing, for the full pick.
+    fn pick_two(
+        &self,
+        avoid: &impl Fn(usize) -> bool,
+        never: &impl Fn(usize) -> bool,
+        now: Instant,
+    ) -> Option<usize> {
+        let n = self.deployments.len();
+        let (x, y) = match n {
+            0 => return None,
+            1 => (0, 0),
+            _ => {
+                let x = self.random(n);
+                (x, (x + 1 + self.random(n - 1)) % n)
+            }
+        };
+        let cost = |i: usize| {
+            if avoid(i) || never(i) {
+                return None;
+            }
+            let d = &self.deployments[i];
+            let s = crate::lock(&d.standing);
+            // A probe is the full pick's to hand out.
+            matches!(s.admits(now), Ok(false)).then(|| s.cost(d.weight, now))
+        };
+        let (cx, cy) = (cost(x)?, cost(y)?);
+        let chosen = if cy < cx { y } else { x };
+        let mut s = crate::lock(&self.deployments[chosen].standing);
+        matches!(s.admits(now), Ok(false)).then(|| {
+            s.start(false);
+            chosen
+        })
     }
 
     /// Records how a call sent to deployment `index` went.
