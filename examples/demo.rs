@@ -11,12 +11,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use llm_tower::mock::{MockServer, Reply};
 use llm_tower::{
-    Anthropic, ChatRequest, ChatStream, Credential, Error, FallbackLayer, Message, OpenAi,
+    Anthropic, ChatRequest, ChatStream, Credential, Error, FallbackLayer, Message, OpenAi, Pool,
     RateLimitLayer, RefreshLayer, RetryPolicy, StopReason, StreamEvent, StreamTimeoutLayer, Tool,
     TransportRetryLayer, Usage,
 };
 use serde_json::json;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 
 fn scene(title: &str) {
     println!("\n== {title}");
@@ -354,6 +354,81 @@ async fn main() -> Result<(), Error> {
         "   next call sent after {:.1} s: {:?}",
         started.elapsed().as_secs_f64(),
         c.text
+    );
+
+    scene("A pool of three deployments: the overloaded one is taken out, the slow one is hedged");
+    let deployments = [
+        (
+            "east",
+            Reply::api_error(529, "overloaded_error", "Overloaded"),
+        ),
+        (
+            "west",
+            Reply::text(["High", " tide", " at", " 06:12", " (west)."])
+                .delay(Duration::from_millis(700)),
+        ),
+        (
+            "north",
+            Reply::text(["High", " tide", " at", " 06:12", " (north)."])
+                .delay(Duration::from_millis(10)),
+        ),
+    ];
+    let mut pool = Pool::builder()
+        // One failure takes a deployment out, for the demo's sake.
+        .failures(1, Duration::from_secs(60))
+        .cooldown(Duration::from_secs(30))
+        .hedge_after(Duration::from_millis(200))
+        .hedge_budget(1.0);
+    let mut servers = Vec::new();
+    for (name, reply) in deployments {
+        let deployment = MockServer::start().await;
+        deployment.set_default(reply);
+        pool = pool.deployment(
+            name,
+            OpenAi::builder()
+                .base_url(deployment.openai_url())
+                .api_key("sk-demo")
+                .model("gpt-4o-mini")
+                .build()?,
+        );
+        servers.push(deployment);
+    }
+    let pool = pool.build()?;
+    let svc = TransportRetryLayer::new(RetryPolicy::default()).layer(pool.clone());
+    for call in 1..=8 {
+        let started = std::time::Instant::now();
+        let stream = svc.clone().oneshot(question()).await?;
+        let (deployment, attempts) = (stream.meta().deployment.clone(), stream.meta().attempts);
+        let first_output = started.elapsed();
+        let c = stream.completion().await?;
+        println!(
+            "   call {call}: {:?} from {} after {attempts} attempt(s), first output in {} ms",
+            c.text,
+            deployment.as_deref().unwrap_or("?"),
+            first_output.as_millis()
+        );
+    }
+    for d in pool.status() {
+        println!(
+            "   {}: {}, {} open streams",
+            d.name,
+            match d.health {
+                llm_tower::pool::Health::InService => "in service".to_owned(),
+                llm_tower::pool::Health::CoolingDown { until } => format!(
+                    "cooling down for {} s more",
+                    until
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_secs()
+                ),
+                other => format!("{other:?}"),
+            },
+            d.open_streams
+        );
+    }
+    println!(
+        "   {} hedges; east saw {} requests",
+        pool.hedges(),
+        servers[0].request_count()
     );
 
     scene("A 10 MB line: refused at the size limit, never buffered whole");
