@@ -511,3 +511,42 @@ async fn a_thousand_calls_through_a_pool_with_faults_lose_nothing_and_repeat_not
             .collect::<Vec<_>>()
     );
 }
+
+/// One deployment's streams last ten times longer: balancing by open
+/// streams (not by requests) sends it about a tenth of the calls, and the
+/// two hold about as many streams at any time.
+#[tokio::test(start_paused = true)]
+async fn a_deployment_with_long_streams_gets_its_share_of_open_streams_not_of_calls() {
+    let s = servers(2).await;
+    let words = |n: usize| (0..n).map(|i| format!("w{i} ")).collect::<Vec<_>>();
+    s[0].set_default(Reply::text(words(10)).delay(Duration::from_millis(10)));
+    s[1].set_default(Reply::text(words(10)).delay(Duration::from_millis(100)));
+    let pool = pool_of(&s).build().unwrap();
+    let mut calls = Vec::new();
+    let mut widest = 0usize;
+    for _ in 0..400 {
+        let svc = pool.clone();
+        calls.push(tokio::spawn(async move {
+            svc.oneshot(hi())
+                .await
+                .unwrap()
+                .completion()
+                .await
+                .unwrap();
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let open: Vec<usize> = pool.status().iter().map(|d| d.open_streams).collect();
+        widest = widest.max(open[0].abs_diff(open[1]));
+    }
+    for c in calls {
+        c.await.unwrap();
+    }
+    let (fast, slow) = (s[0].request_count(), s[1].request_count());
+    assert_eq!(fast + slow, 400);
+    assert!(
+        slow * 5 < fast,
+        "{slow} calls to the slow one, {fast} to the fast one"
+    );
+    assert!(widest <= 3, "open streams apart by {widest} at most");
+    println!("long streams: {slow} calls, short ones: {fast}; open streams at most {widest} apart");
+}
