@@ -527,12 +527,7 @@ async fn a_deployment_with_long_streams_gets_its_share_of_open_streams_not_of_ca
     for _ in 0..400 {
         let svc = pool.clone();
         calls.push(tokio::spawn(async move {
-            svc.oneshot(hi())
-                .await
-                .unwrap()
-                .completion()
-                .await
-                .unwrap();
+            svc.oneshot(hi()).await.unwrap().completion().await.unwrap();
         }));
         tokio::time::sleep(Duration::from_millis(5)).await;
         let open: Vec<usize> = pool.status().iter().map(|d| d.open_streams).collect();
