@@ -545,3 +545,33 @@ async fn a_deployment_with_long_streams_gets_its_share_of_open_streams_not_of_ca
     assert!(widest <= 3, "open streams apart by {widest} at most");
     println!("long streams: {slow} calls, short ones: {fast}; open streams at most {widest} apart");
 }
+
+/// A probe whose call is given up (the caller dropped it) decides nothing:
+/// the next call probes again, rather than the deployment waiting for an
+/// answer that never comes.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_probe_lets_the_next_call_probe() {
+    let s = servers(2).await;
+    s[0].push(Reply::api_error(429, "rate_limit_error", "slow").header("retry-after", "1"));
+    s[0].push(Reply::text(["late"]).delay(Duration::from_secs(10)));
+    s[0].push(Reply::text(["from d0"]));
+    s[1].set_default(
+        Reply::api_error(429, "rate_limit_error", "slow").header("retry-after", "1000"),
+    );
+    let pool = pool_of(&s).build().unwrap();
+    while s[0].request_count() == 0 || s[1].request_count() == 0 {
+        let _ = pool.clone().oneshot(hi()).await;
+    }
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The probe goes to d0, whose answer takes 10 s: given up after 1 s.
+    let gave_up = tokio::time::timeout(Duration::from_secs(1), pool.clone().oneshot(hi())).await;
+    assert!(gave_up.is_err());
+    assert_eq!(s[0].request_count(), 2);
+    assert!(matches!(
+        pool.status()[0].health,
+        Health::CoolingDown { .. }
+    ));
+    let answer = pool.clone().oneshot(hi()).await.unwrap();
+    assert_eq!(answer.completion().await.unwrap().text, "from d0");
+    assert_eq!(pool.status()[0].health, Health::InService);
+}

@@ -100,6 +100,17 @@ fn start(shared: &Arc<Shared>, call: &CallHandle, index: usize, req: ChatRequest
     }
 }
 
+/// An attempt dropped before it ended (the hedge race's loser, a call the
+/// caller gave up) says nothing about its deployment — but a probe must not
+/// stay under way for ever: the next call probes again.
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.take() {
+            open.shared.record(open.index, Outcome::Neutral, None);
+        }
+    }
+}
+
 impl Attempt {
     fn index(&self) -> usize {
         self.open.as_ref().map_or(0, |o| o.index)
@@ -146,9 +157,11 @@ impl Race {
                     Poll::Pending => {}
                     Poll::Ready(Ok(stream)) => return Poll::Ready(Ok(self.won(slot, stream))),
                     Poll::Ready(Err(e)) => {
-                        let index = attempt.index();
+                        let open = attempt.open.take();
                         self.attempts[slot] = None;
-                        self.shared.record(index, Outcome::of(&e), Some(&e));
+                        if let Some(open) = open {
+                            self.shared.record(open.index, Outcome::of(&e), Some(&e));
+                        }
                         self.last_error = Some(e);
                     }
                 }

@@ -216,7 +216,8 @@ impl Standing {
                 self.remember(false, breaker, now);
             }
             Outcome::Neutral => {
-                // A probe that proved nothing lets the next call probe.
+                // A probe that proved nothing (cancelled, or the request's
+                // own fault) lets the next call probe.
                 if probing {
                     self.health = Health::CoolingDown { until: now };
                 }
