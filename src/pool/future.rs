@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
 use tokio::time::Sleep;
 use tower::ServiceExt;
+use tower::util::Oneshot;
 
 use crate::call::CallHandle;
 use crate::engine::Priming;
 use crate::{ChatRequest, ChatStream, Error};
 
 use super::health::Outcome;
-use super::{Open, Shared};
+use super::{Open, Shared, Svc};
 
 /// The [`Pool`](super::Pool)'s response future.
 pub struct ResponseFuture {
@@ -48,7 +48,7 @@ struct Attempt {
 // Inside the boxed race: the size of the priming stage costs no move.
 #[allow(clippy::large_enum_variant)]
 enum Stage {
-    Calling(BoxFuture<'static, Result<ChatStream, Error>>),
+    Calling(Oneshot<Svc, ChatRequest>),
     Priming(Priming),
 }
 
@@ -96,7 +96,7 @@ fn start(shared: &Arc<Shared>, call: &CallHandle, index: usize, req: ChatRequest
             shared: shared.clone(),
             index,
         }),
-        stage: Stage::Calling(Box::pin(svc.oneshot(req))),
+        stage: Stage::Calling(svc.oneshot(req)),
     }
 }
 
@@ -106,7 +106,7 @@ fn start(shared: &Arc<Shared>, call: &CallHandle, index: usize, req: ChatRequest
 impl Drop for Attempt {
     fn drop(&mut self) {
         if let Some(open) = self.open.take() {
-            open.shared.record(open.index, Outcome::Neutral, None);
+            open.shared.record(open.index, Outcome::Neutral, None, None);
         }
     }
 }
@@ -119,7 +119,7 @@ impl Attempt {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<ChatStream, Error>> {
         loop {
             match &mut self.stage {
-                Stage::Calling(f) => match f.as_mut().poll(cx) {
+                Stage::Calling(f) => match Pin::new(f).poll(cx) {
                     Poll::Ready(Ok(stream)) => self.stage = Stage::Priming(Priming::new(stream)),
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                     Poll::Pending => return Poll::Pending,
@@ -160,7 +160,8 @@ impl Race {
                         let open = attempt.open.take();
                         self.attempts[slot] = None;
                         if let Some(open) = open {
-                            self.shared.record(open.index, Outcome::of(&e), Some(&e));
+                            self.shared
+                                .record(open.index, Outcome::of(&e), None, Some(&e));
                         }
                         self.last_error = Some(e);
                     }
@@ -201,7 +202,7 @@ impl Race {
         }
         let running: Vec<usize> = self.attempts.iter().flatten().map(Attempt::index).collect();
         let id = self.shared.id();
-        let call = self.call.clone();
+        let call = &self.call;
         // Never where the call is running: a second request there would
         // not be a hedge.
         let Ok(index) = self
@@ -236,14 +237,10 @@ impl Race {
         self.req = None;
         if let Some(open) = winner.as_mut().and_then(|a| a.open.take()) {
             let index = open.index;
-            let d = &self.shared.deployments[index];
-            if let Some(info) = stream.meta().rate_limit {
-                crate::lock(&d.standing)
-                    .headroom
-                    .update(&info, tokio::time::Instant::now());
-            }
-            self.shared.record(index, Outcome::Served, None);
-            stream.meta_mut().deployment = Some(d.name.clone());
+            let report = stream.meta().rate_limit;
+            self.shared
+                .record(index, Outcome::Served, report.as_ref(), None);
+            stream.meta_mut().deployment = Some(self.shared.deployments[index].name.clone());
             stream.hold(open);
         }
         stream

@@ -77,63 +77,80 @@ impl Outcome {
 /// What the last answer's rate-limit headers said is left.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Headroom {
-    /// Remaining requests and the limit, until `requests_reset`.
-    requests: Option<(u64, Option<u64>)>,
-    requests_reset: Option<Instant>,
-    tokens: Option<(u64, Option<u64>)>,
-    tokens_reset: Option<Instant>,
+    requests: Option<Left>,
+    tokens: Option<Left>,
+}
+
+/// One limit's state as last reported.
+#[derive(Debug, Clone, Copy)]
+struct Left {
+    remaining: u64,
+    limit: Option<u64>,
+    /// When it is full again.
+    reset: Option<Instant>,
+}
+
+impl Left {
+    fn read(quota: Option<crate::headers::Quota>, now: Instant) -> Option<Left> {
+        let q = quota?;
+        Some(Left {
+            remaining: q.remaining?,
+            limit: q.limit,
+            reset: q.reset.map(|d| crate::later_or_far(now, d)),
+        })
+    }
+
+    /// Whether its reset has come, so that what it said no longer holds.
+    fn stale(&self, now: Instant) -> bool {
+        self.reset.is_some_and(|r| r <= now)
+    }
 }
 
 impl Headroom {
     pub(crate) fn update(&mut self, info: &RateLimitInfo, now: Instant) {
-        let read = |q: Option<crate::headers::Quota>| {
-            let q = q?;
-            let remaining = q.remaining?;
-            let reset = q.reset.map(|d| crate::later_or_far(now, d));
-            Some(((remaining, q.limit), reset))
-        };
-        if let Some((r, reset)) = read(info.requests) {
-            self.requests = Some(r);
-            self.requests_reset = reset;
+        if let Some(left) = Left::read(info.requests, now) {
+            self.requests = Some(left);
         }
-        if let Some((t, reset)) = read(info.tokens) {
-            self.tokens = Some(t);
-            self.tokens_reset = reset;
+        if let Some(left) = Left::read(info.tokens, now) {
+            self.tokens = Some(left);
         }
     }
 
     /// Until when the deployment said it has nothing left, if it did and
     /// that time has not come.
     pub(crate) fn exhausted_until(&self, now: Instant) -> Option<Instant> {
-        [
-            (self.requests, self.requests_reset),
-            (self.tokens, self.tokens_reset),
-        ]
-        .into_iter()
-        .filter_map(|(left, reset)| match (left, reset) {
-            (Some((0, _)), Some(reset)) if reset > now => Some(reset),
-            _ => None,
-        })
-        .max()
+        [self.requests, self.tokens]
+            .into_iter()
+            .flatten()
+            .filter(|left| left.remaining == 0 && !left.stale(now))
+            .filter_map(|left| left.reset)
+            .max()
     }
 
     /// The share of its limits the deployment has left, 0.05 to 1 (1 when
     /// it said nothing, or its limits have reset since).
     pub(crate) fn room(&self, now: Instant) -> f64 {
-        let share = |left: Option<(u64, Option<u64>)>, reset: Option<Instant>| match left {
-            _ if reset.is_some_and(|r| r <= now) => 1.0,
-            Some((remaining, Some(limit))) if limit > 0 => remaining as f64 / limit as f64,
+        let share = |left: Option<Left>| match left {
+            Some(l) if l.stale(now) => 1.0,
+            Some(Left {
+                remaining,
+                limit: Some(limit),
+                ..
+            }) if limit > 0 => remaining as f64 / limit as f64,
             _ => 1.0,
         };
-        share(self.requests, self.requests_reset)
-            .min(share(self.tokens, self.tokens_reset))
+        share(self.requests)
+            .min(share(self.tokens))
             .clamp(0.05, 1.0)
     }
 
     /// What is left, for the pool's status: (remaining requests, remaining
     /// tokens).
     pub(crate) fn remaining(&self) -> (Option<u64>, Option<u64>) {
-        (self.requests.map(|(r, _)| r), self.tokens.map(|(t, _)| t))
+        (
+            self.requests.map(|l| l.remaining),
+            self.tokens.map(|l| l.remaining),
+        )
     }
 }
 

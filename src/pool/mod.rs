@@ -71,7 +71,7 @@ use tower::Service;
 use tower::util::BoxCloneService;
 
 use crate::error::ApiError;
-use crate::{ChatRequest, ChatStream, Error};
+use crate::{ChatRequest, ChatStream, Error, RateLimitInfo};
 
 pub use future::ResponseFuture;
 pub use health::Health;
@@ -364,6 +364,16 @@ impl Shared {
         (x % n as u64) as usize
     }
 
+    /// Two distinct positions from 0 to `n - 1` drawn at random (the same
+    /// one twice when `n` is 1; n > 0).
+    fn draw_two(&self, n: usize) -> (usize, usize) {
+        if n == 1 {
+            return (0, 0);
+        }
+        let x = self.random(n);
+        (x, (x + 1 + self.random(n - 1)) % n)
+    }
+
     /// Picks a deployment for a call and counts the call on it: power of two
     /// choices among those that take calls and are not `never`, those
     /// `avoid` says to avoid left out while another takes calls. `Err` with
@@ -397,15 +407,8 @@ impl Shared {
             if open.iter().any(|(i, _)| !avoid(*i)) {
                 open.retain(|(i, _)| !avoid(*i));
             }
-            let (a, b) = match open.len() {
-                1 => (open[0], open[0]),
-                n => {
-                    let x = self.random(n);
-                    let y = (x + 1 + self.random(n - 1)) % n;
-                    (open[x], open[y])
-                }
-            };
-            let chosen = if b.1 < a.1 { b.0 } else { a.0 };
+            let (x, y) = self.draw_two(open.len());
+            let chosen = cheaper(open[x], open[y]);
             let d = &self.deployments[chosen];
             let mut s = crate::lock(&d.standing);
             if let Ok(probe) = s.admits(now) {
@@ -431,15 +434,7 @@ impl Shared {
         never: &impl Fn(usize) -> bool,
         now: Instant,
     ) -> Option<usize> {
-        let n = self.deployments.len();
-        let (x, y) = match n {
-            0 => return None,
-            1 => (0, 0),
-            _ => {
-                let x = self.random(n);
-                (x, (x + 1 + self.random(n - 1)) % n)
-            }
-        };
+        let (x, y) = self.draw_two(self.deployments.len());
         let cost = |i: usize| {
             if avoid(i) || never(i) {
                 return None;
@@ -449,8 +444,7 @@ impl Shared {
             // A probe is the full pick's to hand out.
             matches!(s.admits(now), Ok(false)).then(|| s.cost(d.weight, now))
         };
-        let (cx, cy) = (cost(x)?, cost(y)?);
-        let chosen = if cy < cx { y } else { x };
+        let chosen = cheaper((x, cost(x)?), (y, cost(y)?));
         let mut s = crate::lock(&self.deployments[chosen].standing);
         matches!(s.admits(now), Ok(false)).then(|| {
             s.start(false);
@@ -458,16 +452,25 @@ impl Shared {
         })
     }
 
-    /// Records how a call sent to deployment `index` went.
-    fn record(&self, index: usize, outcome: Outcome, error: Option<&Error>) {
+    /// Records how a call sent to deployment `index` went, and the
+    /// rate-limit `report` of its answer (else of its `error`).
+    fn record(
+        &self,
+        index: usize,
+        outcome: Outcome,
+        report: Option<&RateLimitInfo>,
+        error: Option<&Error>,
+    ) {
         let d = &self.deployments[index];
         let now = Instant::now();
-        let changed = {
-            let mut s = crate::lock(&d.standing);
-            if let Some(info) = error
+        let report = report.or_else(|| {
+            error
                 .and_then(Error::api_error)
                 .and_then(ApiError::rate_limit)
-            {
+        });
+        let changed = {
+            let mut s = crate::lock(&d.standing);
+            if let Some(info) = report {
                 s.headroom.update(info, now);
             }
             s.record(outcome, &self.breaker, now)
@@ -523,6 +526,11 @@ impl Shared {
         let hedges = self.hedges.load(Ordering::Relaxed) as f64;
         hedges < budget * calls
     }
+}
+
+/// The cheaper of two (deployment, cost) candidates; the first on a tie.
+fn cheaper(a: (usize, f64), b: (usize, f64)) -> usize {
+    if b.1 < a.1 { b.0 } else { a.0 }
 }
 
 /// A call's count on the deployment serving it, held by its stream: the
