@@ -3,7 +3,8 @@
 
 use http::header::{HeaderName, HeaderValue};
 
-use super::builder::check_path_name;
+use super::builder::{CommonBuilder, check_path_name};
+use super::client::Common;
 use crate::auth::secret_header;
 use crate::error::Error;
 
@@ -61,11 +62,33 @@ pub(crate) fn key_header(azure: bool, key: &HeaderValue) -> (HeaderName, HeaderV
     (KEY_HEADER, value)
 }
 
-/// The configured `key` as an OpenAI provider sends it (see [`key_header`]).
-pub(crate) fn configured_key(
+/// An OpenAI provider's shared configuration for `api` (`/chat/completions`,
+/// `/responses`): on Azure (`azure`), the resource's path and the key in
+/// `api-key` (replaced by a managed credential too), and a deployment as the
+/// default model; elsewhere the base URL's path and a bearer key.
+pub(crate) fn openai_common(
     provider: &str,
-    azure: bool,
-    key: &str,
-) -> Result<(HeaderName, HeaderValue), Error> {
-    Ok(key_header(azure, &secret_header(provider, key)?))
+    mut common: CommonBuilder,
+    azure: Option<&Azure>,
+    api: &str,
+    key: Option<&str>,
+) -> Result<Common, Error> {
+    let mut path = api.to_owned();
+    if let Some(azure) = azure {
+        let (base, azure_path) = azure.base_and_path(provider, &common.base_url, api)?;
+        common.base_url = base;
+        path = azure_path;
+        if let (Some((deployment, _)), true) = (&azure.deployment, common.model.is_empty()) {
+            common.model = deployment.clone();
+        }
+    }
+    let auth = match key {
+        Some(key) => vec![key_header(azure.is_some(), &secret_header(provider, key)?)],
+        None => Vec::new(),
+    };
+    let mut built = common.common(provider, &path, auth)?;
+    if azure.is_some() {
+        built.key_header = Some(KEY_HEADER);
+    }
+    Ok(built)
 }

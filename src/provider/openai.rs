@@ -321,27 +321,15 @@ impl OpenAiBuilder {
     /// `Service<http::Request<RequestBody>>` (a stack of `tower-http` layers,
     /// a test double). The timeouts set here apply to the default transport
     /// only.
-    pub fn build_with<S>(mut self, transport: S) -> Result<OpenAi<S>, Error> {
-        let mut path = "/chat/completions".to_owned();
-        let mut auth = Vec::new();
-        if let Some(azure) = &self.azure {
-            let (base, azure_path) =
-                azure.base_and_path(NAME, &self.common.base_url, "/chat/completions")?;
-            self.common.base_url = base;
-            path = azure_path;
-            if let (Some((deployment, _)), true) = (&azure.deployment, self.common.model.is_empty())
-            {
-                self.common.model = deployment.clone();
-            }
-        }
+    pub fn build_with<S>(self, transport: S) -> Result<OpenAi<S>, Error> {
+        let common = azure::openai_common(
+            NAME,
+            self.common,
+            self.azure.as_ref(),
+            "/chat/completions",
+            self.api_key.as_deref(),
+        )?;
         let azure = self.azure.is_some();
-        if let Some(key) = &self.api_key {
-            auth.push(azure::configured_key(NAME, azure, key)?);
-        }
-        let mut common = self.common.common(NAME, &path, auth)?;
-        if azure {
-            common.key_header = Some(azure::KEY_HEADER);
-        }
         Ok(OpenAi {
             client: Client {
                 wire: std::sync::Arc::new(OpenAiWire {

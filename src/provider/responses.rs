@@ -179,22 +179,14 @@ impl OpenAiResponsesBuilder {
     /// Builds the service over `transport`, any
     /// `Service<http::Request<RequestBody>>`. The timeouts set here apply to
     /// the default transport only.
-    pub fn build_with<S>(mut self, transport: S) -> Result<OpenAiResponses<S>, Error> {
-        let mut path = "/responses".to_owned();
-        let mut auth = Vec::new();
-        if self.azure {
-            let (base, azure_path) =
-                Azure::default().base_and_path(NAME, &self.common.base_url, "/responses")?;
-            self.common.base_url = base;
-            path = azure_path;
-        }
-        if let Some(key) = &self.api_key {
-            auth.push(azure::configured_key(NAME, self.azure, key)?);
-        }
-        let mut common = self.common.common(NAME, &path, auth)?;
-        if self.azure {
-            common.key_header = Some(azure::KEY_HEADER);
-        }
+    pub fn build_with<S>(self, transport: S) -> Result<OpenAiResponses<S>, Error> {
+        let common = azure::openai_common(
+            NAME,
+            self.common,
+            self.azure.then(Azure::default).as_ref(),
+            "/responses",
+            self.api_key.as_deref(),
+        )?;
         Ok(OpenAiResponses {
             client: Client {
                 wire: std::sync::Arc::new(ResponsesWire {
