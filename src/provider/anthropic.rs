@@ -158,47 +158,42 @@ impl AnthropicBuilder {
     /// `Service<http::Request<RequestBody>>`. The timeouts set here apply to
     /// the default transport only.
     pub fn build_with<S>(self, transport: S) -> Result<Anthropic<S>, Error> {
-        if let Some(vertex) = &self.vertex {
-            let mut auth = Vec::new();
-            if let Auth::ApiKey(token) | Auth::Bearer(token) = &self.auth {
-                auth.push((
-                    AUTHORIZATION,
-                    secret_header(NAME, &format!("Bearer {token}"))?,
-                ));
-            }
-            let path = format!("{}models/", vertex.publisher_path(NAME, "anthropic")?);
-            let common = self.common.common(NAME, &path, auth)?;
-            return Ok(Anthropic {
-                client: Client {
-                    wire: std::sync::Arc::new(AnthropicWire {
-                        default_max_tokens: self.default_max_tokens,
-                        vertex: true,
-                    }),
-                    common: std::sync::Arc::new(common),
-                    transport,
-                },
-            });
-        }
-        let version = HeaderValue::from_str(&self.version)
-            .map_err(|_| Error::config("anthropic: invalid anthropic-version value"))?;
-        let mut auth = vec![(HeaderName::from_static("anthropic-version"), version)];
-        match &self.auth {
-            Auth::None => {}
-            Auth::ApiKey(key) => auth.push((
-                HeaderName::from_static("x-api-key"),
-                secret_header(NAME, key)?,
-            )),
-            Auth::Bearer(token) => auth.push((
+        let bearer = |token: &str| -> Result<(HeaderName, HeaderValue), Error> {
+            Ok((
                 AUTHORIZATION,
                 secret_header(NAME, &format!("Bearer {token}"))?,
-            )),
-        }
-        let common = self.common.common(NAME, "/v1/messages", auth)?;
+            ))
+        };
+        let mut auth = Vec::new();
+        let path = match &self.vertex {
+            // Vertex AI takes OAuth tokens only, and its version in the body.
+            Some(vertex) => {
+                if let Auth::ApiKey(token) | Auth::Bearer(token) = &self.auth {
+                    auth.push(bearer(token)?);
+                }
+                format!("{}models/", vertex.publisher_path(NAME, "anthropic")?)
+            }
+            None => {
+                let version = HeaderValue::from_str(&self.version)
+                    .map_err(|_| Error::config("anthropic: invalid anthropic-version value"))?;
+                auth.push((HeaderName::from_static("anthropic-version"), version));
+                match &self.auth {
+                    Auth::None => {}
+                    Auth::ApiKey(key) => auth.push((
+                        HeaderName::from_static("x-api-key"),
+                        secret_header(NAME, key)?,
+                    )),
+                    Auth::Bearer(token) => auth.push(bearer(token)?),
+                }
+                "/v1/messages".to_owned()
+            }
+        };
+        let common = self.common.common(NAME, &path, auth)?;
         Ok(Anthropic {
             client: Client {
                 wire: std::sync::Arc::new(AnthropicWire {
                     default_max_tokens: self.default_max_tokens,
-                    vertex: false,
+                    vertex: self.vertex.is_some(),
                 }),
                 common: std::sync::Arc::new(common),
                 transport,
