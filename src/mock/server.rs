@@ -149,7 +149,8 @@ async fn handle(
     } else {
         Dialect::Other
     };
-    let (stream, model) = gemini.or(vertex_claude.clone()).unwrap_or_else(|| {
+    let on_vertex = vertex_claude.is_some();
+    let (stream, model) = gemini.or(vertex_claude).unwrap_or_else(|| {
         (
             json.get("stream").and_then(Value::as_bool).unwrap_or(false),
             json.get("model")
@@ -180,20 +181,8 @@ async fn handle(
     let invalid = match dialect {
         _ if refused.is_some() => None,
         Dialect::Responses => dialect::responses::refusal(&json),
-        // Vertex AI takes the version in the body, and only this one.
-        Dialect::Anthropic
-            if vertex_claude.is_some()
-                && json.get("anthropic_version").and_then(Value::as_str)
-                    != Some("vertex-2023-10-16") =>
-        {
-            Some((
-                400,
-                "invalid_request_error",
-                "anthropic_version: Input should be 'vertex-2023-10-16'".to_owned(),
-            ))
-        }
         Dialect::OpenAi => dialect::openai::refusal(&json),
-        Dialect::Anthropic => dialect::anthropic::refusal(&json),
+        Dialect::Anthropic => dialect::anthropic::refusal(&json, on_vertex),
         Dialect::Gemini => dialect::gemini::refusal(&asked.model, &json),
         _ => None,
     };

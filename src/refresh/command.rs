@@ -118,10 +118,7 @@ impl CommandSource {
             )
             .await?;
             let status = child.wait().await?;
-            if out.len() as u64 > MAX_OUTPUT {
-                return Ok((out, err, None));
-            }
-            Ok::<_, std::io::Error>((out, err, Some(status)))
+            Ok::<_, std::io::Error>((out, err, status))
         };
         // Dropping the child (on every early return) kills it.
         let (out, err, status) = match tokio::time::timeout(self.timeout, read).await {
@@ -129,9 +126,9 @@ impl CommandSource {
             Ok(Err(e)) => return Err(fail(format!("failed while running: {e}"))),
             Err(_) => return Err(fail(format!("did not finish within {:?}", self.timeout))),
         };
-        let Some(status) = status else {
+        if out.len() as u64 > MAX_OUTPUT {
             return Err(fail(format!("printed more than {MAX_OUTPUT} bytes")));
-        };
+        }
         if !status.success() {
             let first = String::from_utf8_lossy(&err);
             let first = first.lines().find(|l| !l.trim().is_empty()).unwrap_or("");

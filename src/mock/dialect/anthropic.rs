@@ -159,10 +159,20 @@ pub(super) fn frames(
 }
 
 /// Why Anthropic would refuse this request body, as (status, error type,
-/// message): a thinking block sent back without its signature, or — with
-/// thinking on — a last assistant turn that calls a tool without the
-/// thinking that led to the call.
-pub(crate) fn refusal(body: &Value) -> Option<(u16, &'static str, String)> {
+/// message): on Vertex AI, a body without Vertex's `anthropic_version`; a
+/// thinking block sent back without its signature; or — with thinking on —
+/// a last assistant turn that calls a tool without the thinking that led to
+/// the call.
+pub(crate) fn refusal(body: &Value, on_vertex: bool) -> Option<(u16, &'static str, String)> {
+    if on_vertex
+        && body.get("anthropic_version").and_then(Value::as_str) != Some("vertex-2023-10-16")
+    {
+        return Some((
+            400,
+            "invalid_request_error",
+            "anthropic_version: Input should be 'vertex-2023-10-16'".to_owned(),
+        ));
+    }
     let messages = body.get("messages").and_then(Value::as_array)?;
     let thinking_on = body.get("thinking").is_some();
     let mut last_assistant = None;
