@@ -8,8 +8,6 @@ use serde_json::json;
 use support::{FixtureTransport, drain, fixture, texts};
 use tower::ServiceExt;
 
-const CHUNKS: [usize; 5] = [1, 3, 7, 64, 1 << 20];
-
 async fn openai(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>) {
     let transport = FixtureTransport::sse(fixture(name), chunk);
     let svc = OpenAi::builder()
@@ -83,16 +81,8 @@ where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = (Vec<StreamEvent>, Option<Error>)>,
 {
-    let mut first: Option<(Vec<StreamEvent>, Option<String>)> = None;
-    for c in CHUNKS {
-        let (events, err) = run(c).await;
-        let got = (events, err.map(|e| e.to_string()));
-        match &first {
-            None => first = Some(got),
-            Some(f) => assert_eq!(&got, f, "chunk size {c} decodes differently"),
-        }
-    }
-    first.unwrap()
+    let (events, err) = support::each_chunking("the transcript", run).await;
+    (events, err.map(|e| e.to_string()))
 }
 
 #[tokio::test]

@@ -15,8 +15,6 @@ use serde_json::json;
 use support::{FixtureTransport, drain, fixture, texts};
 use tower::{Layer, ServiceExt};
 
-const CHUNKS: [usize; 5] = [1, 3, 7, 64, 1 << 20];
-
 async fn decode(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>) {
     let svc = Gemini::builder()
         .api_key("gm-fixture")
@@ -32,16 +30,7 @@ async fn decode(name: &str, chunk: usize) -> (Vec<StreamEvent>, Option<Error>) {
 
 /// The events of a transcript, the same at every chunking.
 async fn transcript(name: &str) -> (Vec<StreamEvent>, Option<Error>) {
-    let (first, first_err) = decode(name, CHUNKS[0]).await;
-    for c in &CHUNKS[1..] {
-        let (events, err) = decode(name, *c).await;
-        assert_eq!(events, first, "{name} at {c}-byte chunks");
-        assert_eq!(
-            err.as_ref().map(ToString::to_string),
-            first_err.as_ref().map(ToString::to_string)
-        );
-    }
-    (first, first_err)
+    support::each_chunking(name, |c| decode(name, c)).await
 }
 
 #[tokio::test]

@@ -153,6 +153,30 @@ pub fn texts(events: &[StreamEvent]) -> Vec<String> {
         .collect()
 }
 
+/// The chunk sizes a transcript is decoded at: byte by byte, across every
+/// boundary, and whole.
+pub const CHUNKS: [usize; 5] = [1, 3, 7, 64, 1 << 20];
+
+/// `run` at each of [`CHUNKS`]: every size must give the same events and the
+/// same error (by its text) as the first, whose result comes back.
+pub async fn each_chunking<F, Fut>(what: &str, run: F) -> (Vec<StreamEvent>, Option<Error>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = (Vec<StreamEvent>, Option<Error>)>,
+{
+    let (first, first_err) = run(CHUNKS[0]).await;
+    for c in &CHUNKS[1..] {
+        let (events, err) = run(*c).await;
+        assert_eq!(events, first, "{what} at {c}-byte chunks");
+        assert_eq!(
+            err.as_ref().map(ToString::to_string),
+            first_err.as_ref().map(ToString::to_string),
+            "{what} at {c}-byte chunks"
+        );
+    }
+    (first, first_err)
+}
+
 /// Every tracing event's fields, as `name=value` text, captured while the
 /// returned guard lives: on this thread ([`Captured::start`]), or on every
 /// thread of the process ([`Captured::everywhere`]).
