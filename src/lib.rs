@@ -126,6 +126,8 @@ pub mod pool;
 pub mod provider;
 pub mod rate_limit;
 mod redact;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod refresh;
 pub mod retry;
 pub mod sse;

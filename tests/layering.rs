@@ -35,6 +35,7 @@ const BELOW: &[&str] = &[
     "transport.rs",
     "provider",
     "mock",
+    "redis",
 ];
 
 fn src() -> PathBuf {

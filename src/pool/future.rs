@@ -55,6 +55,8 @@ enum Stage {
 impl ResponseFuture {
     pub(super) fn new(shared: Arc<Shared>, mut req: ChatRequest) -> Self {
         shared.calls.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "redis")]
+        shared.listen();
         let call = req.call();
         let id = shared.id();
         // A retried attempt goes where the call has not been, if it can.

@@ -268,6 +268,23 @@ impl Standing {
         (self.health != before).then_some(self.health)
     }
 
+    /// Out until `until`, as another process decided: unless a probe is
+    /// under way, the credential is locked, or a later cooldown already
+    /// runs. Whether it changed.
+    #[cfg(feature = "redis")]
+    pub(crate) fn cool_until(&mut self, until: Instant) -> bool {
+        let later = match self.health {
+            Health::InService => true,
+            Health::CoolingDown { until: current } => current < until,
+            Health::Probing | Health::Locked => false,
+        };
+        if later {
+            self.health = Health::CoolingDown { until };
+            self.recent.clear();
+        }
+        later
+    }
+
     /// Notes an outcome in the breaker's window.
     fn remember(&mut self, failed: bool, breaker: &Breaker, now: Instant) {
         while self

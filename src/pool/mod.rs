@@ -95,6 +95,10 @@ struct Shared {
     hedges: AtomicU64,
     /// The pick's random state (xorshift).
     rng: AtomicU64,
+    /// The cooldowns on Redis, shared with other processes, and whether
+    /// this pool listens to them yet.
+    #[cfg(feature = "redis")]
+    remote: Option<(crate::redis::SharedCooldowns, std::sync::Once)>,
 }
 
 struct Deployment {
@@ -141,6 +145,8 @@ impl Pool {
             },
             hedge: None,
             budget: 0.1,
+            #[cfg(feature = "redis")]
+            remote: None,
         }
     }
 
@@ -201,6 +207,8 @@ pub struct PoolBuilder {
     breaker: Breaker,
     hedge: Option<Duration>,
     budget: f64,
+    #[cfg(feature = "redis")]
+    remote: Option<crate::redis::SharedCooldowns>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -290,6 +298,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Shares the cooldowns with every process whose pool uses the same
+    /// [`SharedCooldowns`](crate::redis::SharedCooldowns) (feature `redis`):
+    /// a deployment one process cools down — its breaker tripped, a 429, a
+    /// failed probe — is out for the others as long, from the moment they
+    /// hear of it (a Redis message, within milliseconds). Deployments are
+    /// matched by name. Each process still sends its own probe when the
+    /// cooldown ends; a credential refused (locked) stays a process's own.
+    /// While Redis is out each process cools down on its own.
+    #[cfg(feature = "redis")]
+    pub fn shared(mut self, cooldowns: crate::redis::SharedCooldowns) -> Self {
+        self.remote = Some(cooldowns);
+        self
+    }
+
     /// Builds the pool: at least one deployment, distinct names, weights
     /// of at least 1, at least one failure, a budget from 0 to 1.
     pub fn build(self) -> Result<Pool, Error> {
@@ -344,6 +366,8 @@ impl PoolBuilder {
                 calls: AtomicU64::new(0),
                 hedges: AtomicU64::new(0),
                 rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+                #[cfg(feature = "redis")]
+                remote: self.remote.map(|r| (r, std::sync::Once::new())),
             }),
         })
     }
@@ -476,12 +500,21 @@ impl Shared {
             s.record(outcome, &self.breaker, now)
         };
         match changed {
-            Some(Health::CoolingDown { until }) => tracing::warn!(
-                deployment = &*d.name,
-                cooldown_ms = until.saturating_duration_since(now).as_millis() as u64,
-                error = error.map(tracing::field::display),
-                "deployment cooling down"
-            ),
+            Some(Health::CoolingDown { until }) => {
+                let length = until.saturating_duration_since(now);
+                tracing::warn!(
+                    deployment = &*d.name,
+                    cooldown_ms = length.as_millis() as u64,
+                    error = error.map(tracing::field::display),
+                    "deployment cooling down"
+                );
+                #[cfg(feature = "redis")]
+                if let Some((remote, _)) = &self.remote
+                    && !length.is_zero()
+                {
+                    remote.publish(&d.name, length);
+                }
+            }
             Some(Health::InService) => {
                 tracing::info!(deployment = &*d.name, "deployment back in service");
             }
@@ -491,6 +524,46 @@ impl Shared {
                 "deployment out until its credential changes"
             ),
             Some(Health::Probing) | None => {}
+        }
+    }
+
+    /// Listens to the cooldowns other processes publish, from the first
+    /// call on (inside the runtime), for as long as the pool lives.
+    #[cfg(feature = "redis")]
+    fn listen(self: &Arc<Self>) {
+        let Some((remote, once)) = &self.remote else {
+            return;
+        };
+        once.call_once(|| {
+            let names = self.deployments.iter().map(|d| d.name.clone()).collect();
+            let apply = Arc::downgrade(self);
+            let alive = Arc::downgrade(self);
+            remote.listen(
+                names,
+                move |name, length| {
+                    if let Some(shared) = apply.upgrade() {
+                        shared.cooled_elsewhere(name, length);
+                    }
+                },
+                move || alive.strong_count() > 0,
+            );
+        });
+    }
+
+    /// Another process cooled deployment `name` down for `length`.
+    #[cfg(feature = "redis")]
+    fn cooled_elsewhere(&self, name: &str, length: Duration) {
+        let Some(d) = self.deployments.iter().find(|d| &*d.name == name) else {
+            return;
+        };
+        let now = Instant::now();
+        let until = crate::later_or_far(now, length);
+        if crate::lock(&d.standing).cool_until(until) {
+            tracing::info!(
+                deployment = name,
+                cooldown_ms = length.as_millis() as u64,
+                "deployment cooling down: another process saw it fail"
+            );
         }
     }
 

@@ -40,6 +40,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Failed { error: Option<Error> },
+        // Booking on Redis.
+        Booking,
         Waiting,
         Readying,
         Calling { #[pin] future: F },
@@ -55,7 +57,11 @@ pub(super) struct Waiting<S> {
     pub(super) request: Option<ChatRequest>,
     // Given back if the call is dropped before it is sent.
     pub(super) ticket: Ticket,
-    pub(super) _queued: Queued,
+    // Once the call knows it waits.
+    pub(super) _queued: Option<Queued>,
+    // A step on Redis under way.
+    #[cfg(feature = "redis")]
+    pub(super) pending: Option<super::remote::Pending>,
 }
 
 /// A place among the calls that wait, given back on drop.
@@ -89,6 +95,16 @@ where
             state: State::Calling { future },
             waiting: None,
             tracker: Some(tracker),
+        }
+    }
+
+    /// A call being booked on Redis.
+    #[cfg(feature = "redis")]
+    pub(super) fn booking(waiting: Waiting<S>) -> Self {
+        ResponseFuture {
+            state: State::Booking,
+            waiting: Some(Box::new(waiting)),
+            tracker: None,
         }
     }
 
@@ -136,6 +152,52 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(Err(error));
                 }
+                #[cfg(not(feature = "redis"))]
+                StateProj::Booking => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(Err(polled_after_completion()));
+                }
+                #[cfg(feature = "redis")]
+                StateProj::Booking => {
+                    use super::remote::Pending;
+                    let Some(w) = this.waiting.as_mut() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let Some(Pending::Book(book)) = w.pending.as_mut() else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(polled_after_completion()));
+                    };
+                    let booked = ready!(book.as_mut().poll(cx));
+                    w.pending = None;
+                    let tracker = match booked {
+                        Ok(t) => t,
+                        Err(e) => {
+                            *this.waiting = None;
+                            this.state.set(State::Done);
+                            return Poll::Ready(Err(e));
+                        }
+                    };
+                    let now = Instant::now();
+                    if tracker.at() > now {
+                        let shared = tracker.shared.clone();
+                        match Queued::enter_for(&shared, tracker, now) {
+                            Ok((queued, tracker)) => {
+                                w._queued = Some(queued);
+                                w.ticket.0 = Some(tracker);
+                            }
+                            Err(e) => {
+                                *this.waiting = None;
+                                this.state.set(State::Done);
+                                return Poll::Ready(Err(e));
+                            }
+                        }
+                        this.state.set(State::Waiting);
+                    } else {
+                        w.ticket.0 = Some(tracker);
+                        this.state.set(State::Readying);
+                    }
+                }
                 StateProj::Waiting => {
                     let Some(w) = this.waiting.as_mut() else {
                         this.state.set(State::Done);
@@ -145,13 +207,55 @@ where
                         this.state.set(State::Readying);
                         continue;
                     };
-                    let at = t.booking.at;
+                    let at = t.at();
                     let sleep = w
                         .sleep
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
                     ready!(sleep.as_mut().poll(cx));
+                    #[cfg(feature = "redis")]
+                    {
+                        use super::remote::{Pending, Recheck, recheck};
+                        if w.pending.is_none() {
+                            w.pending = recheck(t);
+                        }
+                        if let Some(Pending::Recheck(step)) = w.pending.as_mut() {
+                            let next = ready!(step.as_mut().poll(cx));
+                            w.pending = None;
+                            match next {
+                                Recheck::Go => this.state.set(State::Readying),
+                                Recheck::Moved { booking, at } => {
+                                    if let super::tracker::Ledger::Remote(r) = &mut t.ledger {
+                                        r.booking = booking;
+                                        r.at = at;
+                                    }
+                                    sleep.as_mut().reset(at);
+                                }
+                                Recheck::Refused(error) => {
+                                    // The script gave the old booking back.
+                                    w.ticket.0 = None;
+                                    *this.waiting = None;
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(error));
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                    // One arm without the `redis` feature.
+                    #[cfg_attr(
+                        not(feature = "redis"),
+                        allow(clippy::infallible_destructuring_match)
+                    )]
+                    let booking = match &mut t.ledger {
+                        super::tracker::Ledger::Local(booking) => booking,
+                        #[cfg(feature = "redis")]
+                        super::tracker::Ledger::Remote(_) => {
+                            this.state.set(State::Readying);
+                            continue;
+                        }
+                    };
                     let recheck = lock(&t.books).recheck(
-                        &t.booking,
+                        booking,
                         &t.shared.budget,
                         Instant::now(),
                         t.deadline,
@@ -159,9 +263,9 @@ where
                     match recheck {
                         None => this.state.set(State::Readying),
                         // A 429 paused the model while this call slept.
-                        Some(Ok(booking)) => {
-                            t.booking = booking;
-                            sleep.as_mut().reset(booking.at);
+                        Some(Ok(new)) => {
+                            *booking = new;
+                            sleep.as_mut().reset(new.at);
                         }
                         Some(Err(refusal)) => {
                             // `recheck` gave the old booking back already.

@@ -10,12 +10,15 @@ use super::{RateLimit, Shared};
 /// Applies [`RateLimit`]. See the [module docs](crate::rate_limit).
 ///
 /// Each service the layer builds keeps its own books, shared by that
-/// service's clones. A budget of zero refuses every call, with a
+/// service's clones — or, with [`shared`](Self::shared), books on Redis
+/// shared by every process. A budget of zero refuses every call, with a
 /// [`Error::RateLimited`](crate::Error::RateLimited) that is not retryable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     budget: [Option<u64>; LIMITS],
     max_waiting: usize,
+    #[cfg(feature = "redis")]
+    remote: Option<crate::redis::SharedBooks>,
 }
 
 impl Default for RateLimitLayer {
@@ -33,7 +36,26 @@ impl RateLimitLayer {
         RateLimitLayer {
             budget: [None; LIMITS],
             max_waiting: DEFAULT_MAX_WAITING,
+            #[cfg(feature = "redis")]
+            remote: None,
         }
+    }
+
+    /// Keeps the books on Redis, shared by every process that uses the same
+    /// [`SharedBooks`](crate::redis::SharedBooks) (feature `redis`): each
+    /// call is booked by one atomic step there, on Redis's clock, so the
+    /// processes together keep to the budget and to what the provider last
+    /// reported, and a 429 one of them meets pauses all of them. Each
+    /// process passes its own budget with each booking: give them the same.
+    ///
+    /// While Redis is out the layer does what the store's
+    /// [`OnOutage`](crate::redis::OnOutage) says: books locally, or refuses.
+    /// See the README's "Many processes" section for what is exact and what
+    /// is approximate.
+    #[cfg(feature = "redis")]
+    pub fn shared(mut self, books: crate::redis::SharedBooks) -> Self {
+        self.remote = Some(books);
+        self
     }
 
     /// At most `n` calls wait for a slot at once (default
@@ -88,6 +110,8 @@ impl<S> tower::Layer<S> for RateLimitLayer {
                 first: OnceLock::new(),
                 models: Mutex::new(HashMap::new()),
                 provider: OnceLock::new(),
+                #[cfg(feature = "redis")]
+                remote: self.remote.clone(),
             }),
         }
     }

@@ -76,6 +76,7 @@ use books::{Books, LIMITS, Refusal};
 pub(crate) use estimate::estimate;
 pub use future::ResponseFuture;
 use future::{Queued, Waiting};
+use tracker::Ledger;
 use tracker::{Ticket, Tracker};
 
 /// Paces calls to the provider's rate limits and a budget. See the [module
@@ -98,6 +99,9 @@ struct Shared {
     /// The provider's name, once an answer gave it: for the errors this
     /// layer makes itself.
     provider: OnceLock<&'static str>,
+    /// The books on Redis, when shared across processes.
+    #[cfg(feature = "redis")]
+    remote: Option<crate::redis::SharedBooks>,
 }
 
 /// Past this many models, books with nothing in them are dropped when a new
@@ -226,54 +230,111 @@ where
 
     fn call(&mut self, request: ChatRequest) -> ResponseFuture<S> {
         let books = self.shared.books(&request.model);
-        let (input, output) = estimate(&request);
         let deadline = request.deadline();
+        #[cfg(feature = "redis")]
+        if let Some(remote) = &self.shared.remote {
+            let booking = remote::book(remote, &self.shared, books, &request, deadline);
+            return ResponseFuture::booking(Waiting {
+                sleep: None,
+                service: self.take_ready(),
+                request: Some(request),
+                ticket: Ticket(None),
+                _queued: None,
+                pending: Some(booking),
+            });
+        }
+        let (input, output) = estimate(&request);
         let now = Instant::now();
-        let booked = lock(&books).book(
-            &self.shared.budget,
-            books::amounts(input, output),
-            now,
-            deadline,
-        );
-        let booking = match booked {
-            Ok(b) => b,
-            Err(refusal) => return ResponseFuture::failed(self.shared.refused(refusal)),
+        let tracker = match self
+            .shared
+            .book_locally(books, input, output, deadline, now)
+        {
+            Ok(t) => t,
+            Err(e) => return ResponseFuture::failed(e),
         };
-        let tracker = Tracker {
-            shared: self.shared.clone(),
-            books,
-            booking,
-            deadline,
-        };
-        if booking.at <= now {
+        if tracker.at() <= now {
             let future = self.inner.call(request);
             return ResponseFuture::calling(future, tracker);
         }
-        let wait = booking.at - now;
-        let Some(queued) = Queued::enter(&self.shared) else {
-            // Dropping the ticket gives the booking back.
-            drop(Ticket(Some(tracker)));
-            return ResponseFuture::failed(self.shared.refused(Refusal::QueueFull { wait }));
+        let queued = match Queued::enter_for(&self.shared, tracker, now) {
+            Ok(q) => q,
+            Err(e) => return ResponseFuture::failed(e),
         };
         tracing::debug!(
             model = %request.model,
-            wait_ms = wait.as_millis() as u64,
+            wait_ms = (queued.1.at() - now).as_millis() as u64,
             "rate limit: waiting for a slot"
         );
-        // The wait is done by a clone, driven ready once it is over; the
-        // service that was driven ready for this call is dropped, so that
-        // what it reserved below (a concurrency slot) is not held meanwhile.
-        let service = self.inner.clone();
-        self.inner = self.inner.clone();
         ResponseFuture::waiting(Waiting {
             sleep: None,
-            service,
+            service: self.take_ready(),
             request: Some(request),
-            ticket: Ticket(Some(tracker)),
-            _queued: queued,
+            ticket: Ticket(Some(queued.1)),
+            _queued: Some(queued.0),
+            #[cfg(feature = "redis")]
+            pending: None,
         })
     }
 }
+
+impl<S: Clone> RateLimit<S> {
+    /// A clone of the inner service for a call that waits, driven ready
+    /// once the wait is over; the service that was driven ready for this
+    /// call is dropped, so that what it reserved below (a concurrency slot)
+    /// is not held meanwhile.
+    fn take_ready(&mut self) -> S {
+        let service = self.inner.clone();
+        self.inner = self.inner.clone();
+        service
+    }
+}
+
+impl Shared {
+    /// Books a call needing `input` and `output` tokens in this process's
+    /// `books` of its model.
+    fn book_locally(
+        self: &Arc<Self>,
+        books: Arc<Mutex<Books>>,
+        input: u64,
+        output: u64,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Result<Tracker, Error> {
+        let booked = lock(&books).book(&self.budget, books::amounts(input, output), now, deadline);
+        match booked {
+            Ok(booking) => Ok(Tracker {
+                shared: self.clone(),
+                books,
+                ledger: Ledger::Local(booking),
+                deadline,
+            }),
+            Err(refusal) => Err(self.refused(refusal)),
+        }
+    }
+}
+
+impl Queued {
+    /// A place among the calls that wait, for `tracker`'s call, whose slot
+    /// is ahead; else the booking is given back and the call refused.
+    fn enter_for(
+        shared: &Arc<Shared>,
+        tracker: Tracker,
+        now: Instant,
+    ) -> Result<(Queued, Tracker), Error> {
+        match Queued::enter(shared) {
+            Some(q) => Ok((q, tracker)),
+            None => {
+                let wait = tracker.at().saturating_duration_since(now);
+                // Dropping the ticket gives the booking back.
+                drop(Ticket(Some(tracker)));
+                Err(shared.refused(Refusal::QueueFull { wait }))
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+mod remote;
 
 #[cfg(test)]
 mod tests;

@@ -27,6 +27,8 @@ impl RefreshLayer {
                     source: Box::new(source),
                     state: Mutex::new(State::default()),
                     refresh_lock: tokio::sync::Mutex::new(()),
+                    #[cfg(feature = "redis")]
+                    remote: std::sync::OnceLock::new(),
                 }),
                 margin: Duration::from_secs(60),
                 refresh_on: Arc::new(|e| matches!(e, Error::Unauthorized { .. })),
@@ -65,6 +67,28 @@ impl RefreshLayer {
         predicate: impl Fn(&Error) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.policy.refresh_on = Arc::new(predicate);
+        self
+    }
+
+    /// Shares the credential with every process that uses the same
+    /// [`SharedCredential`](crate::redis::SharedCredential) (feature
+    /// `redis`). A refresh is single-flight across them: one process takes
+    /// a lock with a lease and calls the source; the others wait for the
+    /// new credential and read it, never calling the source themselves. A
+    /// process that dies mid-refresh loses its lease, and the next waiter
+    /// refreshes. The credential is encrypted at rest with the key the
+    /// [`SharedCredential`](crate::redis::SharedCredential) was made with.
+    ///
+    /// While Redis is out, the store's [`OnOutage`](crate::redis::OnOutage)
+    /// decides: refresh alone from the source (the default), or fail the
+    /// refresh.
+    #[cfg(feature = "redis")]
+    pub fn shared(self, credential: crate::redis::SharedCredential) -> Self {
+        if self.policy.store.remote.set(credential).is_err() {
+            tracing::warn!(
+                "RefreshLayer::shared: the credential is already shared; keeping the first"
+            );
+        }
         self
     }
 

@@ -65,6 +65,8 @@ use crate::{BoxError, ChatRequest, ChatStream, Error};
 
 mod command;
 mod credential;
+#[cfg(feature = "redis")]
+mod shared;
 
 use crate::auth::Credential;
 use crate::auth::{AuthHeader, CredentialSupply, SuppliedCredential};
@@ -273,6 +275,10 @@ struct State {
     /// the next waiter fetches.
     failures: u64,
     last_error: Option<Arc<BoxError>>,
+    /// The generation on Redis of the current credential (0: none read or
+    /// written there), when it is shared.
+    #[cfg(feature = "redis")]
+    shared_generation: u64,
 }
 
 /// The credential shared by every service of one layer.
@@ -281,6 +287,9 @@ struct Store {
     state: Mutex<State>,
     /// Held while the source runs: the single flight.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// The credential on Redis, shared with other processes.
+    #[cfg(feature = "redis")]
+    remote: std::sync::OnceLock<crate::redis::SharedCredential>,
 }
 
 impl Store {
@@ -302,21 +311,27 @@ impl Store {
             if state.failures != failures_before {
                 let source = state.last_error.clone().map_or_else(
                     || BoxError::from("a concurrent credential refresh failed"),
-                    |e| Box::new(SharedError(e)) as BoxError,
+                    SharedError::boxed,
                 );
                 return Err(Error::Refresh { source });
             }
         }
-        let fetched = match self.source.fetch().await {
-            Ok(credential) => Stamped::new(credential).map_err(|e| Box::new(e) as BoxError),
+        let fetched = match self.obtain().await {
+            Ok((credential, shared)) => Stamped::new(credential)
+                .map(|s| (s, shared))
+                .map_err(|e| Box::new(e) as BoxError),
             Err(e) => Err(e),
         };
         let mut state = self.lock();
         match fetched {
-            Ok(stamped) => {
+            Ok((stamped, _shared)) => {
                 state.current = Some(Arc::new(stamped));
                 state.generation += 1;
                 state.last_error = None;
+                #[cfg(feature = "redis")]
+                if let Some(g) = _shared {
+                    state.shared_generation = g;
+                }
                 tracing::info!(generation = state.generation, "credential refreshed");
                 Ok(())
             }
@@ -326,16 +341,45 @@ impl Store {
                 state.failures += 1;
                 state.last_error = Some(e.clone());
                 Err(Error::Refresh {
-                    source: Box::new(SharedError(e)),
+                    source: SharedError::boxed(e),
                 })
             }
         }
     }
 }
 
+/// A fresh credential, and its generation on Redis when it is shared.
+type Obtained = (Credential, Option<u64>);
+
+impl Store {
+    /// A fresh credential: from the source, or, when it is shared, from
+    /// Redis if another process refreshed it, else from the source by this
+    /// process alone.
+    async fn obtain(&self) -> Result<Obtained, BoxError> {
+        #[cfg(feature = "redis")]
+        if let Some(remote) = self.remote.get() {
+            return self.obtain_shared(remote).await;
+        }
+        self.source.fetch().await.map(|c| (c, None))
+    }
+}
+
 /// A refresh error, shared by the callers that waited on the same refresh.
 #[derive(Debug)]
 struct SharedError(Arc<BoxError>);
+
+impl SharedError {
+    /// The error for one caller: a copy of a typed error this crate made
+    /// (Redis out, with [`OnOutage::Refuse`](crate::redis::OnOutage)), so
+    /// that the caller can downcast it; else the shared one.
+    fn boxed(e: Arc<BoxError>) -> BoxError {
+        #[cfg(feature = "redis")]
+        if let Some(store) = e.downcast_ref::<crate::redis::StoreError>() {
+            return Box::new(store.clone());
+        }
+        Box::new(SharedError(e))
+    }
+}
 
 impl fmt::Display for SharedError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -1,0 +1,1068 @@
+//! State shared across processes on Redis, against a real `redis-server`
+//! each test starts itself (from `PATH`, on a free port, no persistence)
+//! and stops.
+//!
+//! Its own harness: where no `redis-server` is on `PATH`, every test is
+//! reported as ignored, never as passed. The same binary is the worker
+//! the multi-process tests spawn: with `LLM_TOWER_WORKER` set, `main` runs
+//! one worker and exits.
+
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use llm_tower::mock::{MockServer, Reply};
+use llm_tower::redis::{CredentialKey, OnOutage, RedisStore, StoreError};
+use llm_tower::{
+    ChatRequest, Credential, Deadline, Error, Message, OpenAi, Pool, RateLimitLayer, RefreshLayer,
+};
+use serde_json::{Value, json};
+use tower::{ServiceBuilder, ServiceExt};
+
+mod support;
+
+/// The longest any worker may run before the test gives up on it.
+const KILL_AFTER: Duration = Duration::from_secs(60);
+
+const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn main() {
+    if let Ok(mode) = std::env::var("LLM_TOWER_WORKER") {
+        worker::run(&mode);
+        return;
+    }
+    let args = Arguments::from_args();
+    let missing = which("redis-server").is_none();
+    let tests: [(&str, Test); 10] = [
+        (
+            "processes_share_one_request_budget",
+            processes_share_one_request_budget,
+        ),
+        (
+            "processes_share_one_token_budget",
+            processes_share_one_token_budget,
+        ),
+        (
+            "a_report_one_process_sees_holds_back_another",
+            a_report_one_process_sees_holds_back_another,
+        ),
+        (
+            "one_refresh_across_processes_and_never_in_the_clear",
+            one_refresh_across_processes_and_never_in_the_clear,
+        ),
+        (
+            "a_refresher_that_dies_loses_its_lease",
+            a_refresher_that_dies_loses_its_lease,
+        ),
+        (
+            "redis_stopped_mid_run_local_books_then_shared_again",
+            redis_stopped_mid_run_local_books_then_shared_again,
+        ),
+        (
+            "redis_answering_slowly_is_cut_at_the_step_budget",
+            redis_answering_slowly_is_cut_at_the_step_budget,
+        ),
+        (
+            "fail_closed_refuses_with_a_typed_error",
+            fail_closed_refuses_with_a_typed_error,
+        ),
+        ("pools_share_cooldowns", pools_share_cooldowns),
+        (
+            "a_429_in_one_process_pauses_the_others",
+            a_429_in_one_process_pauses_the_others,
+        ),
+    ];
+    let mut trials: Vec<Trial> = tests
+        .into_iter()
+        .map(|(name, test)| Trial::test(name, test).with_ignored_flag(missing))
+        .collect();
+    // What needs no server runs everywhere.
+    trials.push(Trial::test(
+        "the_store_never_shows_its_password",
+        the_store_never_shows_its_password,
+    ));
+    if missing {
+        eprintln!("redis-server not found on PATH: the Redis tests are reported as ignored");
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
+
+/// A test of this file.
+type Test = fn() -> Result<(), Failed>;
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
+    if condition {
+        Ok(())
+    } else {
+        Err(message.into().into())
+    }
+}
+
+/// A `redis-server` of the test's own: on a free port of 127.0.0.1, no
+/// persistence, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        // A port found free may be taken before the server binds it: then
+        // the server exits, and another port is tried.
+        for _ in 0..10 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let mut server = RedisServer { port, child: None };
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 10 ports");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server restarts on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the server on its port; whether it answers PING there.
+    fn try_start(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // For DEBUG SLEEP: a Redis that answers slowly.
+            .args(["--enable-debug-command", "local"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if ping(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A plain connection, to read back what it holds.
+    async fn client(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a connection to the test's redis-server")
+    }
+}
+
+/// Whether a Redis answers PING on `port`.
+fn ping(port: u16) -> bool {
+    use std::io::Read as _;
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A worker process: this binary with `mode` and `env`.
+fn spawn_worker(mode: &str, env: &[(&str, String)]) -> Child {
+    let mut command = Command::new(std::env::current_exe().expect("this binary"));
+    command
+        .env("LLM_TOWER_WORKER", mode)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().expect("a worker starts")
+}
+
+/// Waits for a worker (killing it past [`KILL_AFTER`]) and reads the JSON
+/// line it printed.
+fn report(mut child: Child) -> Value {
+    let started = Instant::now();
+    loop {
+        match child.try_wait().expect("the worker's status") {
+            Some(status) => {
+                let mut out = String::new();
+                if let Some(mut stdout) = child.stdout.take() {
+                    std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
+                }
+                assert!(status.success(), "worker failed: {status}; printed {out}");
+                return serde_json::from_str(out.trim()).expect("the worker's report");
+            }
+            None if started.elapsed() > KILL_AFTER => {
+                let _ = child.kill();
+                panic!("a worker still ran after {KILL_AFTER:?}: killed");
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+fn unique(name: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs `workers` budget workers against `upstream`, with Redis at `redis`
+/// (or local books), and returns their reports.
+fn run_budget(
+    workers: usize,
+    upstream: String,
+    redis: Option<String>,
+    env: &[(&str, String)],
+) -> Vec<Value> {
+    let namespace = unique("budget");
+    let children: Vec<Child> = (0..workers)
+        .map(|_| {
+            let mut all: Vec<(&str, String)> = vec![
+                ("UPSTREAM", upstream.clone()),
+                ("NAMESPACE", namespace.clone()),
+            ];
+            if let Some(r) = &redis {
+                all.push(("REDIS", r.clone()));
+            }
+            all.extend(env.iter().cloned());
+            spawn_worker("budget", &all)
+        })
+        .collect();
+    children.into_iter().map(report).collect()
+}
+
+fn total(reports: &[Value], field: &str) -> u64 {
+    reports.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
+}
+
+fn processes_share_one_request_budget() -> Result<(), Failed> {
+    runtime().block_on(async {
+        let redis = RedisServer::start();
+        // A provider that refuses the 41st request in any minute.
+        let upstream = MockServer::start().await;
+        upstream.limit_requests(40);
+        let env = [
+            ("RPM", "40".to_owned()),
+            ("CALLS", "50".to_owned()),
+            ("DEADLINE_MS", "3000".to_owned()),
+        ];
+        let reports = tokio::task::spawn_blocking({
+            let (upstream, redis, env) = (upstream.openai_url(), redis.url(), env.clone());
+            move || run_budget(4, upstream, Some(redis), &env)
+        })
+        .await
+        .unwrap();
+        check(
+            upstream.request_count() == 40 && upstream.rate_limited_count() == 0,
+            format!(
+                "with Redis: the server saw {} requests and refused {} (reports {reports:?})",
+                upstream.request_count(),
+                upstream.rate_limited_count()
+            ),
+        )?;
+        check(
+            total(&reports, "ok") == 40,
+            format!("40 answered: {reports:?}"),
+        )?;
+        check(
+            total(&reports, "refused_locally") == 160,
+            format!("the rest refused here, before their deadline: {reports:?}"),
+        )?;
+
+        // The same run with each process on its own books overshoots.
+        let upstream = MockServer::start().await;
+        upstream.limit_requests(40);
+        let _ = tokio::task::spawn_blocking({
+            let upstream = upstream.openai_url();
+            move || run_budget(4, upstream, None, &env)
+        })
+        .await
+        .unwrap();
+        check(
+            upstream.request_count() == 160 && upstream.rate_limited_count() == 120,
+            format!(
+                "without Redis: {} requests, {} refused by the server",
+                upstream.request_count(),
+                upstream.rate_limited_count()
+            ),
+        )
+    })
+}
+
+fn processes_share_one_token_budget() -> Result<(), Failed> {
+    runtime().block_on(async {
+        let redis = RedisServer::start();
+        // "hi" with max_tokens 240: 4 + 1 input tokens by the estimate, and
+        // 240 output, 245 in all. Four fit in 1,000 tokens a minute. The
+        // server reports what was booked as used (12 input tokens, 233
+        // output), so that the corrections change nothing.
+        let upstream = MockServer::start().await;
+        upstream.set_default(Reply::text(vec!["x"; 233]));
+        let env = [
+            ("TPM", "1000".to_owned()),
+            ("MAX_TOKENS", "240".to_owned()),
+            ("CALLS", "10".to_owned()),
+            ("DEADLINE_MS", "3000".to_owned()),
+        ];
+        let reports = tokio::task::spawn_blocking({
+            let (upstream, redis, env) = (upstream.openai_url(), redis.url(), env.clone());
+            move || run_budget(4, upstream, Some(redis), &env)
+        })
+        .await
+        .unwrap();
+        check(
+            upstream.request_count() == 4,
+            format!(
+                "with Redis: {} requests of 245 tokens in a minute for 1,000 ({reports:?})",
+                upstream.request_count()
+            ),
+        )?;
+        let upstream = MockServer::start().await;
+        upstream.set_default(Reply::text(vec!["x"; 233]));
+        let _ = tokio::task::spawn_blocking({
+            let upstream = upstream.openai_url();
+            move || run_budget(4, upstream, None, &env)
+        })
+        .await;
+        check(
+            upstream.request_count() == 16,
+            format!(
+                "without Redis each process spends the budget: {} requests",
+                upstream.request_count()
+            ),
+        )
+    })
+}
+
+fn a_report_one_process_sees_holds_back_another() -> Result<(), Failed> {
+    runtime().block_on(async {
+        let redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        upstream.push(
+            Reply::text(["ok"])
+                .header("x-ratelimit-limit-requests", "100")
+                .header("x-ratelimit-remaining-requests", "0")
+                .header("x-ratelimit-reset-requests", "2s"),
+        );
+        let namespace = unique("report");
+        let env = |calls: &str| {
+            vec![
+                ("UPSTREAM", upstream.openai_url()),
+                ("NAMESPACE", namespace.clone()),
+                ("REDIS", redis.url()),
+                ("CALLS", calls.to_owned()),
+            ]
+        };
+        let first = env("1");
+        let second = env("1");
+        let (a, b) = tokio::task::spawn_blocking(move || {
+            let a = report(spawn_worker("budget", &first));
+            let b = report(spawn_worker("budget", &second));
+            (a, b)
+        })
+        .await
+        .unwrap();
+        check(
+            a["ok"] == 1 && b["ok"] == 1,
+            format!("both answered: {a} {b}"),
+        )?;
+        let waited = b["slowest_ms"].as_u64().unwrap_or(0);
+        check(
+            (1500..4000).contains(&waited),
+            format!("the second process's call waited for the reset the first saw: {waited} ms"),
+        )
+    })
+}
+
+fn credential_env(
+    redis: &RedisServer,
+    upstream: &MockServer,
+    name: &str,
+    log: &Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("UPSTREAM", upstream.openai_url()),
+        ("REDIS", redis.url()),
+        ("CREDENTIAL", name.to_owned()),
+        ("SOURCE_LOG", log.display().to_string()),
+        ("KEY", KEY_HEX.to_owned()),
+    ]
+}
+
+fn source_calls(log: &Path) -> usize {
+    std::fs::read_to_string(log).map_or(0, |s| s.lines().count())
+}
+
+fn one_refresh_across_processes_and_never_in_the_clear() -> Result<(), Failed> {
+    runtime().block_on(async {
+        let redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        upstream.accept_keys(["fresh-token"]);
+        let name = unique("cred");
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let mut env = credential_env(&redis, &upstream, &name, &log);
+        env.push(("SOURCE_DELAY_MS", "300".to_owned()));
+        let reports = tokio::task::spawn_blocking(move || {
+            let children: Vec<Child> = (0..4).map(|_| spawn_worker("credential", &env)).collect();
+            children.into_iter().map(report).collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        check(
+            total(&reports, "ok") == 4,
+            format!("every call answered: {reports:?}"),
+        )?;
+        check(
+            source_calls(&log) == 1,
+            format!("the source was called {} times", source_calls(&log)),
+        )?;
+        // The value on Redis, read back raw: sealed, not the secret.
+        let mut c = redis.client().await;
+        let key = format!("llm-tower-test:cred:{{{name}}}");
+        let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        check(!fields.is_empty(), "the credential is on Redis")?;
+        for (field, value) in &fields {
+            let text = String::from_utf8_lossy(value);
+            check(
+                !text.contains("fresh-token") && !text.contains("stale-token"),
+                format!("{field} holds the secret in the clear"),
+            )?;
+        }
+        let _ = std::fs::remove_file(&log);
+        Ok(())
+    })
+}
+
+fn a_refresher_that_dies_loses_its_lease() -> Result<(), Failed> {
+    runtime().block_on(async {
+        let redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        upstream.accept_keys(["fresh-token"]);
+        let name = unique("lease");
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let env = credential_env(&redis, &upstream, &name, &log);
+        let (b, elapsed) = tokio::task::spawn_blocking({
+            let log = log.clone();
+            move || {
+                let mut stuck = env.clone();
+                stuck.push(("SOURCE_DELAY_MS", "60000".to_owned()));
+                stuck.push(("LEASE_MS", "1000".to_owned()));
+                let mut a = spawn_worker("credential", &stuck);
+                let started = Instant::now();
+                while source_calls(&log) == 0 {
+                    assert!(started.elapsed() < KILL_AFTER, "the first refresh began");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                // Killed in the middle of its refresh, holding the lock.
+                a.kill().unwrap();
+                a.wait().unwrap();
+                let started = Instant::now();
+                let b = report(spawn_worker("credential", &env));
+                (b, started.elapsed())
+            }
+        })
+        .await
+        .unwrap();
+        check(b["ok"] == 1, format!("the next process refreshed: {b}"))?;
+        check(
+            source_calls(&log) == 2,
+            format!("the source was called {} times", source_calls(&log)),
+        )?;
+        check(
+            elapsed < Duration::from_secs(10),
+            format!("within the lease: {elapsed:?}"),
+        )?;
+        let _ = std::fs::remove_file(&log);
+        Ok(())
+    })
+}
+
+/// Log lines, captured.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A call through `service`, and how long it took.
+async fn timed<S>(service: &S) -> (Result<String, Error>, Duration)
+where
+    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error> + Clone,
+{
+    let started = Instant::now();
+    let result = async {
+        let stream = service
+            .clone()
+            .oneshot(ChatRequest::new("m").message(Message::user("hi")))
+            .await?;
+        Ok(stream.completion().await?.text)
+    }
+    .await;
+    (result, started.elapsed())
+}
+
+async fn entries_on_redis(redis: &RedisServer, namespace: &str) -> usize {
+    let mut c = redis.client().await;
+    let key = format!("llm-tower-test:rl:{{{namespace}|m}}:log");
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap_or(0)
+}
+
+fn redis_stopped_mid_run_local_books_then_shared_again() -> Result<(), Failed> {
+    let logs = Captured::default();
+    let _guard = logs.install();
+    current_thread().block_on(async {
+        let mut redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        let store = RedisStore::builder(redis.url())
+            .prefix("llm-tower-test")
+            .step_timeout(Duration::from_millis(50))
+            .retry_after(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let namespace = unique("outage");
+        let service = ServiceBuilder::new()
+            .layer(
+                RateLimitLayer::new()
+                    .requests_per_minute(1000)
+                    .shared(store.books(&namespace)),
+            )
+            .service(support::openai_at(&upstream));
+        for _ in 0..5 {
+            timed(&service).await.0?;
+        }
+        check(
+            entries_on_redis(&redis, &namespace).await == 5,
+            "5 calls booked on Redis",
+        )?;
+
+        redis.stop();
+        for i in 0..20 {
+            let (result, took) = timed(&service).await;
+            result.map_err(|e| format!("call {i} with Redis down: {e}"))?;
+            check(
+                took < Duration::from_millis(500),
+                format!("call {i} took {took:?}"),
+            )?;
+        }
+        check(
+            store.outages() == 1,
+            format!("one outage: {}", store.outages()),
+        )?;
+        check(
+            store.fallbacks() >= 20,
+            format!("20 calls on local books: {}", store.fallbacks()),
+        )?;
+        check(
+            logs.count("Redis is out") == 1,
+            format!("warned once: {}", logs.count("Redis is out")),
+        )?;
+
+        redis.restart();
+        let started = Instant::now();
+        loop {
+            timed(&service).await.0?;
+            if store.is_available() && entries_on_redis(&redis, &namespace).await > 0 {
+                break;
+            }
+            check(
+                started.elapsed() < Duration::from_secs(10),
+                "shared again within 10 s",
+            )?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        check(logs.count("Redis is back") == 1, "said it is back")
+    })
+}
+
+fn redis_answering_slowly_is_cut_at_the_step_budget() -> Result<(), Failed> {
+    current_thread().block_on(async {
+        let redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        let store = RedisStore::builder(redis.url())
+            .prefix("llm-tower-test")
+            .step_timeout(Duration::from_millis(50))
+            .retry_after(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let namespace = unique("slow");
+        let service = ServiceBuilder::new()
+            .layer(
+                RateLimitLayer::new()
+                    .requests_per_minute(1000)
+                    .shared(store.books(&namespace)),
+            )
+            .service(support::openai_at(&upstream));
+        timed(&service).await.0?;
+        // Redis busy for 1.5 s: calls go on, each within its step budget.
+        let mut c = redis.client().await;
+        let sleeper = tokio::spawn(async move {
+            redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg(1.5)
+                .query_async::<()>(&mut c)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let mut calls = 0;
+        while started.elapsed() < Duration::from_millis(1000) {
+            let (result, took) = timed(&service).await;
+            result?;
+            check(
+                took < Duration::from_millis(300),
+                format!("a call took {took:?}"),
+            )?;
+            calls += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        check(calls > 5, format!("calls went on: {calls}"))?;
+        check(store.outages() >= 1, "the slow answer counted as an outage")?;
+        // The client may give up on DEBUG SLEEP's answer first; the server
+        // slept all the same (the outage above shows it).
+        let _ = sleeper.await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let before = entries_on_redis(&redis, &namespace).await;
+        let started = Instant::now();
+        loop {
+            timed(&service).await.0?;
+            if entries_on_redis(&redis, &namespace).await > before {
+                break;
+            }
+            check(started.elapsed() < Duration::from_secs(10), "shared again")?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    })
+}
+
+fn fail_closed_refuses_with_a_typed_error() -> Result<(), Failed> {
+    current_thread().block_on(async {
+        let upstream = MockServer::start().await;
+        // Nothing listens there.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let store = RedisStore::builder(format!("redis://127.0.0.1:{port}/"))
+            .on_outage(OnOutage::Refuse)
+            .build()
+            .unwrap();
+        let service = ServiceBuilder::new()
+            .layer(RateLimitLayer::new().shared(store.books("closed")))
+            .service(support::openai_at(&upstream));
+        let (result, took) = timed(&service).await;
+        let error = result.err().ok_or("refused")?;
+        check(
+            matches!(error, Error::Overloaded { .. })
+                && error.api_error().and_then(|e| e.error_type())
+                    == Some("shared_state_unavailable")
+                && error.api_error().is_some_and(|e| e.is_local()),
+            format!("a local overload: {error:?}"),
+        )?;
+        check(took < Duration::from_secs(1), format!("at once: {took:?}"))?;
+        check(upstream.request_count() == 0, "nothing sent")?;
+
+        let refresh = ServiceBuilder::new()
+            .layer(
+                RefreshLayer::new(|| async { Ok::<_, std::io::Error>(Credential::bearer("t")) })
+                    .shared(store.credential("closed", CredentialKey::from_hex(KEY_HEX).unwrap())),
+            )
+            .service(support::openai_at(&upstream));
+        let error = timed(&refresh).await.0.err().ok_or("refused")?;
+        let typed = match &error {
+            Error::Refresh { source } => source.downcast_ref::<StoreError>().is_some(),
+            _ => false,
+        };
+        check(
+            typed,
+            format!("a refresh error whose source is a StoreError: {error:?}"),
+        )
+    })
+}
+
+fn pools_share_cooldowns() -> Result<(), Failed> {
+    current_thread().block_on(async {
+        let redis = RedisServer::start();
+        let a = MockServer::start().await;
+        let b = MockServer::start().await;
+        let namespace = unique("pool");
+        let pool = || {
+            // A store each, as each process has its own.
+            let store = RedisStore::builder(redis.url())
+                .prefix("llm-tower-test")
+                .build()
+                .unwrap();
+            Pool::builder()
+                .deployment("a", support::openai_at(&a))
+                .deployment("b", support::openai_at(&b))
+                .shared(store.cooldowns(&namespace))
+                .build()
+                .unwrap()
+        };
+        let (first, second) = (pool(), pool());
+        // The first call starts each pool's listener.
+        timed(&first).await.0?;
+        timed(&second).await.0?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        a.set_default(
+            Reply::api_error(429, "rate_limit_exceeded", "slow down").header("retry-after", "30"),
+        );
+        let health = |pool: &Pool| {
+            pool.status()
+                .into_iter()
+                .find(|d| &*d.name == "a")
+                .map(|d| d.health)
+        };
+        let cooling = |pool: &Pool| {
+            matches!(
+                health(pool),
+                Some(llm_tower::pool::Health::CoolingDown { .. })
+            )
+        };
+        for _ in 0..50 {
+            if cooling(&first) {
+                break;
+            }
+            let _ = timed(&first).await;
+        }
+        check(cooling(&first), "the first pool cooled a down")?;
+        let started = Instant::now();
+        while !cooling(&second) {
+            check(
+                started.elapsed() < Duration::from_secs(3),
+                format!("the second pool heard: {:?}", health(&second)),
+            )?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // A pool that starts later reads the cooldown that runs.
+        let third = pool();
+        let seen_by_a = a.request_count();
+        timed(&third).await.0?;
+        let started = Instant::now();
+        while !cooling(&third) {
+            check(
+                started.elapsed() < Duration::from_secs(3),
+                "the third pool read it",
+            )?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..10 {
+            timed(&second).await.0?;
+        }
+        check(
+            a.request_count() <= seen_by_a + 1,
+            "the second pool sent nothing more to a",
+        )
+    })
+}
+
+fn a_429_in_one_process_pauses_the_others() -> Result<(), Failed> {
+    current_thread().block_on(async {
+        let redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        upstream.push(
+            Reply::api_error(429, "rate_limit_exceeded", "slow down").header("retry-after", "2"),
+        );
+        let namespace = unique("pause");
+        let layer = || {
+            let store = RedisStore::builder(redis.url())
+                .prefix("llm-tower-test")
+                .build()
+                .unwrap();
+            RateLimitLayer::new().shared(store.books(&namespace))
+        };
+        let first = ServiceBuilder::new()
+            .layer(layer())
+            .service(support::openai_at(&upstream));
+        let second = ServiceBuilder::new()
+            .layer(layer())
+            .service(support::openai_at(&upstream));
+        let error = timed(&first).await.0.err().ok_or("the 429")?;
+        check(
+            matches!(error, Error::RateLimited { .. }),
+            format!("{error:?}"),
+        )?;
+        // The pause is written in the background.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (result, took) = timed(&second).await;
+        result?;
+        check(
+            took > Duration::from_millis(1500) && took < Duration::from_secs(4),
+            format!("the other service waited out the pause: {took:?}"),
+        )
+    })
+}
+
+fn the_store_never_shows_its_password() -> Result<(), Failed> {
+    let store = RedisStore::builder("redis://:hunter2-secret@127.0.0.1:6379/")
+        .build()
+        .map_err(|e| e.to_string())?;
+    check(!format!("{store:?}").contains("hunter2"), "Debug")?;
+    let error = RedisStore::builder("rediss-nope://:hunter2-secret@host/")
+        .build()
+        .err()
+        .ok_or("a bad URL is refused")?;
+    check(
+        !format!("{error} {error:?}").contains("hunter2"),
+        format!("the error shows the password: {error}"),
+    )?;
+    let key = CredentialKey::from_hex(KEY_HEX).map_err(|e| e.to_string())?;
+    let shared = store.credential("c", key);
+    check(
+        !format!("{shared:?}").contains("0001020304"),
+        "the key in Debug",
+    )
+}
+
+/// The worker processes.
+mod worker {
+    use super::*;
+
+    fn var(name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn number(name: &str) -> Option<u64> {
+        var(name).map(|v| v.parse().expect("a number"))
+    }
+
+    pub(super) fn run(mode: &str) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let report = rt.block_on(async {
+            let report = match mode {
+                "budget" => budget().await,
+                "credential" => credential().await,
+                other => panic!("unknown worker {other}"),
+            };
+            // What the calls wrote in the background reaches Redis.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            report
+        });
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{report}").unwrap();
+    }
+
+    /// The store at `REDIS`, if set. These runs are about sharing, not
+    /// about a slow Redis: a generous step budget, so that a loaded machine
+    /// does not send a worker to its local books.
+    fn store() -> Option<RedisStore> {
+        var("REDIS").map(|url| {
+            RedisStore::builder(url)
+                .prefix("llm-tower-test")
+                .step_timeout(Duration::from_secs(2))
+                .build()
+                .expect("a store")
+        })
+    }
+
+    fn upstream() -> OpenAi {
+        OpenAi::builder()
+            .base_url(var("UPSTREAM").expect("UPSTREAM"))
+            .api_key("sk-test")
+            .model("m")
+            .build()
+            .expect("a provider")
+    }
+
+    /// Makes `CALLS` calls at once, under `RPM` / `TPM`, on Redis if
+    /// `REDIS` is set, each with `DEADLINE_MS` to start.
+    async fn budget() -> Value {
+        let mut layer = RateLimitLayer::new();
+        if let Some(n) = number("RPM") {
+            layer = layer.requests_per_minute(n);
+        }
+        if let Some(n) = number("TPM") {
+            layer = layer.tokens_per_minute(n);
+        }
+        if let Some(store) = store() {
+            layer = layer.shared(store.books(&var("NAMESPACE").expect("NAMESPACE")));
+        }
+        let service = ServiceBuilder::new().layer(layer).service(upstream());
+        let calls = number("CALLS").unwrap_or(1);
+        let deadline = number("DEADLINE_MS").map(Duration::from_millis);
+        let max_tokens = number("MAX_TOKENS").map(|n| n as u32);
+        let tasks: Vec<_> = (0..calls)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let mut request = ChatRequest::new("m").message(Message::user("hi"));
+                    if let Some(n) = max_tokens {
+                        request = request.max_tokens(n);
+                    }
+                    if let Some(d) = deadline {
+                        request = request.extension(Deadline::after(d));
+                    }
+                    let started = Instant::now();
+                    let result = async {
+                        let stream = service.oneshot(request).await?;
+                        stream.completion().await
+                    }
+                    .await;
+                    (result, started.elapsed())
+                })
+            })
+            .collect();
+        let (mut ok, mut local, mut limited, mut other, mut slowest) = (0, 0, 0, 0, 0u128);
+        for task in tasks {
+            let (result, took) = task.await.expect("a call");
+            slowest = slowest.max(took.as_millis());
+            match result {
+                Ok(_) => ok += 1,
+                Err(e) if e.api_error().is_some_and(|a| a.is_local()) => local += 1,
+                Err(Error::RateLimited { .. }) => limited += 1,
+                Err(e) => {
+                    eprintln!("worker: {e}");
+                    other += 1;
+                }
+            }
+        }
+        json!({
+            "ok": ok, "refused_locally": local, "rate_limited": limited,
+            "other": other, "slowest_ms": slowest,
+        })
+    }
+
+    /// One call with a stale credential, refreshed on the 401 from a
+    /// source that logs each call to `SOURCE_LOG` and takes
+    /// `SOURCE_DELAY_MS`; the credential shared as `CREDENTIAL`.
+    async fn credential() -> Value {
+        let log = PathBuf::from(var("SOURCE_LOG").expect("SOURCE_LOG"));
+        let delay = Duration::from_millis(number("SOURCE_DELAY_MS").unwrap_or(0));
+        let key = CredentialKey::from_hex(&var("KEY").expect("KEY")).expect("a key");
+        let mut shared = store()
+            .expect("REDIS")
+            .credential(&var("CREDENTIAL").expect("CREDENTIAL"), key);
+        if let Some(ms) = number("LEASE_MS") {
+            shared = shared.lease(Duration::from_millis(ms));
+        }
+        let source = move || {
+            let log = log.clone();
+            async move {
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)?;
+                writeln!(file, "{}", std::process::id())?;
+                drop(file);
+                tokio::time::sleep(delay).await;
+                Ok::<_, std::io::Error>(Credential::bearer("fresh-token"))
+            }
+        };
+        let service = ServiceBuilder::new()
+            .layer(
+                RefreshLayer::new(source)
+                    .initial(Credential::bearer("stale-token"))
+                    .shared(shared),
+            )
+            .service(upstream());
+        let (result, took) = timed(&service).await;
+        if let Err(e) = &result {
+            eprintln!("worker: {e}");
+        }
+        json!({"ok": u32::from(result.is_ok()), "ms": took.as_millis()})
+    }
+}
