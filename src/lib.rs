@@ -70,7 +70,9 @@
 //!   [`Attempts`], the credential a layer supplies, in one context every
 //!   copy of the request shares — and [`Credential`] itself; what the response headers
 //!   say ([`RateLimitInfo`], [`parse_retry_after`]); [`sse`], the incremental
-//!   server-sent-events decoder.
+//!   server-sent-events decoder; and `redis` (feature `redis`), the state
+//!   several processes share — the rate limit's books, the pool's
+//!   cooldowns, the credential — which the layers above are handed.
 //!
 //! So a layer reads what a provider wrote into the request or the stream
 //! through the ground floor's types, not through the provider, and a

@@ -23,7 +23,11 @@ use llm_tower::{
 use serde_json::{Value, json};
 use tower::{ServiceBuilder, ServiceExt};
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
 mod support;
+
+use redis_server::RedisServer;
 
 /// The longest any worker may run before the test gives up on it.
 const KILL_AFTER: Duration = Duration::from_secs(60);
@@ -36,7 +40,7 @@ fn main() {
         return;
     }
     let args = Arguments::from_args();
-    let missing = which("redis-server").is_none();
+    let missing = redis_server::which("redis-server").is_none();
     let tests: [(&str, Test); 10] = [
         (
             "processes_share_one_request_budget",
@@ -94,14 +98,6 @@ fn main() {
 /// A test of this file.
 type Test = fn() -> Result<(), Failed>;
 
-fn which(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join(program))
-            .find(|p| p.is_file())
-    })
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -115,105 +111,6 @@ fn check(condition: bool, message: impl Into<String>) -> Result<(), Failed> {
         Ok(())
     } else {
         Err(message.into().into())
-    }
-}
-
-/// A `redis-server` of the test's own: on a free port of 127.0.0.1, no
-/// persistence, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        // A port found free may be taken before the server binds it: then
-        // the server exits, and another port is tried.
-        for _ in 0..10 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let mut server = RedisServer { port, child: None };
-            if server.try_start() {
-                return server;
-            }
-        }
-        panic!("redis-server did not start on any of 10 ports");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn restart(&mut self) {
-        assert!(
-            self.try_start(),
-            "redis-server restarts on port {}",
-            self.port
-        );
-    }
-
-    /// Starts the server on its port; whether it answers PING there.
-    fn try_start(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            // For DEBUG SLEEP: a Redis that answers slowly.
-            .args(["--enable-debug-command", "local"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if child.try_wait().ok().flatten().is_some() {
-                return false;
-            }
-            if ping(self.port) {
-                self.child = Some(child);
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// A plain connection, to read back what it holds.
-    async fn client(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .expect("a connection to the test's redis-server")
-    }
-}
-
-/// Whether a Redis answers PING on `port`.
-fn ping(port: u16) -> bool {
-    use std::io::Read as _;
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let mut reply = [0u8; 7];
-    stream.write_all(b"PING\r\n").is_ok()
-        && stream.read_exact(&mut reply).is_ok()
-        && &reply == b"+PONG\r\n"
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

@@ -4,12 +4,15 @@
 --
 -- KEYS[1]: the log, a sorted set of booked calls: score = the call's slot
 --          (ms on Redis's clock), member = "seq:requests:tokens:input:output".
--- KEYS[2]: the state, a hash: the log's sums, the next entry number, the
+-- KEYS[2]: the state, packed: the log's sums, the next entry number, the
 --          latest slot, the 429 pause, and the provider's last report.
+--          Corrections are entries of their own, at their call's slot:
+--          "c" then the same fields, the amounts the difference (negative
+--          when a call used less than booked).
 -- ARGV[1]: the step, then its arguments (see each step below).
 --
 -- Every reply is an array of integers, its first the outcome:
---   0 booked: {0, wait_us, seq, slot_ms, reports, pauses, strikes}
+--   0 booked: {0, wait_us, seq, slot_us, reports, pauses, strikes}
 --   1 zero budget: {1}
 --   2 past the deadline: {2, wait_us}
 --   3 may go (recheck): {3}
@@ -23,58 +26,52 @@ local LIMITS = 4
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 
--- The state, read once.
-local state = {}
+-- The state, read once: one key, packed with MessagePack (no number
+-- written out as text): the next entry number, the latest slot, the
+-- pause's end, the pauses and 429s in a row counted, the reports taken in,
+-- the log's four sums, per limit its report (false: none) as
+-- {reset_at, left, capacity (-1: none), level, at, rate}, then when the
+-- log was last swept and until when it is kept.
+local S = {}
 do
-  local flat = redis.call('HGETALL', st)
-  for i = 1, #flat, 2 do state[flat[i]] = flat[i + 1] end
+  local raw = redis.call('GET', st)
+  if raw then S = cmsgpack.unpack(raw) end
 end
-local sums = {}
-for i = 1, LIMITS do sums[i] = tonumber(state['s' .. i] or '0') end
-local seq_next = tonumber(state.seq or '0')
-local last = tonumber(state.last or '-1')
-local pause = tonumber(state.pause or '-1')
-local pauses = tonumber(state.pauses or '0')
-local strikes = tonumber(state.strikes or '0')
-local reports = tonumber(state.reports or '0')
-
--- A report, per limit: {reset_at, left, capacity (-1: none), level, at, rate}.
+local seq_next = S[1] or 0
+local last = S[2] or -1
+local pause = S[3] or -1
+local pauses = S[4] or 0
+local strikes = S[5] or 0
+local reports = S[6] or 0
+local sums = {S[7] or 0, S[8] or 0, S[9] or 0, S[10] or 0}
 local reported = {}
 for i = 1, LIMITS do
-  local q = state['q' .. i]
-  if q then
-    local r = {}
-    for x in string.gmatch(q, '[^,]+') do r[#r + 1] = tonumber(x) end
-    reported[i] = r
-  end
+  if S[10 + i] then reported[i] = S[10 + i] end
 end
+local swept = S[15] or 0
+local kept = S[16] or 0
 
 local function member(seq, a)
   return string.format('%d:%d:%d:%d:%d', seq, a[1], a[2], a[3], a[4])
 end
 
 local function amounts(m)
-  local a = {}
-  local k = 0
-  for x in string.gmatch(m, '%d+') do
-    if k > 0 then a[k] = tonumber(x) end
-    k = k + 1
-  end
-  return a
-end
-
-local function nums(from, count)
-  local a = {}
-  for i = 1, count do a[i] = tonumber(ARGV[from + i - 1]) end
-  return a
+  local a, b, c, d = string.match(m, ':(-?%d+):(-?%d+):(-?%d+):(-?%d+)$')
+  return {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
 end
 
 local function wait_us(t)
   return math.floor((t - now) * 1000)
 end
 
--- Entries out of the window leave the books.
+-- Entries out of the window leave the books, at most every SWEEP ms: a
+-- call may count up to that much longer than its minute in the sums (the
+-- fast check), never shorter. `room` walks the log itself.
+local SWEEP = 100
 local function expire()
+  if pause >= 0 and pause <= now then pause = -1 end
+  if now - swept < SWEEP then return end
+  swept = now
   local old = redis.call('ZRANGEBYSCORE', log, '-inf', now - WINDOW)
   if #old > 0 then
     for _, m in ipairs(old) do
@@ -83,7 +80,6 @@ local function expire()
     end
     redis.call('ZREMRANGEBYSCORE', log, '-inf', now - WINDOW)
   end
-  if pause >= 0 and pause <= now then pause = -1 end
 end
 
 -- The earliest time from t at which `need` fits a window of `budget` for
@@ -156,27 +152,22 @@ end
 -- Writes the state back, and lets both keys expire once nothing in them
 -- matters any more.
 local function save()
-  local fields = {
-    'seq', seq_next, 'last', string.format('%.17g', last),
-    'pause', string.format('%.17g', pause), 'pauses', pauses,
-    'strikes', strikes, 'reports', reports,
-  }
   local keep = math.max(last, pause, now)
   for i = 1, LIMITS do
-    fields[#fields + 1] = 's' .. i
-    fields[#fields + 1] = sums[i]
     local r = reported[i]
-    if r then
-      keep = math.max(keep, r[1])
-      fields[#fields + 1] = 'q' .. i
-      fields[#fields + 1] = string.format('%.17g,%.17g,%.17g,%.17g,%.17g,%.17g',
-        r[1], r[2], r[3], r[4], r[5], r[6])
-    end
+    if r then keep = math.max(keep, r[1]) end
   end
-  redis.call('HSET', st, unpack(fields))
   local ttl = math.ceil(keep - now) + WINDOW + 1000
-  redis.call('PEXPIRE', st, ttl)
-  redis.call('PEXPIRE', log, ttl)
+  -- The log's expiry moves on by whole seconds, not at every call.
+  if now + ttl > kept then
+    kept = now + ttl + 1000
+    redis.call('PEXPIRE', log, ttl + 1000)
+  end
+  local packed = cmsgpack.pack({seq_next, last, pause, pauses, strikes, reports,
+    sums[1], sums[2], sums[3], sums[4],
+    reported[1] or false, reported[2] or false, reported[3] or false, reported[4] or false,
+    swept, kept})
+  redis.call('SET', st, packed, 'PX', ttl + 1000)
 end
 
 -- Books `need` under `budget` (-1: none), to start within `deadline` ms
@@ -203,8 +194,7 @@ local function book(budget, need, deadline)
     if r then charge(r, t, need[i]) end
   end
   last = t
-  save()
-  return {0, wait_us(t), seq, math.floor(t), reports, pauses, strikes}
+  return {0, wait_us(t), seq, math.floor(t * 1000), reports, pauses, strikes}
 end
 
 -- Gives a booking back: {seq, need x4, slot, reports}.
@@ -220,37 +210,22 @@ local function cancel(seq, need, slot, at_reports)
   end
 end
 
-local op = ARGV[1]
-
-if op == 'book' then
-  -- budget x4, need x4, deadline
-  return book(nums(2, 4), nums(6, 4), tonumber(ARGV[10]))
-elseif op == 'recheck' then
-  -- seq, need x4, slot, reports, pauses, budget x4, deadline
-  local seq, need = tonumber(ARGV[2]), nums(3, 4)
-  local slot, at_reports, at_pauses = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-  local paused = at_pauses ~= pauses and pause > slot and pause > now
-  if not paused then return {3} end
-  cancel(seq, need, slot, at_reports)
-  return book(nums(10, 4), need, tonumber(ARGV[14]))
-elseif op == 'cancel' then
-  -- seq, need x4, slot, reports
-  cancel(tonumber(ARGV[2]), nums(3, 4), tonumber(ARGV[7]), tonumber(ARGV[8]))
-  save()
-  return {4}
-elseif op == 'correct' then
-  -- seq (-1: none), on the books x4, used x4
-  local seq, on_books, used = tonumber(ARGV[2]), nums(3, 4), nums(7, 4)
-  if seq >= 0 then
-    local old = member(seq, on_books)
-    local at = redis.call('ZSCORE', log, old)
-    if at and tonumber(at) + WINDOW > now then
-      redis.call('ZREM', log, old)
-      redis.call('ZADD', log, at, member(seq, used))
-      for i = 1, LIMITS do sums[i] = math.max(0, sums[i] - on_books[i] + used[i]) end
-      save()
-      return {4, 0}
+-- Replaces what is on the books for a call booked at `slot` with what it
+-- used: an entry of the difference at the call's slot, which leaves the
+-- window with it.
+local function correct(seq, slot, on_books, used)
+  if seq >= 0 and slot + WINDOW > now then
+    local d = {}
+    local any = false
+    for i = 1, LIMITS do
+      d[i] = used[i] - on_books[i]
+      if d[i] ~= 0 then any = true end
     end
+    if any then
+      redis.call('ZADD', log, slot, 'c' .. member(seq, d))
+      for i = 1, LIMITS do sums[i] = math.max(0, sums[i] + d[i]) end
+    end
+    return
   end
   expire()
   -- The call outlived the window: what it used beyond the estimate is
@@ -266,22 +241,23 @@ elseif op == 'correct' then
     record(at, excess)
     last = at
   end
-  save()
-  return {4, 1}
-elseif op == 'absorb' then
-  -- An answer: 429s are no longer in a row, and what it reported.
-  -- Per limit: limit (-1: none), remaining (-1: none), reset ms.
-  strikes = 0
+end
+
+-- Takes in what an answer reported: per limit, its limit (-1: none),
+-- remaining (-1: none) and reset in ms. Calls booked ahead of now are not
+-- in the report yet: they are taken off it.
+local function absorb(q)
   local ahead = {0, 0, 0, 0}
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', log, '(' .. now, '+inf')) do
-    local a = amounts(m)
-    for i = 1, LIMITS do ahead[i] = ahead[i] + a[i] end
+  if last > now then
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', log, '(' .. now, '+inf')) do
+      local a = amounts(m)
+      for i = 1, LIMITS do ahead[i] = ahead[i] + a[i] end
+    end
   end
   local any = false
   for i = 1, LIMITS do
-    local limit = tonumber(ARGV[2 + (i - 1) * 3])
-    local remaining = tonumber(ARGV[3 + (i - 1) * 3])
-    local reset = math.min(tonumber(ARGV[4 + (i - 1) * 3]), MAX_WAIT)
+    local limit, remaining = q[i * 3 - 2], q[i * 3 - 1]
+    local reset = math.min(q[i * 3], MAX_WAIT)
     if remaining >= 0 then
       local r = {now + reset, math.max(0, remaining - ahead[i]), -1, 0, now, 0}
       if limit > 0 then
@@ -300,13 +276,62 @@ elseif op == 'absorb' then
     end
   end
   if any then reports = reports + 1 end
+end
+
+-- The arguments, read in order.
+local arg_at = 1
+local function take(count)
+  local a = {}
+  for i = 1, count do a[i] = tonumber(ARGV[arg_at + i]) end
+  arg_at = arg_at + count
+  return a
+end
+
+local op = ARGV[1]
+
+if op == 'steps' then
+  -- What a process learnt since its last step, then maybe a booking:
+  --   cancels: n, then n x {seq, need x4, slot us, reports}
+  --   corrections: n, then n x {seq (-1: none), slot us, on the books x4,
+  --     used x4}
+  --   answered: 0, 1 (429s no longer in a row), or 2 (and a report, 12
+  --     numbers: see absorb)
+  --   booking: 0, or 1 and {budget x4 (-1: none), need x4, deadline ms
+  --     (-1: none)}
+  for _ = 1, take(1)[1] do
+    local c = take(7)
+    cancel(c[1], {c[2], c[3], c[4], c[5]}, c[6] / 1000, c[7])
+  end
+  for _ = 1, take(1)[1] do
+    local c = take(10)
+    correct(c[1], c[2] / 1000, {c[3], c[4], c[5], c[6]}, {c[7], c[8], c[9], c[10]})
+  end
+  local answered = take(1)[1]
+  if answered > 0 then strikes = 0 end
+  if answered == 2 then absorb(take(12)) end
+  local reply = {4}
+  if take(1)[1] == 1 then
+    local b = take(9)
+    reply = book({b[1], b[2], b[3], b[4]}, {b[5], b[6], b[7], b[8]}, b[9])
+  end
   save()
-  return {4}
+  return reply
+elseif op == 'recheck' then
+  -- seq, need x4, slot us, reports, pauses, budget x4, deadline
+  local c = take(8)
+  local seq, need, slot = c[1], {c[2], c[3], c[4], c[5]}, c[6] / 1000
+  local at_reports, at_pauses = c[7], c[8]
+  local paused = at_pauses ~= pauses and pause > slot and pause > now
+  if not paused then return {3} end
+  cancel(seq, need, slot, at_reports)
+  local b = take(5)
+  local reply = book({b[1], b[2], b[3], b[4]}, need, b[5])
+  save()
+  return reply
 elseif op == 'pause' then
   -- retry_after ms (-1: none)
-  local retry = tonumber(ARGV[2])
+  local wait = take(1)[1]
   strikes = strikes + 1
-  local wait = retry
   if wait < 0 then
     wait = math.min(1000 * 2 ^ math.min(strikes - 1, 16), 32000)
   end
@@ -316,12 +341,6 @@ elseif op == 'pause' then
     pauses = pauses + 1
   end
   save()
-  return {4}
-elseif op == 'ok' then
-  if strikes ~= 0 then
-    strikes = 0
-    save()
-  end
   return {4}
 end
 return redis.error_reply('llm-tower books: unknown step ' .. tostring(op))

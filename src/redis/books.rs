@@ -5,8 +5,9 @@
 //! script runs them as one atomic step on Redis's clock, so that processes
 //! booking at once queue behind each other as calls in one process do.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use ::redis::Script;
@@ -30,6 +31,8 @@ const MAX_AMOUNT: u64 = 1 << 53;
 pub struct SharedBooks {
     store: RedisStore,
     namespace: Arc<str>,
+    /// Per model, what this process learnt and has not sent yet.
+    outboxes: Arc<Mutex<HashMap<String, Outbox>>>,
 }
 
 impl fmt::Debug for SharedBooks {
@@ -47,7 +50,7 @@ pub(crate) struct RemoteBooking {
     seq: i64,
     /// What is on the books for the call.
     pub(crate) need: [u64; LIMITS],
-    /// Its slot, in ms on Redis's clock.
+    /// Its slot, in µs on Redis's clock.
     slot: i64,
     reports: i64,
     pauses: i64,
@@ -91,11 +94,71 @@ fn micros(us: i64) -> Duration {
     Duration::from_micros(u64::try_from(us).unwrap_or(0))
 }
 
+/// What a process learnt about one model's books since its last step,
+/// sent with its next booking (or after [`FLUSH_AFTER`], if none comes):
+/// one script call per call, not three.
+#[derive(Default)]
+struct Outbox {
+    cancels: Vec<RemoteBooking>,
+    /// (the entry, its slot, what is on the books, what was used).
+    corrections: Vec<(i64, i64, [u64; LIMITS], [u64; LIMITS])>,
+    /// An answer came (429s are no longer in a row), and what it reported
+    /// last.
+    answered: bool,
+    report: Option<Quotas>,
+    /// A flush is scheduled.
+    flushing: bool,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.cancels.is_empty()
+            && self.corrections.is_empty()
+            && !self.answered
+            && self.report.is_none()
+    }
+
+    /// Its steps as the script takes them, leaving it empty.
+    fn drain_into(&mut self, invocation: &mut ::redis::ScriptInvocation<'_>) {
+        invocation.arg(self.cancels.len());
+        for c in self.cancels.drain(..) {
+            invocation
+                .arg(c.seq)
+                .arg(c.need.as_slice())
+                .arg(c.slot)
+                .arg(c.reports);
+        }
+        invocation.arg(self.corrections.len());
+        for (seq, slot, on_books, used) in self.corrections.drain(..) {
+            invocation
+                .arg(seq)
+                .arg(slot)
+                .arg(on_books.as_slice())
+                .arg(used.as_slice());
+        }
+        match self.report.take() {
+            Some(quotas) => {
+                invocation.arg(2);
+                push_quotas(invocation, quotas);
+            }
+            None => {
+                invocation.arg(u8::from(self.answered));
+            }
+        }
+        self.answered = false;
+    }
+}
+
+/// How long what a process learnt waits for its next booking to carry it
+/// before it is sent on its own.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
 impl SharedBooks {
     pub(crate) fn new(store: RedisStore, namespace: &str) -> Self {
         SharedBooks {
             store,
             namespace: namespace.into(),
+            outboxes: Arc::default(),
         }
     }
 
@@ -110,8 +173,62 @@ impl SharedBooks {
         [format!("{base}:log"), format!("{base}:state")]
     }
 
+    /// A `steps` call for `model`, carrying what its outbox holds.
+    fn steps(&self, model: &str) -> ::redis::ScriptInvocation<'static> {
+        let mut invocation = SCRIPT.prepare_invoke();
+        invocation.key(self.keys(model).as_slice()).arg("steps");
+        let mut outboxes = crate::lock(&self.outboxes);
+        match outboxes.get_mut(model) {
+            Some(outbox) => outbox.drain_into(&mut invocation),
+            None => {
+                invocation.arg(0).arg(0).arg(0);
+            }
+        }
+        invocation
+    }
+
+    /// Puts something in `model`'s outbox, and makes sure it is sent soon.
+    fn post(&self, model: &str, put: impl FnOnce(&mut Outbox)) {
+        let schedule = {
+            let mut outboxes = crate::lock(&self.outboxes);
+            if !outboxes.contains_key(model) && outboxes.len() >= MAX_OUTBOXES {
+                outboxes.retain(|_, o| !o.is_empty() || o.flushing);
+            }
+            let outbox = outboxes.entry(model.to_owned()).or_default();
+            put(outbox);
+            !std::mem::replace(&mut outbox.flushing, true)
+        };
+        if !schedule {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let this = self.clone();
+        let model = model.to_owned();
+        handle.spawn(async move {
+            tokio::time::sleep(FLUSH_AFTER).await;
+            let pending = {
+                let mut outboxes = crate::lock(&this.outboxes);
+                outboxes.get_mut(&model).map(|o| {
+                    o.flushing = false;
+                    !o.is_empty()
+                })
+            };
+            if pending == Some(true) {
+                let mut invocation = this.steps(&model);
+                invocation.arg(0);
+                let _ = this
+                    .store
+                    .run(|mut c| async move { invocation.invoke_async::<()>(&mut c).await })
+                    .await;
+            }
+        });
+    }
+
     /// Books a call needing `need` under `budget`, to start within
-    /// `deadline` of now.
+    /// `deadline` of now; what this process learnt since its last step goes
+    /// with it.
     pub(crate) async fn book(
         &self,
         model: &str,
@@ -120,8 +237,8 @@ impl SharedBooks {
         deadline: Option<Duration>,
     ) -> Result<Booked, StoreError> {
         let need = need.map(amount);
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation.key(self.keys(model).as_slice()).arg("book");
+        let mut invocation = self.steps(model);
+        invocation.arg(1);
         invocation.arg(budget.map(budget_arg).as_slice());
         invocation.arg(need.as_slice());
         invocation.arg(deadline.map_or(-1, duration_ms));
@@ -161,91 +278,77 @@ impl SharedBooks {
         read_booked(&reply, booking.need).map(Some)
     }
 
-    /// Gives a booking back, in the background.
+    /// Gives a booking back.
     pub(crate) fn cancel(&self, model: &str, booking: &RemoteBooking) {
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation.key(self.keys(model).as_slice()).arg("cancel");
-        invocation.arg(booking.seq).arg(booking.need.as_slice());
-        invocation.arg(booking.slot).arg(booking.reports);
-        self.store
-            .spawn(move |mut c| async move { invocation.invoke_async::<()>(&mut c).await });
+        let booking = *booking;
+        self.post(model, |o| {
+            if o.cancels.len() < MAX_PENDING {
+                o.cancels.push(booking);
+            }
+        });
     }
 
-    /// Replaces what is on the books for a call with what it `used`, in the
-    /// background.
+    /// Replaces what is on the books for a call with what it `used`.
     pub(crate) fn correct(&self, model: &str, booking: &mut RemoteBooking, used: [u64; LIMITS]) {
         let used = used.map(amount);
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation.key(self.keys(model).as_slice()).arg("correct");
-        invocation.arg(booking.seq).arg(booking.need.as_slice());
-        invocation.arg(used.as_slice());
+        let (seq, slot, on_books) = (booking.seq, booking.slot, booking.need);
         booking.need = used;
-        self.store
-            .spawn(move |mut c| async move { invocation.invoke_async::<()>(&mut c).await });
+        self.post(model, |o| {
+            if o.corrections.len() < MAX_PENDING {
+                o.corrections.push((seq, slot, on_books, used));
+            }
+        });
     }
 
     /// The answer came: 429s are no longer in a row, and what it reported
-    /// goes in the books. In the background, and only when there is
-    /// something to write.
+    /// goes in the books. Nothing is sent when there is nothing to say.
     pub(crate) fn answered(
         &self,
         model: &str,
         booking: &RemoteBooking,
         report: Option<&RateLimitInfo>,
     ) {
-        let mut invocation = SCRIPT.prepare_invoke();
-        invocation.key(self.keys(model).as_slice());
-        match report {
-            Some(info) => {
-                invocation.arg("absorb");
-                push_quotas(&mut invocation, info.quotas());
-            }
-            None if booking.strikes => {
-                invocation.arg("ok");
-            }
-            None => return,
+        if report.is_none() && !booking.strikes {
+            return;
         }
-        self.store
-            .spawn(move |mut c| async move { invocation.invoke_async::<()>(&mut c).await });
+        let quotas = report.map(RateLimitInfo::quotas);
+        self.post(model, |o| {
+            o.answered = true;
+            if quotas.is_some() {
+                o.report = quotas;
+            }
+        });
     }
 
-    /// What a failure reported, and a 429's pause (for `retry_after`, else
-    /// a backoff), in the background, in that order.
+    /// What a failure reported, at once with a 429's pause (for
+    /// `retry_after`, else a backoff): the other processes must stop now.
     pub(crate) fn failed(
         &self,
         model: &str,
         report: Option<&RateLimitInfo>,
         pause: Option<Option<Duration>>,
     ) {
-        let keys = self.keys(model);
-        let absorb = report.map(|info| {
-            let mut invocation = SCRIPT.prepare_invoke();
-            invocation.key(keys.as_slice()).arg("absorb");
-            push_quotas(&mut invocation, info.quotas());
-            invocation
-        });
-        let pause = pause.map(|retry_after| {
-            let mut invocation = SCRIPT.prepare_invoke();
-            invocation
-                .key(keys.as_slice())
-                .arg("pause")
-                .arg(retry_after.map_or(-1, duration_ms));
-            invocation
-        });
-        if absorb.is_none() && pause.is_none() {
-            return;
+        if let Some(info) = report {
+            let quotas = info.quotas();
+            self.post(model, |o| o.report = Some(quotas));
         }
-        self.store.spawn(move |mut c| async move {
-            if let Some(absorb) = absorb {
-                absorb.invoke_async::<()>(&mut c).await?;
-            }
-            if let Some(pause) = pause {
-                pause.invoke_async::<()>(&mut c).await?;
-            }
-            Ok(())
-        });
+        let Some(retry_after) = pause else { return };
+        let mut invocation = SCRIPT.prepare_invoke();
+        invocation
+            .key(self.keys(model).as_slice())
+            .arg("pause")
+            .arg(retry_after.map_or(-1, duration_ms));
+        self.store
+            .spawn(move |mut c| async move { invocation.invoke_async::<()>(&mut c).await });
     }
 }
+
+/// Past this many models with nothing pending, their outboxes are dropped.
+const MAX_OUTBOXES: usize = 64;
+
+/// At most this many cancels, and as many corrections, wait in one outbox: past it (Redis out
+/// for long), the rest are dropped.
+const MAX_PENDING: usize = 4096;
 
 fn push_quotas(invocation: &mut ::redis::ScriptInvocation<'_>, quotas: Quotas) {
     for quota in quotas {
