@@ -41,7 +41,7 @@ fn main() {
     }
     let args = Arguments::from_args();
     let missing = redis_server::which("redis-server").is_none();
-    let tests: [(&str, Test); 10] = [
+    let tests: [(&str, Test); 12] = [
         (
             "processes_share_one_request_budget",
             processes_share_one_request_budget,
@@ -78,6 +78,14 @@ fn main() {
         (
             "a_429_in_one_process_pauses_the_others",
             a_429_in_one_process_pauses_the_others,
+        ),
+        (
+            "a_call_dropped_while_booking_gives_its_slot_back",
+            a_call_dropped_while_booking_gives_its_slot_back,
+        ),
+        (
+            "a_failed_refresh_frees_the_lock_at_once",
+            a_failed_refresh_frees_the_lock_at_once,
         ),
     ];
     let mut trials: Vec<Trial> = tests
@@ -493,14 +501,20 @@ where
     (result, started.elapsed())
 }
 
+/// The requests the shared books of `namespace` (model `m`) hold, read
+/// back from Redis: the books keep what each granule of time spent.
 async fn entries_on_redis(redis: &RedisServer, namespace: &str) -> usize {
     let mut c = redis.client().await;
-    let key = format!("llm-tower-test:rl:{{{namespace}|m}}:log");
-    redis::cmd("ZCARD")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap_or(0)
+    let key = format!("llm-tower-test:rl1:{{{namespace}|m}}:spent");
+    redis::Script::new(
+        "local n = 0 \
+         for _, v in ipairs(redis.call('HVALS', KEYS[1])) do n = n + cmsgpack.unpack(v)[1] end \
+         return n",
+    )
+    .key(key)
+    .invoke_async(&mut c)
+    .await
+    .unwrap_or(0)
 }
 
 fn redis_stopped_mid_run_local_books_then_shared_again() -> Result<(), Failed> {
@@ -787,6 +801,90 @@ fn a_429_in_one_process_pauses_the_others() -> Result<(), Failed> {
         check(
             took > Duration::from_millis(1500) && took < Duration::from_secs(4),
             format!("the other service waited out the pause: {took:?}"),
+        )
+    })
+}
+
+fn a_call_dropped_while_booking_gives_its_slot_back() -> Result<(), Failed> {
+    current_thread().block_on(async {
+        let redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        let store = RedisStore::builder(redis.url())
+            .prefix("llm-tower-test")
+            .build()
+            .unwrap();
+        let namespace = unique("dropped");
+        let service = ServiceBuilder::new()
+            .layer(
+                RateLimitLayer::new()
+                    .requests_per_minute(2)
+                    .shared(store.books(&namespace)),
+            )
+            .service(support::openai_at(&upstream));
+        // Polled once, so that its booking is sent, then dropped.
+        let mut call = Box::pin(
+            service
+                .clone()
+                .oneshot(ChatRequest::new("m").message(Message::user("hi"))),
+        );
+        check(
+            futures_util::poll!(call.as_mut()).is_pending(),
+            "the booking is under way",
+        )?;
+        drop(call);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Both slots of the minute are free again.
+        for i in 0..2 {
+            let request = ChatRequest::new("m")
+                .message(Message::user("hi"))
+                .extension(Deadline::after(Duration::from_secs(1)));
+            let answer = service.clone().oneshot(request).await;
+            check(answer.is_ok(), format!("call {i}: {:?}", answer.err()))?;
+        }
+        check(upstream.request_count() == 2, "two calls sent")
+    })
+}
+
+fn a_failed_refresh_frees_the_lock_at_once() -> Result<(), Failed> {
+    current_thread().block_on(async {
+        let redis = RedisServer::start();
+        let upstream = MockServer::start().await;
+        upstream.accept_keys(["fresh-token"]);
+        let name = unique("freed");
+        let layer = |fails: bool| {
+            let store = RedisStore::builder(redis.url())
+                .prefix("llm-tower-test")
+                .build()
+                .unwrap();
+            let source = move || async move {
+                if fails {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Err(std::io::Error::other("the identity provider is down"))
+                } else {
+                    Ok(Credential::bearer("fresh-token"))
+                }
+            };
+            RefreshLayer::new(source)
+                .initial(Credential::bearer("stale-token"))
+                .shared(store.credential(&name, CredentialKey::from_hex(KEY_HEX).unwrap()))
+        };
+        let failing = ServiceBuilder::new()
+            .layer(layer(true))
+            .service(support::openai_at(&upstream));
+        let working = ServiceBuilder::new()
+            .layer(layer(false))
+            .service(support::openai_at(&upstream));
+        let first = tokio::spawn(async move { timed(&failing).await.0.is_err() });
+        // The second finds the lock held by the first, and waits; when the
+        // first's source fails the lock is freed, not held for its 30 s
+        // lease.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (second, took) = timed(&working).await;
+        check(first.await.unwrap(), "the first refresh failed")?;
+        second?;
+        check(
+            took < Duration::from_secs(5),
+            format!("the second waited {took:?}, not the lease"),
         )
     })
 }

@@ -98,7 +98,17 @@ struct Shared {
     /// The cooldowns on Redis, shared with other processes, and whether
     /// this pool listens to them yet.
     #[cfg(feature = "redis")]
-    remote: Option<(crate::redis::SharedCooldowns, std::sync::Once)>,
+    remote: Option<Remote>,
+}
+
+/// A pool's cooldowns on Redis.
+#[cfg(feature = "redis")]
+struct Remote {
+    cooldowns: crate::redis::SharedCooldowns,
+    /// This pool's mark on what it publishes.
+    origin: u64,
+    /// Whether it listens yet.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 struct Deployment {
@@ -367,7 +377,11 @@ impl PoolBuilder {
                 hedges: AtomicU64::new(0),
                 rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
                 #[cfg(feature = "redis")]
-                remote: self.remote.map(|r| (r, std::sync::Once::new())),
+                remote: self.remote.map(|cooldowns| Remote {
+                    cooldowns,
+                    origin: crate::redis::SharedCooldowns::origin(),
+                    listening: std::sync::atomic::AtomicBool::new(false),
+                }),
             }),
         })
     }
@@ -509,10 +523,10 @@ impl Shared {
                     "deployment cooling down"
                 );
                 #[cfg(feature = "redis")]
-                if let Some((remote, _)) = &self.remote
+                if let Some(remote) = &self.remote
                     && !length.is_zero()
                 {
-                    remote.publish(&d.name, length);
+                    remote.cooldowns.publish(remote.origin, &d.name, length);
                 }
             }
             Some(Health::InService) => {
@@ -531,23 +545,29 @@ impl Shared {
     /// call on (inside the runtime), for as long as the pool lives.
     #[cfg(feature = "redis")]
     fn listen(self: &Arc<Self>) {
-        let Some((remote, once)) = &self.remote else {
+        let Some(remote) = &self.remote else {
             return;
         };
-        once.call_once(|| {
-            let names = self.deployments.iter().map(|d| d.name.clone()).collect();
-            let apply = Arc::downgrade(self);
-            let alive = Arc::downgrade(self);
-            remote.listen(
-                names,
-                move |name, length| {
-                    if let Some(shared) = apply.upgrade() {
-                        shared.cooled_elsewhere(name, length);
-                    }
-                },
-                move || alive.strong_count() > 0,
-            );
-        });
+        if remote.listening.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let names = self.deployments.iter().map(|d| d.name.clone()).collect();
+        let apply = Arc::downgrade(self);
+        let alive = Arc::downgrade(self);
+        let spawned = remote.cooldowns.listen(
+            remote.origin,
+            names,
+            move |name, length| {
+                if let Some(shared) = apply.upgrade() {
+                    shared.cooled_elsewhere(name, length);
+                }
+            },
+            move || alive.strong_count() > 0,
+        );
+        if !spawned {
+            // No runtime here: the next call tries again.
+            remote.listening.store(false, Ordering::Release);
+        }
     }
 
     /// Another process cooled deployment `name` down for `length`.

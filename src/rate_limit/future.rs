@@ -64,6 +64,17 @@ pub(super) struct Waiting<S> {
     pub(super) pending: Option<super::remote::Pending>,
 }
 
+/// A call dropped in the middle of a step on Redis gives back what the
+/// step books, once it ends.
+#[cfg(feature = "redis")]
+impl<S> Drop for Waiting<S> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.abandon(self.ticket.0.take());
+        }
+    }
+}
+
 /// A place among the calls that wait, given back on drop.
 pub(super) struct Queued(Arc<Shared>);
 
@@ -168,7 +179,11 @@ where
                         this.state.set(State::Done);
                         return Poll::Ready(Err(polled_after_completion()));
                     };
-                    let booked = ready!(book.as_mut().poll(cx));
+                    let booked = ready!(book.poll(cx)).unwrap_or_else(|| {
+                        Err(Error::config(
+                            "rate limit: the booking step on Redis was lost",
+                        ))
+                    });
                     w.pending = None;
                     let tracker = match booked {
                         Ok(t) => t,
@@ -219,7 +234,7 @@ where
                             w.pending = recheck(t);
                         }
                         if let Some(Pending::Recheck(step)) = w.pending.as_mut() {
-                            let next = ready!(step.as_mut().poll(cx));
+                            let next = ready!(step.poll(cx)).unwrap_or(Recheck::Go);
                             w.pending = None;
                             match next {
                                 Recheck::Go => this.state.set(State::Readying),

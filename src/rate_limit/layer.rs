@@ -48,6 +48,11 @@ impl RateLimitLayer {
     /// reported, and a 429 one of them meets pauses all of them. Each
     /// process passes its own budget with each booking: give them the same.
     ///
+    /// Every call waits for its booking (one round trip), so, as a call
+    /// that waits for a slot, it drives the inner service ready again once
+    /// booked rather than holding what `poll_ready` reserved below (a
+    /// concurrency permit) across the round trip.
+    ///
     /// While Redis is out the layer does what the store's
     /// [`OnOutage`](crate::redis::OnOutage) says: books locally, or refuses.
     /// See the README's "Many processes" section for what is exact and what

@@ -1,19 +1,22 @@
 //! The steps of a call booked in books on Redis: the booking, and the
-//! recheck after a wait, each a future the response future drives. While
-//! Redis is out, the store's [`OnOutage`] decides: this process's books,
-//! or a refusal.
+//! recheck after a wait, each a task of its own that the response future
+//! awaits — so that a call dropped in the middle of a step can still undo
+//! what the step did once it ends. While Redis is out, the store's
+//! [`OnOutage`] decides: this process's books, or a refusal.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::redis::{Booked, OnOutage, RemoteBooking, SharedBooks};
 use crate::{ChatRequest, Error};
 
 use super::books::{Books, Refusal};
-use super::tracker::{Ledger, Remote, Tracker};
+use super::tracker::{Ledger, Remote, Ticket, Tracker};
 use super::{Shared, estimate};
 
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -21,9 +24,82 @@ type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 /// A step on Redis under way.
 pub(super) enum Pending {
     /// The booking: the call's tracker, or why it is refused.
-    Book(Boxed<Result<Tracker, Error>>),
+    Book(Step<Result<Tracker, Error>>),
     /// The recheck after a wait.
-    Recheck(Boxed<Recheck>),
+    Recheck(Step<Recheck>),
+}
+
+/// A step's future: a task when there is a runtime to spawn it on, else
+/// polled in place.
+pub(super) enum Step<T> {
+    Task(Option<JoinHandle<T>>),
+    Inline(Boxed<T>),
+}
+
+impl<T: Send + 'static> Step<T> {
+    fn new(step: impl Future<Output = T> + Send + 'static) -> Self {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Step::Task(Some(handle.spawn(step))),
+            Err(_) => Step::Inline(Box::pin(step)),
+        }
+    }
+
+    /// The step's outcome; `None` if its task was lost (it panicked, or the
+    /// runtime is shutting down).
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        match self {
+            Step::Inline(step) => step.as_mut().poll(cx).map(Some),
+            Step::Task(task) => {
+                let Some(handle) = task.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let done = std::task::ready!(Pin::new(handle).poll(cx));
+                *task = None;
+                Poll::Ready(done.ok())
+            }
+        }
+    }
+
+    /// The call went away: `undo` what the step did once it ends, with
+    /// its outcome; at once with `None` when that cannot be known (no task,
+    /// it ended already, or it was lost).
+    fn abandon(self, undo: impl FnOnce(Option<T>) + Send + 'static) {
+        let runtime = tokio::runtime::Handle::try_current();
+        match (self, runtime) {
+            (Step::Task(Some(handle)), Ok(runtime)) => {
+                runtime.spawn(async move { undo(handle.await.ok()) });
+            }
+            _ => undo(None),
+        }
+    }
+}
+
+impl Pending {
+    /// The call went away in the middle of this step, holding `ticket` (the
+    /// booking it had before the step): whatever the step leaves booked is
+    /// given back once it ends — the new booking, or the old one if the
+    /// step kept it — and nothing twice.
+    pub(super) fn abandon(self, ticket: Option<Tracker>) {
+        match self {
+            Pending::Book(step) => step.abandon(|booked| {
+                if let Some(Ok(tracker)) = booked {
+                    drop(Ticket(Some(tracker)));
+                }
+            }),
+            Pending::Recheck(step) => step.abandon(move |next| match (next, ticket) {
+                (Some(Recheck::Moved { booking, .. }), Some(mut t)) => {
+                    if let Ledger::Remote(r) = &mut t.ledger {
+                        r.booking = booking;
+                    }
+                    drop(Ticket(Some(t)));
+                }
+                // The script gave the old booking back, and made no new
+                // one.
+                (Some(Recheck::Refused(_)), _) => {}
+                (_, held) => drop(Ticket(held)),
+            }),
+        }
+    }
 }
 
 /// What a call that slept until its slot does.
@@ -48,7 +124,7 @@ pub(super) fn book(
     let shared = shared.clone();
     let model: Arc<str> = Arc::from(&*request.model);
     let (input, output) = estimate(request);
-    Pending::Book(Box::pin(async move {
+    Pending::Book(Step::new(async move {
         let need = super::books::amounts(input, output);
         let now = Instant::now();
         let within = deadline.map(|d| d.saturating_duration_since(now));
@@ -87,7 +163,7 @@ pub(super) fn recheck(tracker: &Tracker) -> Option<Pending> {
     let booking = r.booking;
     let shared = tracker.shared.clone();
     let deadline = tracker.deadline;
-    Some(Pending::Recheck(Box::pin(async move {
+    Some(Pending::Recheck(Step::new(async move {
         let now = Instant::now();
         let within = deadline.map(|d| d.saturating_duration_since(now));
         match remote

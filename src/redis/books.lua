@@ -2,88 +2,105 @@
 -- the same rules as `src/rate_limit/books.rs`, run as one atomic step on
 -- Redis's clock.
 --
--- KEYS[1]: the log, a sorted set of booked calls: score = the call's slot
---          (ms on Redis's clock), member = "seq:requests:tokens:input:output".
--- KEYS[2]: the state, packed: the log's sums, the next entry number, the
---          latest slot, the 429 pause, and the provider's last report.
---          Corrections are entries of their own, at their call's slot:
---          "c" then the same fields, the amounts the difference (negative
---          when a call used less than booked).
+-- Calls are kept by granule, as the local books keep them: the calls whose
+-- slots fall in one GRANULE share an entry, which leaves the window when
+-- the granule's end does. A call counts up to a granule longer than it
+-- need (never shorter), and a minute holds at most WINDOW / GRANULE
+-- entries however fast calls come, so that no step walks more than that.
+--
+-- KEYS[1]: the log, a sorted set: member and score = a granule's end (ms
+--          on Redis's clock).
+-- KEYS[2]: what each granule's calls spent, a hash: the granule's end ->
+--          packed {requests, tokens, input tokens, output tokens}.
+-- KEYS[3]: the state, packed: the log's sums, the latest slot, the 429
+--          pause, the provider's last reports.
 -- ARGV[1]: the step, then its arguments (see each step below).
 --
 -- Every reply is an array of integers, its first the outcome:
---   0 booked: {0, wait_us, seq, slot_us, reports, pauses, strikes}
+--   0 booked: {0, wait_us, slot_us, reports, pauses, strikes}
 --   1 zero budget: {1}
 --   2 past the deadline: {2, wait_us}
 --   3 may go (recheck): {3}
 --   4 done (the writes): {4}
 
-local log, st = KEYS[1], KEYS[2]
+local log, spent, st = KEYS[1], KEYS[2], KEYS[3]
 local WINDOW = 60000
 local MAX_WAIT = 86400000
+local GRANULE = 100
 local LIMITS = 4
 
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 
 -- The state, read once: one key, packed with MessagePack (no number
--- written out as text): the next entry number, the latest slot, the
--- pause's end, the pauses and 429s in a row counted, the reports taken in,
--- the log's four sums, per limit its report (false: none) as
+-- written out as text): the latest slot, the pause's end, the pauses and
+-- 429s in a row counted, the reports taken in, the log's four sums, per
+-- limit its report (false: none) as
 -- {reset_at, left, capacity (-1: none), level, at, rate}, then when the
--- log was last swept and until when it is kept.
+-- log was last swept.
 local S = {}
 do
   local raw = redis.call('GET', st)
   if raw then S = cmsgpack.unpack(raw) end
 end
-local seq_next = S[1] or 0
-local last = S[2] or -1
-local pause = S[3] or -1
-local pauses = S[4] or 0
-local strikes = S[5] or 0
-local reports = S[6] or 0
-local sums = {S[7] or 0, S[8] or 0, S[9] or 0, S[10] or 0}
+local last = S[1] or -1
+local pause = S[2] or -1
+local pauses = S[3] or 0
+local strikes = S[4] or 0
+local reports = S[5] or 0
+local sums = {S[6] or 0, S[7] or 0, S[8] or 0, S[9] or 0}
 local reported = {}
 for i = 1, LIMITS do
-  if S[10 + i] then reported[i] = S[10 + i] end
+  if S[9 + i] then reported[i] = S[9 + i] end
 end
-local swept = S[15] or 0
-local kept = S[16] or 0
+local swept = S[14] or 0
 
-local function member(seq, a)
-  return string.format('%d:%d:%d:%d:%d', seq, a[1], a[2], a[3], a[4])
+-- The end of the granule of time t: the entry a call at t goes in.
+local function granule(t)
+  return (math.floor(t / GRANULE) + 1) * GRANULE
 end
 
-local function amounts(m)
-  local a, b, c, d = string.match(m, ':(-?%d+):(-?%d+):(-?%d+):(-?%d+)$')
-  return {tonumber(a), tonumber(b), tonumber(c), tonumber(d)}
+-- HMGET of many fields, in slices (Lua's unpack has a limit).
+local function amounts_of(ids)
+  local out = {}
+  for from = 1, #ids, 1000 do
+    local part = redis.call('HMGET', spent, unpack(ids, from, math.min(from + 999, #ids)))
+    for _, packed in ipairs(part) do out[#out + 1] = packed end
+  end
+  return out
 end
 
 local function wait_us(t)
   return math.floor((t - now) * 1000)
 end
 
--- Entries out of the window leave the books, at most every SWEEP ms: a
--- call may count up to that much longer than its minute in the sums (the
--- fast check), never shorter. `room` walks the log itself.
-local SWEEP = 100
+-- Granules out of the window leave the books, at most once a granule: a
+-- call may count a little longer in the sums (the fast check), never
+-- shorter; `room` walks the log itself.
 local function expire()
   if pause >= 0 and pause <= now then pause = -1 end
-  if now - swept < SWEEP then return end
+  if now - swept < GRANULE then return end
   swept = now
   local old = redis.call('ZRANGEBYSCORE', log, '-inf', now - WINDOW)
-  if #old > 0 then
-    for _, m in ipairs(old) do
-      local a = amounts(m)
-      for i = 1, LIMITS do sums[i] = math.max(0, sums[i] - a[i]) end
+  if #old == 0 then return end
+  for _, packed in ipairs(amounts_of(old)) do
+    if packed then
+      local a = cmsgpack.unpack(packed)
+      for i = 1, LIMITS do sums[i] = sums[i] - a[i] end
     end
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - WINDOW)
   end
+  for from = 1, #old, 1000 do
+    redis.call('HDEL', spent, unpack(old, from, math.min(from + 999, #old)))
+  end
+  redis.call('ZREMRANGEBYSCORE', log, '-inf', now - WINDOW)
+  -- What nothing in the log accounts for any more (a log lost, evicted)
+  -- must not hold the budget for ever.
+  if redis.call('ZCARD', log) == 0 then sums = {0, 0, 0, 0} end
+  for i = 1, LIMITS do sums[i] = math.max(0, sums[i]) end
 end
 
 -- The earliest time from t at which `need` fits a window of `budget` for
--- limit i. Entries are in slot order, all at or before t.
+-- limit i. Granules are in order, none ending after t's granule.
 local function room(i, t, need, budget)
   local sum = sums[i]
   if sum + need <= budget then return t end
@@ -91,19 +108,28 @@ local function room(i, t, need, budget)
   local start = 0
   while true do
     local chunk = redis.call('ZRANGE', log, start, start + 127, 'WITHSCORES')
-    if #chunk == 0 then return t end
-    for j = 1, #chunk, 2 do
-      local spent = amounts(chunk[j])[i]
-      local out = tonumber(chunk[j + 1]) + WINDOW
+    if #chunk == 0 then
+      -- Every granule is out at t: what is left of the sum is on no
+      -- granule (lost, evicted), and is forgotten.
+      sums[i] = sums[i] - sum
+      return t
+    end
+    local ids = {}
+    for j = 1, #chunk, 2 do ids[#ids + 1] = chunk[j] end
+    local amounts = redis.call('HMGET', spent, unpack(ids))
+    for j = 1, #ids do
+      local a = amounts[j] and cmsgpack.unpack(amounts[j])
+      local used = a and a[i] or 0
+      local out = tonumber(chunk[j * 2]) + WINDOW
       if out > t then
         if not checked then
           checked = true
           if sum + need <= budget then return t end
         end
-        sum = sum - spent
+        sum = sum - used
         if sum + need <= budget then return out end
       else
-        sum = sum - spent
+        sum = sum - used
       end
     end
     start = start + 128
@@ -141,33 +167,38 @@ local function refund(r, at, amount)
   if r[3] >= 0 then r[4] = math.min(r[4] + math.min(amount, r[3]), r[3]) end
 end
 
-local function record(t, a)
-  local seq = seq_next
-  seq_next = seq_next + 1
-  redis.call('ZADD', log, t, member(seq, a))
-  for i = 1, LIMITS do sums[i] = sums[i] + a[i] end
-  return seq
+-- Adds `a` (which may be negative) to the granule ending at `g`, and to the
+-- sums. With `create` false, only to a granule still on the books; whether
+-- it was.
+local function add(g, a, create)
+  local packed = redis.call('HGET', spent, g)
+  if not packed and not create then return false end
+  local b = packed and cmsgpack.unpack(packed) or {0, 0, 0, 0}
+  for i = 1, LIMITS do
+    b[i] = math.max(0, b[i] + a[i])
+    sums[i] = math.max(0, sums[i] + a[i])
+  end
+  redis.call('HSET', spent, g, cmsgpack.pack(b))
+  if not packed then redis.call('ZADD', log, g, g) end
+  return true
 end
 
--- Writes the state back, and lets both keys expire once nothing in them
--- matters any more.
+-- Writes the state back; every key expires once nothing in it matters
+-- any more, the state with the log, never after it.
 local function save()
   local keep = math.max(last, pause, now)
   for i = 1, LIMITS do
     local r = reported[i]
     if r then keep = math.max(keep, r[1]) end
   end
-  local ttl = math.ceil(keep - now) + WINDOW + 1000
-  -- The log's expiry moves on by whole seconds, not at every call.
-  if now + ttl > kept then
-    kept = now + ttl + 1000
-    redis.call('PEXPIRE', log, ttl + 1000)
-  end
-  local packed = cmsgpack.pack({seq_next, last, pause, pauses, strikes, reports,
+  local ttl = math.ceil(keep - now) + WINDOW + GRANULE + 1000
+  redis.call('PEXPIRE', log, ttl)
+  redis.call('PEXPIRE', spent, ttl)
+  local packed = cmsgpack.pack({last, pause, pauses, strikes, reports,
     sums[1], sums[2], sums[3], sums[4],
     reported[1] or false, reported[2] or false, reported[3] or false, reported[4] or false,
-    swept, kept})
-  redis.call('SET', st, packed, 'PX', ttl + 1000)
+    swept})
+  redis.call('SET', st, packed, 'PX', ttl)
 end
 
 -- Books `need` under `budget` (-1: none), to start within `deadline` ms
@@ -188,20 +219,21 @@ local function book(budget, need, deadline)
   if t > now and deadline >= 0 and t > now + deadline then
     return {2, wait_us(t)}
   end
-  local seq = record(t, need)
+  add(granule(t), need, true)
   for i = 1, LIMITS do
     local r = reported[i]
     if r then charge(r, t, need[i]) end
   end
   last = t
-  return {0, wait_us(t), seq, math.floor(t * 1000), reports, pauses, strikes}
+  return {0, wait_us(t), math.floor(t * 1000), reports, pauses, strikes}
 end
 
--- Gives a booking back: {seq, need x4, slot, reports}.
-local function cancel(seq, need, slot, at_reports)
-  if redis.call('ZREM', log, member(seq, need)) == 1 then
-    for i = 1, LIMITS do sums[i] = math.max(0, sums[i] - need[i]) end
-  end
+-- Gives back a booking of `need` at `slot`, made when `at_reports` reports
+-- had been taken in.
+local function cancel(need, slot, at_reports)
+  local back = {}
+  for i = 1, LIMITS do back[i] = -need[i] end
+  add(granule(slot), back, false)
   if at_reports == reports then
     for i = 1, LIMITS do
       local r = reported[i]
@@ -211,20 +243,11 @@ local function cancel(seq, need, slot, at_reports)
 end
 
 -- Replaces what is on the books for a call booked at `slot` with what it
--- used: an entry of the difference at the call's slot, which leaves the
--- window with it.
-local function correct(seq, slot, on_books, used)
-  if seq >= 0 and slot + WINDOW > now then
-    local d = {}
-    local any = false
-    for i = 1, LIMITS do
-      d[i] = used[i] - on_books[i]
-      if d[i] ~= 0 then any = true end
-    end
-    if any then
-      redis.call('ZADD', log, slot, 'c' .. member(seq, d))
-      for i = 1, LIMITS do sums[i] = math.max(0, sums[i] + d[i]) end
-    end
+-- used, in its granule while that is in the window.
+local function correct(slot, on_books, used)
+  local d = {}
+  for i = 1, LIMITS do d[i] = used[i] - on_books[i] end
+  if granule(slot) + WINDOW > now and add(granule(slot), d, false) then
     return
   end
   expire()
@@ -233,25 +256,30 @@ local function correct(seq, slot, on_books, used)
   local excess = {0, 0, 0, 0}
   local any = false
   for i = 2, LIMITS do
-    excess[i] = math.max(0, used[i] - on_books[i])
+    excess[i] = math.max(0, d[i])
     if excess[i] > 0 then any = true end
   end
   if any then
     local at = math.max(last, now)
-    record(at, excess)
+    add(granule(at), excess, true)
     last = at
   end
 end
 
--- Takes in what an answer reported: per limit, its limit (-1: none),
--- remaining (-1: none) and reset in ms. Calls booked ahead of now are not
--- in the report yet: they are taken off it.
-local function absorb(q)
+-- Takes in what an answer reported `age` ms ago: per limit, its limit
+-- (-1: none), remaining (-1: none) and reset in ms. Calls booked after it
+-- are not in the report: they are taken off it (by granule: a few more,
+-- never fewer).
+local function absorb(age, q)
+  local at = now - math.max(0, age)
   local ahead = {0, 0, 0, 0}
-  if last > now then
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', log, '(' .. now, '+inf')) do
-      local a = amounts(m)
-      for i = 1, LIMITS do ahead[i] = ahead[i] + a[i] end
+  if last > at then
+    local ids = redis.call('ZRANGEBYSCORE', log, '(' .. string.format('%.17g', at), '+inf')
+    for _, packed in ipairs(amounts_of(ids)) do
+      if packed then
+        local a = cmsgpack.unpack(packed)
+        for i = 1, LIMITS do ahead[i] = ahead[i] + a[i] end
+      end
     end
   end
   local any = false
@@ -259,7 +287,7 @@ local function absorb(q)
     local limit, remaining = q[i * 3 - 2], q[i * 3 - 1]
     local reset = math.min(q[i * 3], MAX_WAIT)
     if remaining >= 0 then
-      local r = {now + reset, math.max(0, remaining - ahead[i]), -1, 0, now, 0}
+      local r = {at + reset, math.max(0, remaining - ahead[i]), -1, 0, at, 0}
       if limit > 0 then
         local rate
         if limit > remaining and reset > 0 then
@@ -291,24 +319,26 @@ local op = ARGV[1]
 
 if op == 'steps' then
   -- What a process learnt since its last step, then maybe a booking:
-  --   cancels: n, then n x {seq, need x4, slot us, reports}
-  --   corrections: n, then n x {seq (-1: none), slot us, on the books x4,
-  --     used x4}
-  --   answered: 0, 1 (429s no longer in a row), or 2 (and a report, 12
-  --     numbers: see absorb)
+  --   cancels: n, then n x {need x4, slot us, reports}
+  --   corrections: n, then n x {slot us, on the books x4, used x4}
+  --   answered: flags: 1 an answer came (429s no longer in a row), 2 a
+  --     report follows: its age in ms and 12 numbers (see absorb)
   --   booking: 0, or 1 and {budget x4 (-1: none), need x4, deadline ms
   --     (-1: none)}
   for _ = 1, take(1)[1] do
-    local c = take(7)
-    cancel(c[1], {c[2], c[3], c[4], c[5]}, c[6] / 1000, c[7])
+    local c = take(6)
+    cancel({c[1], c[2], c[3], c[4]}, c[5] / 1000, c[6])
   end
   for _ = 1, take(1)[1] do
-    local c = take(10)
-    correct(c[1], c[2] / 1000, {c[3], c[4], c[5], c[6]}, {c[7], c[8], c[9], c[10]})
+    local c = take(9)
+    correct(c[1] / 1000, {c[2], c[3], c[4], c[5]}, {c[6], c[7], c[8], c[9]})
   end
-  local answered = take(1)[1]
-  if answered > 0 then strikes = 0 end
-  if answered == 2 then absorb(take(12)) end
+  local flags = take(1)[1]
+  if flags % 2 == 1 then strikes = 0 end
+  if flags >= 2 then
+    local age = take(1)[1]
+    absorb(age, take(12))
+  end
   local reply = {4}
   if take(1)[1] == 1 then
     local b = take(9)
@@ -317,13 +347,13 @@ if op == 'steps' then
   save()
   return reply
 elseif op == 'recheck' then
-  -- seq, need x4, slot us, reports, pauses, budget x4, deadline
-  local c = take(8)
-  local seq, need, slot = c[1], {c[2], c[3], c[4], c[5]}, c[6] / 1000
-  local at_reports, at_pauses = c[7], c[8]
+  -- need x4, slot us, reports, pauses, budget x4, deadline
+  local c = take(7)
+  local need, slot = {c[1], c[2], c[3], c[4]}, c[5] / 1000
+  local at_reports, at_pauses = c[6], c[7]
   local paused = at_pauses ~= pauses and pause > slot and pause > now
   if not paused then return {3} end
-  cancel(seq, need, slot, at_reports)
+  cancel(need, slot, at_reports)
   local b = take(5)
   local reply = book({b[1], b[2], b[3], b[4]}, need, b[5])
   save()

@@ -10,6 +10,8 @@ use std::fmt;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use ::redis::Script;
 
 use super::{RedisStore, StoreError};
@@ -47,7 +49,6 @@ impl fmt::Debug for SharedBooks {
 /// correct it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RemoteBooking {
-    seq: i64,
     /// What is on the books for the call.
     pub(crate) need: [u64; LIMITS],
     /// Its slot, in µs on Redis's clock.
@@ -100,12 +101,12 @@ fn micros(us: i64) -> Duration {
 #[derive(Default)]
 struct Outbox {
     cancels: Vec<RemoteBooking>,
-    /// (the entry, its slot, what is on the books, what was used).
-    corrections: Vec<(i64, i64, [u64; LIMITS], [u64; LIMITS])>,
-    /// An answer came (429s are no longer in a row), and what it reported
-    /// last.
+    /// (the call's slot, what is on the books, what was used).
+    corrections: Vec<(i64, [u64; LIMITS], [u64; LIMITS])>,
+    /// An answer came (429s are no longer in a row).
     answered: bool,
-    report: Option<Quotas>,
+    /// What an answer or a failure reported last, and when it came.
+    report: Option<(Quotas, Instant)>,
     /// A flush is scheduled.
     flushing: bool,
 }
@@ -122,30 +123,26 @@ impl Outbox {
     fn drain_into(&mut self, invocation: &mut ::redis::ScriptInvocation<'_>) {
         invocation.arg(self.cancels.len());
         for c in self.cancels.drain(..) {
-            invocation
-                .arg(c.seq)
-                .arg(c.need.as_slice())
-                .arg(c.slot)
-                .arg(c.reports);
+            invocation.arg(c.need.as_slice()).arg(c.slot).arg(c.reports);
         }
         invocation.arg(self.corrections.len());
-        for (seq, slot, on_books, used) in self.corrections.drain(..) {
+        for (slot, on_books, used) in self.corrections.drain(..) {
             invocation
-                .arg(seq)
                 .arg(slot)
                 .arg(on_books.as_slice())
                 .arg(used.as_slice());
         }
+        let answered = u8::from(std::mem::take(&mut self.answered));
         match self.report.take() {
-            Some(quotas) => {
-                invocation.arg(2);
+            Some((quotas, at)) => {
+                invocation.arg(answered | 2);
+                invocation.arg(duration_ms(at.elapsed()));
                 push_quotas(invocation, quotas);
             }
             None => {
-                invocation.arg(u8::from(self.answered));
+                invocation.arg(answered);
             }
         }
-        self.answered = false;
     }
 }
 
@@ -167,10 +164,18 @@ impl SharedBooks {
         &self.store
     }
 
-    /// The log and state keys of `model`'s books.
-    fn keys(&self, model: &str) -> [String; 2] {
-        let base = self.store.key("rl", &format!("{}|{model}", self.namespace));
-        [format!("{base}:log"), format!("{base}:state")]
+    /// The keys of `model`'s books: the log, what each granule spent, the
+    /// state. The kind carries the script's version, so that processes of
+    /// two versions never read each other's books.
+    fn keys(&self, model: &str) -> [String; 3] {
+        let base = self
+            .store
+            .key("rl1", &format!("{}|{model}", self.namespace));
+        [
+            format!("{base}:log"),
+            format!("{base}:spent"),
+            format!("{base}:state"),
+        ]
     }
 
     /// A `steps` call for `model`, carrying what its outbox holds.
@@ -189,6 +194,7 @@ impl SharedBooks {
 
     /// Puts something in `model`'s outbox, and makes sure it is sent soon.
     fn post(&self, model: &str, put: impl FnOnce(&mut Outbox)) {
+        let handle = tokio::runtime::Handle::try_current().ok();
         let schedule = {
             let mut outboxes = crate::lock(&self.outboxes);
             if !outboxes.contains_key(model) && outboxes.len() >= MAX_OUTBOXES {
@@ -196,12 +202,11 @@ impl SharedBooks {
             }
             let outbox = outboxes.entry(model.to_owned()).or_default();
             put(outbox);
-            !std::mem::replace(&mut outbox.flushing, true)
+            // Without a runtime nothing can be scheduled: the next booking
+            // carries it.
+            handle.is_some() && !std::mem::replace(&mut outbox.flushing, true)
         };
-        if !schedule {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        let Some(handle) = handle.filter(|_| schedule) else {
             return;
         };
         let this = self.clone();
@@ -261,7 +266,7 @@ impl SharedBooks {
     ) -> Result<Option<Booked>, StoreError> {
         let mut invocation = SCRIPT.prepare_invoke();
         invocation.key(self.keys(model).as_slice()).arg("recheck");
-        invocation.arg(booking.seq).arg(booking.need.as_slice());
+        invocation.arg(booking.need.as_slice());
         invocation
             .arg(booking.slot)
             .arg(booking.reports)
@@ -291,11 +296,11 @@ impl SharedBooks {
     /// Replaces what is on the books for a call with what it `used`.
     pub(crate) fn correct(&self, model: &str, booking: &mut RemoteBooking, used: [u64; LIMITS]) {
         let used = used.map(amount);
-        let (seq, slot, on_books) = (booking.seq, booking.slot, booking.need);
+        let (slot, on_books) = (booking.slot, booking.need);
         booking.need = used;
         self.post(model, |o| {
             if o.corrections.len() < MAX_PENDING {
-                o.corrections.push((seq, slot, on_books, used));
+                o.corrections.push((slot, on_books, used));
             }
         });
     }
@@ -311,11 +316,11 @@ impl SharedBooks {
         if report.is_none() && !booking.strikes {
             return;
         }
-        let quotas = report.map(RateLimitInfo::quotas);
+        let report = report.map(|info| (info.quotas(), Instant::now()));
         self.post(model, |o| {
             o.answered = true;
-            if quotas.is_some() {
-                o.report = quotas;
+            if report.is_some() {
+                o.report = report;
             }
         });
     }
@@ -329,8 +334,8 @@ impl SharedBooks {
         pause: Option<Option<Duration>>,
     ) {
         if let Some(info) = report {
-            let quotas = info.quotas();
-            self.post(model, |o| o.report = Some(quotas));
+            let report = (info.quotas(), Instant::now());
+            self.post(model, |o| o.report = Some(report));
         }
         let Some(retry_after) = pause else { return };
         let mut invocation = SCRIPT.prepare_invoke();
@@ -367,10 +372,9 @@ fn push_quotas(invocation: &mut ::redis::ScriptInvocation<'_>, quotas: Quotas) {
 /// Reads the script's reply to a booking.
 fn read_booked(reply: &[i64], need: [u64; LIMITS]) -> Result<Booked, StoreError> {
     match *reply {
-        [0, wait, seq, slot, reports, pauses, strikes] => Ok(Booked::Slot {
+        [0, wait, slot, reports, pauses, strikes] => Ok(Booked::Slot {
             wait: micros(wait),
             booking: RemoteBooking {
-                seq,
                 need,
                 slot,
                 reports,

@@ -22,9 +22,6 @@ use super::RedisStore;
 pub struct SharedCooldowns {
     store: RedisStore,
     channel: Arc<str>,
-    /// This process's mark on what it publishes, so that it does not hear
-    /// its own cooldowns back.
-    origin: u64,
 }
 
 impl fmt::Debug for SharedCooldowns {
@@ -44,7 +41,6 @@ impl SharedCooldowns {
         SharedCooldowns {
             channel: store.key("cool", namespace).into(),
             store,
-            origin: super::credential::random_u128() as u64,
         }
     }
 
@@ -57,13 +53,19 @@ impl SharedCooldowns {
         format!("{}:{deployment}", self.channel)
     }
 
-    /// Tells every process that `deployment` is out for `length`, in the
-    /// background.
-    pub(crate) fn publish(&self, deployment: &str, length: Duration) {
+    /// A mark for one pool's messages, so that it does not hear its own
+    /// cooldowns back.
+    pub(crate) fn origin() -> u64 {
+        super::credential::random_u128() as u64
+    }
+
+    /// Tells every process that `deployment` is out for `length`, from the
+    /// pool marked `origin`, in the background.
+    pub(crate) fn publish(&self, origin: u64, deployment: &str, length: Duration) {
         let ms = length.as_millis().clamp(1, 1 << 53) as u64;
         let key = self.key(deployment);
         let channel = self.channel.clone();
-        let message = format!("{ms}|{:x}|{deployment}", self.origin);
+        let message = format!("{ms}|{origin:x}|{deployment}");
         self.store.spawn(move |mut c| async move {
             ::redis::pipe()
                 .cmd("SET")
@@ -81,42 +83,47 @@ impl SharedCooldowns {
         });
     }
 
-    /// Listens, in the background, for the cooldowns other processes
-    /// publish: `apply(deployment, length)` for each, and for those
-    /// already running whenever it (re)connects. Stops once `alive` says
-    /// the pool is gone. Reconnects by itself.
+    /// Listens, in the background, for the cooldowns other pools publish
+    /// (not those marked `origin`): `apply(deployment, length)` for each,
+    /// and for those already running whenever it (re)connects. Stops once
+    /// `alive` says the pool is gone. Reconnects by itself. `false` when
+    /// there is no runtime to listen on.
     pub(crate) fn listen(
         &self,
+        origin: u64,
         deployments: Vec<Arc<str>>,
         apply: impl Fn(&str, Duration) + Send + Sync + 'static,
         alive: impl Fn() -> bool + Send + Sync + 'static,
-    ) {
+    ) -> bool {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
+            return false;
         };
         let this = self.clone();
         handle.spawn(async move {
             while alive() {
-                if let Err(e) = this.listen_once(&deployments, &apply, &alive).await {
+                if let Err(e) = this.listen_once(origin, &deployments, &apply, &alive).await {
                     tracing::debug!(error = %e, "pool cooldowns: listener lost Redis; retrying");
                 }
                 tokio::time::sleep(this.store.retry_after()).await;
             }
         });
+        true
     }
 
     async fn listen_once(
         &self,
+        origin: u64,
         deployments: &[Arc<str>],
         apply: &(impl Fn(&str, Duration) + Send + Sync),
         alive: &(impl Fn() -> bool + Send + Sync),
     ) -> Result<(), String> {
         let budget = self.store.step_timeout().max(Duration::from_secs(1));
-        let mut pubsub = tokio::time::timeout(budget, self.store.client().get_async_pubsub())
+        let pubsub = tokio::time::timeout(budget, self.store.client().get_async_pubsub())
             .await
             .map_err(|_| "connect timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        tokio::time::timeout(budget, pubsub.subscribe(&*self.channel))
+        let (mut sink, mut messages) = pubsub.split();
+        tokio::time::timeout(budget, sink.subscribe(&*self.channel))
             .await
             .map_err(|_| "subscribe timed out".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -138,25 +145,32 @@ impl SharedCooldowns {
                 apply(deployment, Duration::from_millis(ms as u64));
             }
         }
-        let mut messages = pubsub.on_message();
         loop {
+            if !alive() {
+                return Ok(());
+            }
             match tokio::time::timeout(LIVENESS, messages.next()).await {
                 Ok(Some(message)) => {
                     let Ok(payload) = message.get_payload::<String>() else {
                         continue;
                     };
                     let mut fields = payload.splitn(3, '|');
-                    if let (Some(ms), Some(origin), Some(deployment)) =
+                    if let (Some(ms), Some(from), Some(deployment)) =
                         (fields.next(), fields.next(), fields.next())
                         && let Ok(ms) = ms.parse::<u64>()
-                        && u64::from_str_radix(origin, 16) != Ok(self.origin)
+                        && u64::from_str_radix(from, 16) != Ok(origin)
                     {
                         apply(deployment, Duration::from_millis(ms));
                     }
                 }
                 Ok(None) => return Err("connection closed".to_owned()),
-                Err(_) if !alive() => return Ok(()),
-                Err(_) => {}
+                // Quiet: make sure the connection still answers (a half-open
+                // one would hear nothing for ever).
+                Err(_) => match tokio::time::timeout(budget, sink.ping::<String>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(e.to_string()),
+                    Err(_) => return Err("ping timed out".to_owned()),
+                },
             }
         }
     }

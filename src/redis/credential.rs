@@ -84,32 +84,47 @@ impl fmt::Debug for SharedCredential {
     }
 }
 
-/// A credential read from Redis, and its generation there.
+/// A credential read from Redis: which one it is (a random id each write,
+/// so that a Redis that lost its data and starts counting again is never
+/// taken for an old one), its generation there (for logs), the credential.
 #[derive(Debug)]
 pub(crate) struct Stored {
+    pub(crate) id: String,
     pub(crate) generation: u64,
     pub(crate) credential: Credential,
 }
 
-/// The right to refresh: the lock's token.
+/// The right to refresh: the lock's token. Dropped unused (the refresh
+/// failed, or its caller went away), it frees the lock in the background,
+/// so that the others need not wait out the lease.
 #[derive(Debug)]
-pub(crate) struct Lease(String);
+pub(crate) struct Lease {
+    token: String,
+    shared: Option<SharedCredential>,
+}
 
-/// Writes a new credential if the lock is still the writer's (or free, and
-/// nobody wrote a newer one meanwhile), and frees the lock. Returns the new
-/// generation, or 0 when another process holds the lock.
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            let mut invocation = UNLOCK.prepare_invoke();
+            invocation.key(&shared.lock).arg(&self.token);
+            shared
+                .store
+                .spawn(move |mut c| async move { invocation.invoke_async::<()>(&mut c).await });
+        }
+    }
+}
+
+/// Writes a new credential if the lock is still the writer's, and frees
+/// the lock. Returns the new generation, or 0 when the lease was lost.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local holder = redis.call('GET', KEYS[2])
-local current = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
-if holder ~= ARGV[1] and (holder or current ~= tonumber(ARGV[3])) then
-  return 0
-end
-local gen = current + 1
-redis.call('HSET', KEYS[1], 'gen', gen, 'sealed', ARGV[2])
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') + 1
+redis.call('HSET', KEYS[1], 'gen', gen, 'id', ARGV[3], 'sealed', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-if holder == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('DEL', KEYS[2])
 return gen
 ",
     )
@@ -174,22 +189,24 @@ impl SharedCredential {
     /// The credential on Redis, if any.
     pub(crate) async fn read(&self) -> Result<Option<Stored>, StoreError> {
         let key = self.key.clone();
-        let (generation, sealed): (Option<u64>, Option<Vec<u8>>) = self
+        let reply: (Option<u64>, Option<String>, Option<Vec<u8>>) = self
             .store
             .run(|mut c| async move {
                 ::redis::cmd("HMGET")
                     .arg(key)
                     .arg("gen")
+                    .arg("id")
                     .arg("sealed")
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        let (Some(generation), Some(sealed)) = (generation, sealed) else {
+        let (Some(generation), Some(id), Some(sealed)) = reply else {
             return Ok(None);
         };
         let credential = self.open(&sealed)?;
         Ok(Some(Stored {
+            id,
             generation,
             credential,
         }))
@@ -216,40 +233,37 @@ impl SharedCredential {
                 }
             })
             .await?;
-        Ok(reply.map(|_| Lease(token)))
+        Ok(reply.map(|_| Lease {
+            token,
+            shared: Some(self.clone()),
+        }))
     }
 
-    /// Writes `credential` as the one after generation `seen`, under
-    /// `lease`; frees the lock. The new generation, or `None` if the lease
-    /// was lost to another process.
+    /// Writes `credential` for the others, under `lease`, which it frees.
+    /// Its id and generation, or `None` if the lease was lost to another
+    /// process.
     pub(crate) async fn publish(
         &self,
-        lease: &Lease,
-        seen: u64,
+        mut lease: Lease,
         credential: &Credential,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<(String, u64)>, StoreError> {
         let sealed = self.seal(credential)?;
+        let id = format!("{:032x}", random_u128());
         let mut invocation = PUBLISH.prepare_invoke();
         invocation
             .key(&self.key)
             .key(&self.lock)
-            .arg(&lease.0)
+            .arg(&lease.token)
             .arg(sealed)
-            .arg(seen)
+            .arg(&id)
             .arg(KEEP.as_millis() as u64);
         let generation: u64 = self
             .store
             .run(|mut c| async move { invocation.invoke_async(&mut c).await })
             .await?;
-        Ok((generation > 0).then_some(generation))
-    }
-
-    /// Frees the lock, in the background, if it is still `lease`'s.
-    pub(crate) fn unlock(&self, lease: Lease) {
-        let mut invocation = UNLOCK.prepare_invoke();
-        invocation.key(&self.lock).arg(lease.0);
-        self.store
-            .spawn(move |mut c| async move { invocation.invoke_async::<()>(&mut c).await });
+        // Written, the lock went with it; lost, it is not ours to free.
+        lease.shared = None;
+        Ok((generation > 0).then_some((id, generation)))
     }
 
     fn seal(&self, credential: &Credential) -> Result<Vec<u8>, StoreError> {
@@ -269,7 +283,7 @@ impl SharedCredential {
             scheme,
             expires,
         })
-        .map_err(|_| StoreError::Decrypt)?;
+        .map_err(|e| StoreError::Redis(format!("a credential could not be written: {e}")))?;
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let sealed = self
             .cipher
@@ -280,7 +294,7 @@ impl SharedCredential {
                     aad: self.key.as_bytes(),
                 },
             )
-            .map_err(|_| StoreError::Decrypt)?;
+            .map_err(|_| StoreError::Redis("a credential could not be sealed".to_owned()))?;
         let mut out = Vec::with_capacity(nonce.len() + sealed.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&sealed);

@@ -82,6 +82,7 @@ mod credential;
 pub use books::SharedBooks;
 pub(crate) use books::{Booked, RemoteBooking};
 pub use cooldown::SharedCooldowns;
+pub(crate) use credential::Stored;
 pub use credential::{CredentialKey, DEFAULT_LEASE, SharedCredential};
 
 /// What a layer does while Redis is out (slow past its budget, or down).
@@ -267,9 +268,15 @@ impl RedisStore {
             self.inner.fallbacks.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Unavailable);
         }
-        let connection = match self.connection().await {
-            Ok(c) => c,
-            Err(e) => {
+        let budget = CONNECT_TIMEOUT.max(self.inner.step);
+        let connection = match tokio::time::timeout(budget, self.connection()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                self.went_out(&e);
+                return Err(e);
+            }
+            Err(_) => {
+                let e = StoreError::Timeout(budget);
                 self.went_out(&e);
                 return Err(e);
             }
@@ -304,12 +311,18 @@ impl RedisStore {
     }
 
     /// The connection, made on first use. Connecting has a budget of its
-    /// own, [`CONNECT_TIMEOUT`] or the step's if longer: a cold start (a
-    /// handshake, the scripts loaded) is not a slow Redis. Steps that come
-    /// meanwhile wait for the same connection.
+    /// own, [`CONNECT_TIMEOUT`] or the step's if longer (the caller bounds
+    /// the whole wait by it): a cold start is not a slow Redis. Steps that
+    /// come meanwhile wait for the same connection.
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
         let budget = CONNECT_TIMEOUT.max(self.inner.step);
+        let epoch = self.outages();
         let connect = async {
+            // Steps that queued behind a connection that failed do not
+            // each try again: the store went out meanwhile.
+            if self.outages() != epoch {
+                return Err(StoreError::Unavailable);
+            }
             // The manager retries a lost connection by itself; each step's
             // own budget bounds how long anything waits for it.
             let config = ConnectionManagerConfig::new()

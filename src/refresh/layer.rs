@@ -79,9 +79,16 @@ impl RefreshLayer {
     /// refreshes. The credential is encrypted at rest with the key the
     /// [`SharedCredential`](crate::redis::SharedCredential) was made with.
     ///
+    /// The lease ([`SharedCredential::lease`](crate::redis::SharedCredential::lease),
+    /// 30 s by default) also bounds the source: a fetch that takes longer
+    /// fails, since another process may by then take the lock and call the
+    /// source too. Like the credential, the sharing belongs to this layer and
+    /// to every clone of it (they share one credential).
+    ///
     /// While Redis is out, the store's [`OnOutage`](crate::redis::OnOutage)
     /// decides: refresh alone from the source (the default), or fail the
-    /// refresh.
+    /// refresh. A process that already waits for another's refresh waits a
+    /// Redis hiccup out rather than calling the source itself.
     #[cfg(feature = "redis")]
     pub fn shared(self, credential: crate::redis::SharedCredential) -> Self {
         if self.policy.store.remote.set(credential).is_err() {

@@ -214,8 +214,9 @@ impl Policy for RefreshPolicy {
         // still worth sending if the fetch fails; with none at all there is
         // nothing to send.
         let store = self.store.clone();
+        let margin = self.margin;
         Some(Box::pin(async move {
-            match store.clone().refresh(seen).await {
+            match store.clone().refresh(seen, margin).await {
                 Err(e) if store.lock().current.is_none() => Err(e),
                 _ => Ok(()),
             }
@@ -246,7 +247,8 @@ impl Policy for RefreshPolicy {
             "credential refused; refreshing and retrying once"
         );
         let store = self.store.clone();
-        Some(Box::pin(async move { store.refresh(used).await }))
+        let margin = self.margin;
+        Some(Box::pin(async move { store.refresh(used, margin).await }))
     }
 }
 
@@ -275,10 +277,10 @@ struct State {
     /// the next waiter fetches.
     failures: u64,
     last_error: Option<Arc<BoxError>>,
-    /// The generation on Redis of the current credential (0: none read or
+    /// Which credential on Redis the current one is (none: not read or
     /// written there), when it is shared.
     #[cfg(feature = "redis")]
-    shared_generation: u64,
+    shared_id: Option<String>,
 }
 
 /// The credential shared by every service of one layer.
@@ -300,7 +302,7 @@ impl Store {
     /// Makes sure the credential is newer than generation `seen`: refreshes
     /// unless another caller already did, or tried and failed while this
     /// one waited.
-    async fn refresh(self: Arc<Self>, seen: u64) -> Result<(), Error> {
+    async fn refresh(self: Arc<Self>, seen: u64, margin: Duration) -> Result<(), Error> {
         let failures_before = self.lock().failures;
         let _flight = self.refresh_lock.lock().await;
         {
@@ -316,7 +318,7 @@ impl Store {
                 return Err(Error::Refresh { source });
             }
         }
-        let fetched = match self.obtain().await {
+        let fetched = match self.obtain(margin).await {
             Ok((credential, shared)) => Stamped::new(credential)
                 .map(|s| (s, shared))
                 .map_err(|e| Box::new(e) as BoxError),
@@ -329,8 +331,8 @@ impl Store {
                 state.generation += 1;
                 state.last_error = None;
                 #[cfg(feature = "redis")]
-                if let Some(g) = _shared {
-                    state.shared_generation = g;
+                if _shared.is_some() {
+                    state.shared_id = _shared;
                 }
                 tracing::info!(generation = state.generation, "credential refreshed");
                 Ok(())
@@ -348,17 +350,17 @@ impl Store {
     }
 }
 
-/// A fresh credential, and its generation on Redis when it is shared.
-type Obtained = (Credential, Option<u64>);
+/// A fresh credential, and which one on Redis it is when it is shared.
+type Obtained = (Credential, Option<String>);
 
 impl Store {
     /// A fresh credential: from the source, or, when it is shared, from
     /// Redis if another process refreshed it, else from the source by this
     /// process alone.
-    async fn obtain(&self) -> Result<Obtained, BoxError> {
+    async fn obtain(&self, _margin: Duration) -> Result<Obtained, BoxError> {
         #[cfg(feature = "redis")]
         if let Some(remote) = self.remote.get() {
-            return self.obtain_shared(remote).await;
+            return self.obtain_shared(remote, _margin).await;
         }
         self.source.fetch().await.map(|c| (c, None))
     }
