@@ -37,7 +37,7 @@ local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
 -- 429s in a row counted, the reports taken in, the log's four sums, per
 -- limit its report (false: none) as
 -- {reset_at, left, capacity (-1: none), level, at, rate}, then when the
--- log was last swept.
+-- log was last swept and until when the keys are kept.
 local S = {}
 do
   local raw = redis.call('GET', st)
@@ -54,6 +54,7 @@ for i = 1, LIMITS do
   if S[9 + i] then reported[i] = S[9 + i] end
 end
 local swept = S[14] or 0
+local kept = S[15] or 0
 
 -- The end of the granule of time t: the entry a call at t goes in.
 local function granule(t)
@@ -167,6 +168,8 @@ local function refund(r, at, amount)
   if r[3] >= 0 then r[4] = math.min(r[4] + math.min(amount, r[3]), r[3]) end
 end
 
+local new_granule = false
+
 -- Adds `a` (which may be negative) to the granule ending at `g`, and to the
 -- sums. With `create` false, only to a granule still on the books; whether
 -- it was.
@@ -179,26 +182,34 @@ local function add(g, a, create)
     sums[i] = math.max(0, sums[i] + a[i])
   end
   redis.call('HSET', spent, g, cmsgpack.pack(b))
-  if not packed then redis.call('ZADD', log, g, g) end
+  if not packed then
+    redis.call('ZADD', log, g, g)
+    new_granule = true
+  end
   return true
 end
 
--- Writes the state back; every key expires once nothing in it matters
--- any more, the state with the log, never after it.
+-- Writes the state back. Every key expires once nothing in it matters any
+-- more, all three at the same time (the state never outlives the log);
+-- their expiry moves on by whole seconds, not at every step.
 local function save()
   local keep = math.max(last, pause, now)
   for i = 1, LIMITS do
     local r = reported[i]
     if r then keep = math.max(keep, r[1]) end
   end
-  local ttl = math.ceil(keep - now) + WINDOW + GRANULE + 1000
-  redis.call('PEXPIRE', log, ttl)
-  redis.call('PEXPIRE', spent, ttl)
+  local until_ = keep + WINDOW + GRANULE + 1000
+  -- A new granule may have made the keys anew (without an expiry).
+  if until_ > kept or new_granule then
+    kept = until_ + 1000
+    redis.call('PEXPIRE', log, math.ceil(kept - now))
+    redis.call('PEXPIRE', spent, math.ceil(kept - now))
+  end
   local packed = cmsgpack.pack({last, pause, pauses, strikes, reports,
     sums[1], sums[2], sums[3], sums[4],
     reported[1] or false, reported[2] or false, reported[3] or false, reported[4] or false,
-    swept})
-  redis.call('SET', st, packed, 'PX', ttl)
+    swept, kept})
+  redis.call('SET', st, packed, 'PX', math.max(1, math.ceil(kept - now)))
 end
 
 -- Books `need` under `budget` (-1: none), to start within `deadline` ms
@@ -246,7 +257,12 @@ end
 -- used, in its granule while that is in the window.
 local function correct(slot, on_books, used)
   local d = {}
-  for i = 1, LIMITS do d[i] = used[i] - on_books[i] end
+  local any = false
+  for i = 1, LIMITS do
+    d[i] = used[i] - on_books[i]
+    if d[i] ~= 0 then any = true end
+  end
+  if not any then return end
   if granule(slot) + WINDOW > now and add(granule(slot), d, false) then
     return
   end
