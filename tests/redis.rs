@@ -41,7 +41,7 @@ fn main() {
     }
     let args = Arguments::from_args();
     let missing = redis_server::which("redis-server").is_none();
-    let tests: [(&str, Test); 12] = [
+    let tests: [(&str, Test); 13] = [
         (
             "processes_share_one_request_budget",
             processes_share_one_request_budget,
@@ -86,6 +86,10 @@ fn main() {
         (
             "a_failed_refresh_frees_the_lock_at_once",
             a_failed_refresh_frees_the_lock_at_once,
+        ),
+        (
+            "shared_books_decide_as_local_books_do",
+            shared_books_decide_as_local_books_do,
         ),
     ];
     let mut trials: Vec<Trial> = tests
@@ -886,6 +890,98 @@ fn a_failed_refresh_frees_the_lock_at_once() -> Result<(), Failed> {
             took < Duration::from_secs(5),
             format!("the second waited {took:?}, not the lease"),
         )
+    })
+}
+
+/// The same calls, one after another, through local books and through
+/// books on Redis: which go and which are refused must agree (the script
+/// runs the local books' rules).
+fn shared_books_decide_as_local_books_do() -> Result<(), Failed> {
+    current_thread().block_on(async {
+        let redis = RedisServer::start();
+        let store = RedisStore::builder(redis.url())
+            .prefix("llm-tower-test")
+            .build()
+            .unwrap();
+        // (budget, the first answer's report, calls): a request budget; a
+        // token budget; a report that leaves 2 requests before a reset in
+        // 30 s; a token report.
+        let cases: [(RateLimitLayer, Option<[(&str, &str); 3]>, usize); 4] = [
+            (RateLimitLayer::new().requests_per_minute(5), None, 8),
+            (RateLimitLayer::new().tokens_per_minute(1_000), None, 12),
+            (
+                RateLimitLayer::new().requests_per_minute(50),
+                Some([
+                    ("x-ratelimit-limit-requests", "100"),
+                    ("x-ratelimit-remaining-requests", "2"),
+                    ("x-ratelimit-reset-requests", "30s"),
+                ]),
+                6,
+            ),
+            (
+                RateLimitLayer::new(),
+                Some([
+                    ("x-ratelimit-limit-tokens", "10000"),
+                    ("x-ratelimit-remaining-tokens", "300"),
+                    ("x-ratelimit-reset-tokens", "20s"),
+                ]),
+                6,
+            ),
+        ];
+        for (n, (layer, report, calls)) in cases.into_iter().enumerate() {
+            let namespace = unique("same");
+            let mut outcomes = Vec::new();
+            for shared in [false, true] {
+                let upstream = MockServer::start().await;
+                if let Some(headers) = report {
+                    let mut reply = Reply::text(vec!["x"; 100]);
+                    for (name, value) in headers {
+                        reply = reply.header(name, value);
+                    }
+                    upstream.push(reply);
+                }
+                upstream.set_default(Reply::text(vec!["x"; 100]));
+                let layer = if shared {
+                    layer.clone().shared(store.books(&namespace))
+                } else {
+                    layer.clone()
+                };
+                let service = ServiceBuilder::new()
+                    .layer(layer)
+                    .service(support::openai_at(&upstream));
+                let mut went = Vec::new();
+                for _ in 0..calls {
+                    // 4 + 1 input tokens by the estimate, and 95 output:
+                    // 100 a call, as used (12 input, 100 output: 112).
+                    let request = ChatRequest::new("m")
+                        .message(Message::user("hi"))
+                        .max_tokens(95)
+                        .extension(Deadline::after(Duration::from_millis(200)));
+                    let answer = async {
+                        let stream = service.clone().oneshot(request).await?;
+                        stream.completion().await
+                    }
+                    .await;
+                    went.push(answer.is_ok());
+                }
+                outcomes.push(went);
+            }
+            check(
+                outcomes[0] == outcomes[1],
+                format!(
+                    "case {n}: local {:?}, on Redis {:?}",
+                    outcomes[0], outcomes[1]
+                ),
+            )?;
+            check(
+                outcomes[0].contains(&false) && outcomes[0].contains(&true),
+                format!(
+                    "case {n} has calls that go and calls refused: {:?}",
+                    outcomes[0]
+                ),
+            )?;
+        }
+        Ok(())
     })
 }
 

@@ -1,7 +1,7 @@
 //! The steps of a call booked in books on Redis: the booking, and the
-//! recheck after a wait, each a task of its own that the response future
-//! awaits — so that a call dropped in the middle of a step can still undo
-//! what the step did once it ends. While Redis is out, the store's
+//! recheck after a wait, each a future the response future drives — and
+//! finishes in a task of its own if the call is dropped in the middle of
+//! one, so that what the step did is undone once it ends. While Redis is out, the store's
 //! [`OnOutage`] decides: this process's books, or a refusal.
 
 use std::future::Future;
@@ -9,7 +9,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::redis::{Booked, OnOutage, RemoteBooking, SharedBooks};
@@ -29,45 +28,33 @@ pub(super) enum Pending {
     Recheck(Step<Recheck>),
 }
 
-/// A step's future: a task when there is a runtime to spawn it on, else
-/// polled in place.
-pub(super) enum Step<T> {
-    Task(Option<JoinHandle<T>>),
-    Inline(Boxed<T>),
-}
+/// A step's future, polled in place. A call dropped while it is under way
+/// hands it to a task of its own, which finishes it and undoes what it did:
+/// nothing is spawned unless a call goes away mid-step.
+pub(super) struct Step<T>(Option<Boxed<T>>);
 
 impl<T: Send + 'static> Step<T> {
     fn new(step: impl Future<Output = T> + Send + 'static) -> Self {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => Step::Task(Some(handle.spawn(step))),
-            Err(_) => Step::Inline(Box::pin(step)),
-        }
+        Step(Some(Box::pin(step)))
     }
 
-    /// The step's outcome; `None` if its task was lost (it panicked, or the
-    /// runtime is shutting down).
+    /// The step's outcome; `None` if polled again after it.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        match self {
-            Step::Inline(step) => step.as_mut().poll(cx).map(Some),
-            Step::Task(task) => {
-                let Some(handle) = task.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                let done = std::task::ready!(Pin::new(handle).poll(cx));
-                *task = None;
-                Poll::Ready(done.ok())
-            }
-        }
+        let Some(step) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let done = std::task::ready!(step.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(Some(done))
     }
 
-    /// The call went away: `undo` what the step did once it ends, with
-    /// its outcome; at once with `None` when that cannot be known (no task,
-    /// it ended already, or it was lost).
-    fn abandon(self, undo: impl FnOnce(Option<T>) + Send + 'static) {
-        let runtime = tokio::runtime::Handle::try_current();
-        match (self, runtime) {
-            (Step::Task(Some(handle)), Ok(runtime)) => {
-                runtime.spawn(async move { undo(handle.await.ok()) });
+    /// The call went away: `undo` what the step did once it ends, with its
+    /// outcome; at once with `None` when that cannot be known (it ended
+    /// already, or there is no runtime to finish it on).
+    fn abandon(mut self, undo: impl FnOnce(Option<T>) + Send + 'static) {
+        match (self.0.take(), tokio::runtime::Handle::try_current()) {
+            (Some(step), Ok(runtime)) => {
+                runtime.spawn(async move { undo(Some(step.await)) });
             }
             _ => undo(None),
         }
