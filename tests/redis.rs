@@ -893,6 +893,9 @@ fn a_failed_refresh_frees_the_lock_at_once() -> Result<(), Failed> {
     })
 }
 
+/// Three response headers, as (name, value).
+type Headers = [(&'static str, &'static str); 3];
+
 /// The same calls, one after another, through local books and through
 /// books on Redis: which go and which are refused must agree (the script
 /// runs the local books' rules).
@@ -906,7 +909,7 @@ fn shared_books_decide_as_local_books_do() -> Result<(), Failed> {
         // (budget, the first answer's report, calls): a request budget; a
         // token budget; a report that leaves 2 requests before a reset in
         // 30 s; a token report.
-        let cases: [(RateLimitLayer, Option<[(&str, &str); 3]>, usize); 4] = [
+        let cases: [(RateLimitLayer, Option<Headers>, usize); 4] = [
             (RateLimitLayer::new().requests_per_minute(5), None, 8),
             (RateLimitLayer::new().tokens_per_minute(1_000), None, 12),
             (
