@@ -31,6 +31,8 @@ struct Shared {
     caller: Option<Attempts>,
     /// The provider the call was sent to first.
     called: OnceLock<&'static str>,
+    /// Where the call was sent first.
+    endpoint: OnceLock<Arc<Endpoint>>,
     /// The nearest deadline a layer set.
     deadline: Mutex<Option<Instant>>,
     /// The highest attempt count a failure was reported with.
@@ -50,6 +52,7 @@ impl ChatRequest {
                 count: AtomicU32::new(0),
                 caller: extensions.get::<Attempts>().cloned(),
                 called: OnceLock::new(),
+                endpoint: OnceLock::new(),
                 deadline: Mutex::new(None),
                 reported: AtomicU32::new(0),
                 tried: Mutex::new(Vec::new()),
@@ -74,10 +77,13 @@ impl ChatRequest {
         }
     }
 
-    /// Notes that the call was sent to `provider`.
-    pub(crate) fn called(&self, provider: &'static str) {
+    /// Notes that the call was sent to `provider`, at `endpoint`.
+    pub(crate) fn called(&self, provider: &'static str, endpoint: &Arc<Endpoint>) {
         if let Some(shared) = &self.call.0 {
             let _ = shared.called.set(provider);
+            if shared.endpoint.get().is_none() {
+                let _ = shared.endpoint.set(endpoint.clone());
+            }
         }
     }
 }
@@ -95,6 +101,67 @@ impl Shared {
     }
 }
 
+/// Where a provider sends its calls, as OpenTelemetry's GenAI conventions
+/// name it: the provider (`gen_ai.provider.name`: `openai`,
+/// `azure.ai.openai`, `gcp.vertex_ai`, …) and the server's address and
+/// port. Worked out once, when the provider is built.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
+    pub(crate) provider: &'static str,
+    pub(crate) address: Box<str>,
+    pub(crate) port: u16,
+}
+
+impl Endpoint {
+    /// The endpoint of `uri`, for a provider whose wire is named `wire`.
+    pub(crate) fn of(wire: &'static str, uri: &http::Uri) -> Endpoint {
+        let address = uri.host().unwrap_or("").trim_matches(['[', ']']);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("http") {
+                80
+            } else {
+                443
+            });
+        let host = address.to_ascii_lowercase();
+        let on = |domain: &str| host == domain || host.ends_with(&format!(".{domain}"));
+        let provider = if on("openai.azure.com") || on("cognitiveservices.azure.com") {
+            "azure.ai.openai"
+        } else if on("services.ai.azure.com") || on("inference.ai.azure.com") {
+            "azure.ai.inference"
+        } else if on("aiplatform.googleapis.com") {
+            "gcp.vertex_ai"
+        } else if on("generativelanguage.googleapis.com") {
+            "gcp.gemini"
+        } else if on("groq.com") {
+            "groq"
+        } else if on("deepseek.com") {
+            "deepseek"
+        } else if on("mistral.ai") {
+            "mistral_ai"
+        } else if on("x.ai") {
+            "x_ai"
+        } else if on("perplexity.ai") {
+            "perplexity"
+        } else if on("amazonaws.com") && host.contains("bedrock") {
+            "aws.bedrock"
+        } else {
+            // The wire format's flavour, as the conventions say to name an
+            // OpenAI-compatible server: by what it speaks.
+            match wire {
+                "openai" | "openai-responses" => "openai",
+                "gemini" => "gcp.gemini",
+                other => other,
+            }
+        };
+        Endpoint {
+            provider,
+            address: address.into(),
+            port,
+        }
+    }
+}
+
 /// A layer's hold on one call's [`CallContext`].
 #[derive(Debug, Clone)]
 pub(crate) struct CallHandle(Arc<Shared>);
@@ -108,6 +175,11 @@ impl CallHandle {
     /// The provider the call was sent to, or `"unknown"` before it was.
     pub(crate) fn provider(&self) -> &'static str {
         self.0.called.get().copied().unwrap_or("unknown")
+    }
+
+    /// Where the call was sent first, once it was.
+    pub(crate) fn endpoint(&self) -> Option<&Arc<Endpoint>> {
+        self.0.endpoint.get()
     }
 
     /// Whether a failure after `attempts` requests is news: no failure of

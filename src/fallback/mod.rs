@@ -193,7 +193,12 @@ where
                 this.state.set(State::Done);
                 return Poll::Ready(Err(failure));
             };
-            tracing::info!(reason = failure.kind(), error = %failure, "falling back to the secondary service");
+            tracing::info!(
+                llm_tower.event = "fallback",
+                reason = failure.kind(),
+                error = %failure,
+                "falling back to the secondary service"
+            );
             this.state.set(State::Secondary {
                 future: Ready::new(secondary, request),
             });

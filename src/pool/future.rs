@@ -213,9 +213,10 @@ impl Race {
         else {
             return false;
         };
-        self.shared.hedges.fetch_add(1, Ordering::Relaxed);
+        self.shared.hedged();
         let primary = running.first().copied().unwrap_or(index);
         tracing::info!(
+            llm_tower.event = "hedge",
             primary = &*self.shared.deployments[primary].name,
             hedge = &*self.shared.deployments[index].name,
             "hedging a call with no output yet"

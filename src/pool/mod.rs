@@ -62,7 +62,7 @@ mod health;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -99,6 +99,18 @@ struct Shared {
     /// this pool listens to them yet.
     #[cfg(feature = "redis")]
     remote: Option<Remote>,
+    #[cfg(feature = "otel")]
+    instruments: OnceLock<Instruments>,
+}
+
+/// The pool's instruments (feature `otel`): counters here, gauges read by
+/// the meter's callbacks.
+#[cfg(feature = "otel")]
+struct Instruments {
+    cooldowns: opentelemetry::metrics::Counter<u64>,
+    hedges: opentelemetry::metrics::Counter<u64>,
+    _open: opentelemetry::metrics::ObservableGauge<u64>,
+    _available: opentelemetry::metrics::ObservableGauge<u64>,
 }
 
 /// A pool's cooldowns on Redis.
@@ -157,6 +169,8 @@ impl Pool {
             budget: 0.1,
             #[cfg(feature = "redis")]
             remote: None,
+            #[cfg(feature = "otel")]
+            meter: None,
         }
     }
 
@@ -219,6 +233,8 @@ pub struct PoolBuilder {
     budget: f64,
     #[cfg(feature = "redis")]
     remote: Option<crate::redis::SharedCooldowns>,
+    #[cfg(feature = "otel")]
+    meter: Option<opentelemetry::metrics::Meter>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -322,6 +338,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Records the pool's state with `meter` (feature `otel`):
+    /// `llm_tower.pool.open_streams` and `llm_tower.pool.available` (1 when
+    /// a deployment takes calls, 0 while it is out), gauges per
+    /// `llm_tower.deployment`; `llm_tower.pool.cooldowns`, a counter of the
+    /// cooldowns begun, by deployment; `llm_tower.pool.hedges`, a counter of
+    /// hedged calls.
+    #[cfg(feature = "otel")]
+    pub fn meter(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
+        self.meter = Some(meter.clone());
+        self
+    }
+
     /// Builds the pool: at least one deployment, distinct names, weights
     /// of at least 1, at least one failure, a budget from 0 to 1.
     pub fn build(self) -> Result<Pool, Error> {
@@ -356,7 +384,9 @@ impl PoolBuilder {
             )));
         }
         let breaker = self.breaker;
-        Ok(Pool {
+        #[cfg(feature = "otel")]
+        let meter = self.meter;
+        let pool = Pool {
             shared: Arc::new(Shared {
                 deployments: self
                     .deployments
@@ -382,8 +412,18 @@ impl PoolBuilder {
                     origin: crate::redis::SharedCooldowns::origin(),
                     listening: std::sync::atomic::AtomicBool::new(false),
                 }),
+                #[cfg(feature = "otel")]
+                instruments: OnceLock::new(),
             }),
-        })
+        };
+        #[cfg(feature = "otel")]
+        if let Some(meter) = meter {
+            let _ = pool
+                .shared
+                .instruments
+                .set(Instruments::new(&meter, &pool.shared));
+        }
+        Ok(pool)
     }
 }
 
@@ -517,6 +557,7 @@ impl Shared {
             Some(Health::CoolingDown { until }) => {
                 let length = until.saturating_duration_since(now);
                 tracing::warn!(
+                    llm_tower.event = "cooldown",
                     deployment = &*d.name,
                     cooldown_ms = length.as_millis() as u64,
                     error = error.map(tracing::field::display),
@@ -527,6 +568,16 @@ impl Shared {
                     && !length.is_zero()
                 {
                     remote.cooldowns.publish(remote.origin, &d.name, length);
+                }
+                #[cfg(feature = "otel")]
+                if let Some(i) = self.instruments.get() {
+                    i.cooldowns.add(
+                        1,
+                        &[opentelemetry::KeyValue::new(
+                            "llm_tower.deployment",
+                            d.name.to_string(),
+                        )],
+                    );
                 }
             }
             Some(Health::InService) => {
@@ -587,6 +638,15 @@ impl Shared {
         }
     }
 
+    /// Counts a hedged call.
+    fn hedged(&self) {
+        self.hedges.fetch_add(1, Ordering::Relaxed);
+        #[cfg(feature = "otel")]
+        if let Some(i) = self.instruments.get() {
+            i.hedges.add(1, &[]);
+        }
+    }
+
     /// The error of a call no deployment takes.
     fn exhausted(&self, soonest: Option<Instant>) -> Error {
         let retry_after = soonest.map(|t| t.saturating_duration_since(Instant::now()));
@@ -618,6 +678,67 @@ impl Shared {
         let calls = self.calls.load(Ordering::Relaxed) as f64;
         let hedges = self.hedges.load(Ordering::Relaxed) as f64;
         hedges < budget * calls
+    }
+}
+
+#[cfg(feature = "otel")]
+impl Instruments {
+    fn new(meter: &opentelemetry::metrics::Meter, shared: &Arc<Shared>) -> Self {
+        use opentelemetry::KeyValue;
+        // A value per deployment, read from its standing now.
+        let each = |shared: &std::sync::Weak<Shared>, read: fn(&Standing, Instant) -> u64| {
+            let mut points = Vec::new();
+            if let Some(shared) = shared.upgrade() {
+                let now = Instant::now();
+                for d in &shared.deployments {
+                    let value = read(&crate::lock(&d.standing), now);
+                    points.push((
+                        value,
+                        KeyValue::new("llm_tower.deployment", d.name.to_string()),
+                    ));
+                }
+            }
+            points
+        };
+        fn open(s: &Standing, _: Instant) -> u64 {
+            s.open as u64
+        }
+        fn available(s: &Standing, now: Instant) -> u64 {
+            u64::from(s.admits(now).is_ok())
+        }
+        let (weak_open, weak_available) = (Arc::downgrade(shared), Arc::downgrade(shared));
+        Instruments {
+            cooldowns: meter
+                .u64_counter("llm_tower.pool.cooldowns")
+                .with_unit("{cooldown}")
+                .with_description("Cooldowns begun, by deployment.")
+                .build(),
+            hedges: meter
+                .u64_counter("llm_tower.pool.hedges")
+                .with_unit("{call}")
+                .with_description("Calls hedged on a second deployment.")
+                .build(),
+            _open: meter
+                .u64_observable_gauge("llm_tower.pool.open_streams")
+                .with_unit("{stream}")
+                .with_description("Streams each deployment is serving.")
+                .with_callback(move |observer| {
+                    for (value, attribute) in each(&weak_open, open) {
+                        observer.observe(value, &[attribute]);
+                    }
+                })
+                .build(),
+            _available: meter
+                .u64_observable_gauge("llm_tower.pool.available")
+                .with_unit("1")
+                .with_description("1 when a deployment takes calls, 0 while it is out.")
+                .with_callback(move |observer| {
+                    for (value, attribute) in each(&weak_available, available) {
+                        observer.observe(value, &[attribute]);
+                    }
+                })
+                .build(),
+        }
     }
 }
 

@@ -67,7 +67,7 @@ pub(crate) fn key_header(azure: bool, key: &HeaderValue) -> (HeaderName, HeaderV
 /// `api-key` (replaced by a managed credential too), and a deployment as the
 /// default model; elsewhere the base URL's path and a bearer key.
 pub(crate) fn openai_common(
-    provider: &str,
+    provider: &'static str,
     mut common: CommonBuilder,
     azure: Option<&Azure>,
     api: &str,

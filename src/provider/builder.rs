@@ -81,7 +81,7 @@ impl CommonBuilder {
     /// headers may override them.
     pub(crate) fn common(
         &self,
-        provider: &str,
+        provider: &'static str,
         path: &str,
         auth: Vec<(HeaderName, HeaderValue)>,
     ) -> Result<Common, Error> {
@@ -99,8 +99,10 @@ impl CommonBuilder {
             })?;
             headers.insert(name, value);
         }
+        let endpoint = endpoint(provider, &self.base_url, path)?;
         Ok(Common {
-            endpoint: endpoint(provider, &self.base_url, path)?,
+            server: std::sync::Arc::new(crate::call::Endpoint::of(provider, &endpoint)),
+            endpoint,
             model: self.model.clone(),
             headers,
             max_event_size: self.max_event_size,

@@ -41,6 +41,8 @@ pub(crate) struct Common {
     /// Where a custom wire's configured key went, when not among
     /// [`AUTH_HEADERS`]: a managed credential replaces it too.
     pub(crate) key_header: Option<HeaderName>,
+    /// Where calls go, as the tracing conventions name it.
+    pub(crate) server: Arc<crate::call::Endpoint>,
 }
 
 impl fmt::Debug for Common {
@@ -160,7 +162,7 @@ where
             }
         };
         let attempt = req.count_attempt();
-        req.called(W::NAME);
+        req.called(W::NAME, &self.common.server);
         let secrets = Secrets::of(http_req.headers());
         ResponseFuture {
             state: State::Waiting {

@@ -196,6 +196,7 @@ where
                     let now = Instant::now();
                     if tracker.at() > now {
                         let shared = tracker.shared.clone();
+                        shared.waits(tracker.at() - now);
                         match Queued::enter_for(&shared, tracker, now) {
                             Ok((queued, tracker)) => {
                                 w._queued = Some(queued);

@@ -19,6 +19,8 @@ pub struct RateLimitLayer {
     max_waiting: usize,
     #[cfg(feature = "redis")]
     remote: Option<crate::redis::SharedBooks>,
+    #[cfg(feature = "otel")]
+    instruments: Option<std::sync::Arc<super::Instruments>>,
 }
 
 impl Default for RateLimitLayer {
@@ -38,7 +40,36 @@ impl RateLimitLayer {
             max_waiting: DEFAULT_MAX_WAITING,
             #[cfg(feature = "redis")]
             remote: None,
+            #[cfg(feature = "otel")]
+            instruments: None,
         }
+    }
+
+    /// Records what the layer does with `meter` (feature `otel`):
+    /// `llm_tower.rate_limit.wait`, a histogram of the waits of the calls
+    /// that waited for a slot (seconds), and
+    /// `llm_tower.rate_limit.refusals`, a counter of the calls refused here,
+    /// by `llm_tower.reason` (`deadline`, `queue_full`, `zero_budget`,
+    /// `shared_state_unavailable`).
+    #[cfg(feature = "otel")]
+    pub fn meter(mut self, meter: &opentelemetry::metrics::Meter) -> Self {
+        self.instruments = Some(std::sync::Arc::new(super::Instruments {
+            wait: meter
+                .f64_histogram("llm_tower.rate_limit.wait")
+                .with_unit("s")
+                .with_description("How long calls waited for a rate-limit slot.")
+                .with_boundaries(vec![
+                    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48,
+                    40.96, 81.92,
+                ])
+                .build(),
+            refusals: meter
+                .u64_counter("llm_tower.rate_limit.refusals")
+                .with_unit("{call}")
+                .with_description("Calls the rate limit refused before sending them.")
+                .build(),
+        }));
+        self
     }
 
     /// Keeps the books on Redis, shared by every process that uses the same
@@ -117,6 +148,8 @@ impl<S> tower::Layer<S> for RateLimitLayer {
                 provider: OnceLock::new(),
                 #[cfg(feature = "redis")]
                 remote: self.remote.clone(),
+                #[cfg(feature = "otel")]
+                instruments: self.instruments.clone(),
             }),
         }
     }

@@ -102,6 +102,16 @@ struct Shared {
     /// The books on Redis, when shared across processes.
     #[cfg(feature = "redis")]
     remote: Option<crate::redis::SharedBooks>,
+    #[cfg(feature = "otel")]
+    instruments: Option<Arc<Instruments>>,
+}
+
+/// The layer's own instruments (feature `otel`).
+#[cfg(feature = "otel")]
+#[derive(Debug)]
+pub(crate) struct Instruments {
+    wait: opentelemetry::metrics::Histogram<f64>,
+    refusals: opentelemetry::metrics::Counter<u64>,
 }
 
 /// Past this many models, books with nothing in them are dropped when a new
@@ -130,7 +140,33 @@ impl Shared {
         self.budget[1..].iter().any(Option::is_some)
     }
 
+    /// A call waits `wait` for its slot.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    fn waits(&self, wait: std::time::Duration) {
+        #[cfg(feature = "otel")]
+        if let Some(i) = &self.instruments {
+            i.wait.record(wait.as_secs_f64(), &[]);
+        }
+    }
+
+    /// Counts a call refused here, for `reason`.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    fn count_refusal(&self, reason: &'static str) {
+        #[cfg(feature = "otel")]
+        if let Some(i) = &self.instruments {
+            i.refusals.add(
+                1,
+                &[opentelemetry::KeyValue::new("llm_tower.reason", reason)],
+            );
+        }
+    }
+
     fn refused(&self, refusal: Refusal) -> Error {
+        self.count_refusal(match refusal {
+            Refusal::Deadline { .. } => "deadline",
+            Refusal::QueueFull { .. } => "queue_full",
+            Refusal::ZeroBudget => "zero_budget",
+        });
         let (retry_after, error_type, message, should_retry) = match refusal {
             Refusal::Deadline { wait } => (
                 Some(wait),
@@ -260,9 +296,11 @@ where
             Ok(q) => q,
             Err(e) => return ResponseFuture::failed(e),
         };
+        let wait = queued.1.at() - now;
+        self.shared.waits(wait);
         tracing::debug!(
             model = %request.model,
-            wait_ms = (queued.1.at() - now).as_millis() as u64,
+            wait_ms = wait.as_millis() as u64,
             "rate limit: waiting for a slot"
         );
         ResponseFuture::waiting(Waiting {

@@ -133,7 +133,10 @@ pub(super) fn book(
             Ok(Booked::ZeroBudget) => Err(shared.refused(Refusal::ZeroBudget)),
             Ok(Booked::Deadline { wait }) => Err(shared.refused(Refusal::Deadline { wait })),
             Err(_) => match remote.store().on_outage() {
-                OnOutage::Refuse => Err(crate::redis::refused("rate limit", remote.store())),
+                OnOutage::Refuse => {
+                    shared.count_refusal("shared_state_unavailable");
+                    Err(crate::redis::refused("rate limit", remote.store()))
+                }
                 _ => shared.book_locally(local, input, output, deadline, now),
             },
         }

@@ -242,6 +242,7 @@ impl Policy for RefreshPolicy {
             g => g,
         };
         tracing::info!(
+            llm_tower.event = "refresh",
             reason = error.kind(),
             generation = used,
             "credential refused; refreshing and retrying once"

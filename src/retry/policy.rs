@@ -246,6 +246,7 @@ impl Policy for RetryPolicy {
         let delay = self.delay(state, error)?;
         state.retries += 1;
         tracing::info!(
+            llm_tower.event = "retry",
             reason = error.kind(),
             attempt = state.retries + 1,
             delay_ms = delay.as_millis() as u64,

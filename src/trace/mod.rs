@@ -1,29 +1,62 @@
-//! One tracing span per call, with OpenTelemetry GenAI attributes.
+//! One tracing span per call, to OpenTelemetry's GenAI conventions, the
+//! GenAI client metrics, and hooks.
 //!
-//! [`GenAiTraceLayer`] opens a `chat` span when a call starts and closes it
-//! when the answer's stream ends (or fails, or is dropped) — not when the
-//! response head arrives. It records the [GenAI semantic conventions]:
-//! `gen_ai.system`, `gen_ai.operation.name`, `gen_ai.request.model`,
-//! `gen_ai.request.max_tokens`, `gen_ai.response.id`,
-//! `gen_ai.response.model`, `gen_ai.response.finish_reasons`,
-//! `gen_ai.usage.input_tokens`, `gen_ai.usage.output_tokens`, plus
-//! `llm.time_to_first_token_ms`, `llm.attempts` and `error.type`. Put it
-//! outermost: the retries and refreshes of the layers inside are logged
-//! while the span is entered, so they appear as its events.
+//! [`GenAiTraceLayer`] opens a span when a call starts and closes it when
+//! the answer's stream ends (or fails, or is dropped) — not when the
+//! response head arrives — so the span covers the whole logical call, its
+//! retries included. With `tracing-opentelemetry` the span reaches an OTLP
+//! collector as a client span with the [GenAI semantic conventions]'
+//! attributes:
 //!
-//! Prompt and completion text are not recorded unless
-//! [`record_content`](GenAiTraceLayer::record_content) is turned on.
+//! - its name `{gen_ai.operation.name} {gen_ai.request.model}` (`chat
+//!   gpt-4o`), kind client, `error.type` (the [`Error::kind`] of a failure)
+//!   and an error status when the call failed;
+//! - `gen_ai.provider.name` (`openai`, `anthropic`, `gcp.gemini`,
+//!   `gcp.vertex_ai`, `azure.ai.openai`, …, worked out from the provider
+//!   and its host), `server.address`, `server.port`;
+//! - the request's parameters, the response's id, model and finish
+//!   reasons, its usage (cache and reasoning tokens too), the time to the
+//!   first chunk of a streaming answer;
+//! - `llm_tower.attempts` and `llm_tower.deployment` (a
+//!   [`Pool`](crate::Pool)'s);
+//! - message content only when opted in
+//!   ([`record_content`](GenAiTraceLayer::record_content)).
+//!
+//! Which version of the conventions is followed is [`Conventions`]: by
+//! their transition rule, the latest when `OTEL_SEMCONV_STABILITY_OPT_IN`
+//! lists `gen_ai_latest_experimental`, else what this layer emitted before
+//! (v1.36: `gen_ai.system`, …). Choose with
+//! [`conventions`](GenAiTraceLayer::conventions).
+//!
+//! Put it outermost: what the layers inside log while the call runs —
+//! a retry, a refresh, a fallback, a cooldown, a hedge, each with an
+//! `llm_tower.event` field naming it — is logged inside the span, so it
+//! becomes one of its events.
+//!
+//! **Metrics** (feature `otel`, [`meter`](GenAiTraceLayer::meter)): the
+//! conventions' four client histograms, through the OpenTelemetry metrics
+//! API — what OpenTelemetry asks libraries to depend on; the exporter is
+//! yours. **Hooks**, as tower-http's trace layer has them:
+//! [`make_span_with`](GenAiTraceLayer::make_span_with),
+//! [`on_first_output`](GenAiTraceLayer::on_first_output),
+//! [`on_event`](GenAiTraceLayer::on_event),
+//! [`on_eos`](GenAiTraceLayer::on_eos),
+//! [`on_failure`](GenAiTraceLayer::on_failure).
+//!
+//! With no subscriber, no meter and no hook, the layer adds nothing to an
+//! answer's stream.
 //!
 //! [GenAI semantic conventions]: https://opentelemetry.io/docs/specs/semconv/gen-ai/
 //!
 //! ```
+//! use llm_tower::trace::Conventions;
 //! use llm_tower::{GenAiTraceLayer, OpenAi, RetryPolicy, TransportRetryLayer};
 //! use tower::ServiceBuilder;
 //!
 //! # fn main() -> Result<(), llm_tower::Error> {
 //! let openai = OpenAi::builder().model("gpt-4o-mini").build()?;
 //! let service = ServiceBuilder::new()
-//!     .layer(GenAiTraceLayer::new())
+//!     .layer(GenAiTraceLayer::new().conventions(Conventions::Latest))
 //!     .layer(TransportRetryLayer::new(RetryPolicy::default()))
 //!     .service(openai);
 //! # let _ = service;
@@ -34,38 +67,66 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use futures_core::Stream;
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tracing::Span;
 use tracing::field::Empty;
 
-use crate::chat::Events;
-use crate::{ChatRequest, ChatStream, Error, StopReason, StreamEvent};
+use crate::call::CallHandle;
+use crate::{ChatRequest, ChatStream, Error, Message};
 
+mod content;
 pub(crate) mod layer;
+#[cfg(feature = "otel")]
+mod metrics;
+mod stream;
 
-use layer::GenAiTraceLayer;
-
-/// The most completion text recorded with `record_content`, in bytes.
-const MAX_RECORDED_CONTENT: usize = 64 * 1024;
+pub use layer::Conventions;
+use layer::{GenAiTraceLayer, Hooks};
+use stream::{TracedStream, Watch};
 
 /// A service whose calls are traced. See the [module docs](self).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GenAiTrace<S> {
     inner: S,
+    config: Arc<Config>,
+}
+
+/// What every call of one layer's services shares.
+pub(crate) struct Config {
     record_content: bool,
+    conventions: Conventions,
+    hooks: Hooks,
+    #[cfg(feature = "otel")]
+    metrics: Option<Arc<metrics::Instruments>>,
+}
+
+impl Config {
+    /// Whether anything but the span watches the answer.
+    fn watches(&self) -> bool {
+        #[cfg(feature = "otel")]
+        if self.metrics.is_some() {
+            return true;
+        }
+        self.hooks.watch_stream()
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for GenAiTrace<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GenAiTrace")
+            .field("inner", &self.inner)
+            .field("conventions", &self.config.conventions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> GenAiTrace<S> {
     /// `inner`, its calls traced as `layer` says.
-    pub const fn new(inner: S, layer: GenAiTraceLayer) -> Self {
-        GenAiTrace {
-            inner,
-            record_content: layer.record_content,
-        }
+    pub fn new(inner: S, layer: GenAiTraceLayer) -> Self {
+        tower::Layer::layer(&layer, inner)
     }
 
     /// The inner service.
@@ -84,6 +145,120 @@ impl<S> GenAiTrace<S> {
     }
 }
 
+/// The span of a call, to `conventions`, with what the request says.
+fn span(request: &ChatRequest, conventions: Conventions) -> Span {
+    let model = &*request.model;
+    match conventions {
+        Conventions::Latest => {
+            let span = tracing::info_span!(
+                "gen_ai.chat",
+                otel.name = %if model.is_empty() { "chat".to_owned() } else { format!("chat {model}") },
+                otel.kind = "client",
+                otel.status_code = Empty,
+                gen_ai.operation.name = "chat",
+                gen_ai.provider.name = Empty,
+                gen_ai.request.model = Empty,
+                gen_ai.request.max_tokens = request.max_tokens.map(i64::from),
+                gen_ai.request.temperature = request.temperature.map(f64::from),
+                gen_ai.request.top_p = request.top_p.map(f64::from),
+                gen_ai.request.stop_sequences = Empty,
+                gen_ai.request.stream = Empty,
+                gen_ai.request.reasoning.level = Empty,
+                gen_ai.request.previous_response.id = Empty,
+                gen_ai.output.type = Empty,
+                gen_ai.response.id = Empty,
+                gen_ai.response.model = Empty,
+                gen_ai.response.finish_reasons = Empty,
+                gen_ai.response.time_to_first_chunk = Empty,
+                gen_ai.usage.input_tokens = Empty,
+                gen_ai.usage.output_tokens = Empty,
+                gen_ai.usage.cache_read.input_tokens = Empty,
+                gen_ai.usage.cache_creation.input_tokens = Empty,
+                gen_ai.usage.reasoning.output_tokens = Empty,
+                server.address = Empty,
+                server.port = Empty,
+                error.type = Empty,
+                llm_tower.attempts = Empty,
+                llm_tower.deployment = Empty,
+                gen_ai.input.messages = Empty,
+                gen_ai.output.messages = Empty,
+                gen_ai.system_instructions = Empty,
+            );
+            if span.is_disabled() {
+                return span;
+            }
+            if !model.is_empty() {
+                span.record("gen_ai.request.model", model);
+            }
+            if request.stream {
+                span.record("gen_ai.request.stream", true);
+            }
+            if let Some(effort) = request.reasoning.as_ref().and_then(|r| r.effort) {
+                span.record("gen_ai.request.reasoning.level", effort.as_str());
+            }
+            if let Some(id) = &request.previous_response_id {
+                span.record("gen_ai.request.previous_response.id", id.as_str());
+            }
+            if request.response_format.is_some() {
+                span.record("gen_ai.output.type", "json");
+            }
+            if !request.stop.is_empty() {
+                strings(&span, "gen_ai.request.stop_sequences", &request.stop);
+            }
+            span
+        }
+        Conventions::V1_36 => {
+            let span = tracing::info_span!(
+                "chat",
+                otel.kind = "client",
+                gen_ai.operation.name = "chat",
+                gen_ai.system = Empty,
+                gen_ai.request.model = Empty,
+                gen_ai.request.max_tokens = request.max_tokens,
+                gen_ai.request.temperature = request.temperature,
+                gen_ai.response.id = Empty,
+                gen_ai.response.model = Empty,
+                gen_ai.response.finish_reasons = Empty,
+                gen_ai.usage.input_tokens = Empty,
+                gen_ai.usage.output_tokens = Empty,
+                llm.time_to_first_token_ms = Empty,
+                llm.attempts = Empty,
+                error.type = Empty,
+                gen_ai.prompt = Empty,
+                gen_ai.completion = Empty,
+            );
+            if !model.is_empty() {
+                span.record("gen_ai.request.model", model);
+            }
+            span
+        }
+    }
+}
+
+/// Records a list of strings: an array attribute with
+/// `tracing-opentelemetry` (feature `otel`), else a JSON array in a string.
+fn strings(span: &Span, name: &'static str, values: &[impl AsRef<str>]) {
+    #[cfg(feature = "otel")]
+    {
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let values = values
+            .iter()
+            .map(|v| v.as_ref().to_owned().into())
+            .collect();
+        span.set_attribute(
+            name,
+            opentelemetry::Value::Array(opentelemetry::Array::String(values)),
+        );
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+        if let Ok(json) = serde_json::to_string(&values) {
+            span.record(name, json);
+        }
+    }
+}
+
 impl<S> tower::Service<ChatRequest> for GenAiTrace<S>
 where
     S: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
@@ -96,42 +271,40 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: ChatRequest) -> Self::Future {
-        let span = tracing::info_span!(
-            "chat",
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.system = Empty,
-            gen_ai.request.model = Empty,
-            gen_ai.request.max_tokens = request.max_tokens,
-            gen_ai.request.temperature = request.temperature,
-            gen_ai.response.id = Empty,
-            gen_ai.response.model = Empty,
-            gen_ai.response.finish_reasons = Empty,
-            gen_ai.usage.input_tokens = Empty,
-            gen_ai.usage.output_tokens = Empty,
-            llm.time_to_first_token_ms = Empty,
-            llm.attempts = Empty,
-            error.type = Empty,
-            gen_ai.prompt = Empty,
-            gen_ai.completion = Empty,
-        );
-        if !request.model.is_empty() {
-            span.record("gen_ai.request.model", &*request.model);
-        }
-        if self.record_content
+    fn call(&mut self, mut request: ChatRequest) -> Self::Future {
+        let config = &self.config;
+        let span = match &config.hooks.make_span {
+            Some(make) => make(&request),
+            None => span(&request, config.conventions),
+        };
+        let watched = !span.is_disabled() || config.watches();
+        // Only what a watched call needs: where it went, its content.
+        let call = watched.then(|| request.call());
+        let messages = (watched && config.record_content).then(|| request.messages.clone());
+        if config.record_content
+            && config.conventions == Conventions::V1_36
             && let Ok(prompt) = serde_json::to_string(&*request.messages)
         {
             span.record("gen_ai.prompt", prompt);
         }
+        let streaming = request.stream;
         let future = span.in_scope(|| self.inner.call(request));
         ResponseFuture {
             future,
-            span: Some(span),
-            started: Instant::now(),
-            record_content: self.record_content,
+            watch: call.map(|call| Head {
+                call,
+                messages,
+                watch: Watch::new(self.config.clone(), span, streaming),
+            }),
         }
     }
+}
+
+/// What a watched call holds until its head arrives.
+struct Head {
+    call: CallHandle,
+    messages: Option<Arc<Vec<Message>>>,
+    watch: Watch,
 }
 
 pin_project! {
@@ -139,9 +312,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        span: Option<Span>,
-        started: Instant,
-        record_content: bool,
+        watch: Option<Head>,
     }
 }
 
@@ -160,136 +331,33 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _entered = this.span.as_ref().map(Span::enter);
+            let _entered = this.watch.as_ref().map(|h| h.watch.span().enter());
             ready!(this.future.poll(cx))
         };
-        let Some(span) = this.span.take() else {
+        let Some(head) = this.watch.take() else {
             return Poll::Ready(result);
         };
-        if span.is_disabled() {
-            // No subscriber records this span: watching the stream would
-            // cost every event a hop for nothing.
-            return Poll::Ready(result);
-        }
+        let Head {
+            call,
+            messages,
+            mut watch,
+        } = head;
+        watch.reached(&call, messages.as_deref().map(Vec::as_slice));
         match result {
             Ok(stream) => {
-                let meta = stream.meta();
-                span.record("gen_ai.system", meta.provider);
-                span.record("gen_ai.request.model", meta.model.as_str());
-                span.record("llm.attempts", meta.attempts);
-                Poll::Ready(Ok(stream.map_events(|inner| TracedStream {
-                    inner,
-                    span: Some(span),
-                    started: *this.started,
-                    first_output: false,
-                    completion: this.record_content.then(String::new),
-                })))
+                watch.answered(stream.meta());
+                if !watch.needs_stream() {
+                    // Nothing records the answer's events: no hop for each.
+                    return Poll::Ready(Ok(stream));
+                }
+                Poll::Ready(Ok(
+                    stream.map_events(|inner| TracedStream::new(inner, watch))
+                ))
             }
             Err(e) => {
-                span.record("error.type", e.kind());
+                watch.failed(&e);
                 Poll::Ready(Err(e))
             }
         }
-    }
-}
-
-/// The events of an answer, recorded on the call's span, which closes with
-/// the stream.
-struct TracedStream {
-    inner: Events,
-    span: Option<Span>,
-    started: Instant,
-    first_output: bool,
-    completion: Option<String>,
-}
-
-impl TracedStream {
-    fn observe(&mut self, span: &Span, event: &StreamEvent) {
-        if event.is_output() && !self.first_output {
-            self.first_output = true;
-            span.record(
-                "llm.time_to_first_token_ms",
-                self.started.elapsed().as_millis() as u64,
-            );
-        }
-        match event {
-            StreamEvent::MessageStart { id, model } => {
-                if let Some(id) = id {
-                    span.record("gen_ai.response.id", id.as_str());
-                }
-                if let Some(model) = model {
-                    span.record("gen_ai.response.model", model.as_str());
-                }
-            }
-            StreamEvent::Usage(u) => {
-                span.record("gen_ai.usage.input_tokens", u.input_tokens);
-                span.record("gen_ai.usage.output_tokens", u.output_tokens);
-            }
-            StreamEvent::Done {
-                stop_reason: Some(reason),
-            } => {
-                span.record("gen_ai.response.finish_reasons", finish_reason(reason));
-            }
-            StreamEvent::TextDelta { text } => {
-                if let Some(c) = &mut self.completion
-                    && c.len() + text.len() <= MAX_RECORDED_CONTENT
-                {
-                    c.push_str(text);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-impl Stream for TracedStream {
-    type Item = Result<StreamEvent, Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        // Out of the struct while it is used, so `observe` may borrow `this`;
-        // put back unless the call is over (dropping it closes the span).
-        let Some(span) = this.span.take() else {
-            return Pin::new(&mut this.inner).poll_next(cx);
-        };
-        let item = {
-            let _entered = span.enter();
-            Pin::new(&mut this.inner).poll_next(cx)
-        };
-        match &item {
-            Poll::Pending => this.span = Some(span),
-            Poll::Ready(Some(Ok(event))) => {
-                this.observe(&span, event);
-                this.span = Some(span);
-            }
-            Poll::Ready(Some(Err(e))) => {
-                span.record("error.type", e.kind());
-            }
-            Poll::Ready(None) => {
-                if let Some(text) = this.completion.take() {
-                    span.record("gen_ai.completion", text);
-                }
-            }
-        }
-        item
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        // Every event passes as it is.
-        self.inner.size_hint()
-    }
-}
-
-/// A stop reason as the conventions spell finish reasons.
-fn finish_reason(reason: &StopReason) -> &str {
-    match reason {
-        StopReason::EndTurn => "end_turn",
-        StopReason::MaxTokens => "max_tokens",
-        StopReason::StopSequence => "stop_sequence",
-        StopReason::ToolUse => "tool_use",
-        StopReason::ContentFilter => "content_filter",
-        StopReason::Refusal => "refusal",
-        StopReason::PauseTurn => "pause_turn",
-        StopReason::Other(other) => other,
     }
 }
