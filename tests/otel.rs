@@ -153,6 +153,14 @@ async fn one_call_with_a_refresh_and_a_retry_reaches_the_collector_to_the_conven
     assert_eq!(attribute(a, "gen_ai.operation.name"), Some(&s("chat")));
     assert_eq!(attribute(a, "gen_ai.provider.name"), Some(&s("openai")));
     assert_eq!(attribute(a, "gen_ai.request.model"), Some(&s("m")));
+    for key in [
+        "gen_ai.request.model",
+        "gen_ai.provider.name",
+        "server.port",
+    ] {
+        let n = a.iter().filter(|kv| kv.key.as_str() == key).count();
+        assert_eq!(n, 1, "{key} recorded once");
+    }
     assert_eq!(
         attribute(a, "gen_ai.request.max_tokens"),
         Some(&Value::I64(64))

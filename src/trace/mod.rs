@@ -288,13 +288,14 @@ where
             span.record("gen_ai.prompt", prompt);
         }
         let streaming = request.stream;
+        let named_model = !request.model.is_empty();
         let future = span.in_scope(|| self.inner.call(request));
         ResponseFuture {
             future,
             watch: call.map(|call| Head {
                 call,
                 messages,
-                watch: Watch::new(self.config.clone(), span, streaming),
+                watch: Watch::new(self.config.clone(), span, streaming, named_model),
             }),
         }
     }

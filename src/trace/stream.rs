@@ -30,6 +30,9 @@ pub(super) struct Watch {
     output: Option<Output>,
     /// The answer's metadata, for the first-output hook.
     meta: Option<ResponseMeta>,
+    /// Whether the request named its model (recorded when the span was
+    /// made), or the provider's default is recorded from the answer.
+    named_model: bool,
     /// The metrics' attributes, once the head says where the call went.
     #[cfg(feature = "otel")]
     attributes: Vec<opentelemetry::KeyValue>,
@@ -37,7 +40,7 @@ pub(super) struct Watch {
 }
 
 impl Watch {
-    pub(super) fn new(config: Arc<Config>, span: Span, streaming: bool) -> Self {
+    pub(super) fn new(config: Arc<Config>, span: Span, streaming: bool, named_model: bool) -> Self {
         let output = config.record_content.then(Output::default);
         Watch {
             config,
@@ -50,6 +53,7 @@ impl Watch {
             finish: None,
             output,
             meta: None,
+            named_model,
             #[cfg(feature = "otel")]
             attributes: Vec::new(),
             ended: false,
@@ -108,9 +112,11 @@ impl Watch {
 
     /// The response head arrived.
     pub(super) fn answered(&mut self, meta: &ResponseMeta) {
-        if self.latest() {
+        if !self.named_model {
             self.span
                 .record("gen_ai.request.model", meta.model.as_str());
+        }
+        if self.latest() {
             self.span
                 .record("llm_tower.attempts", i64::from(meta.attempts));
             if let Some(deployment) = &meta.deployment {
@@ -118,8 +124,6 @@ impl Watch {
             }
         } else {
             self.span.record("gen_ai.system", meta.provider);
-            self.span
-                .record("gen_ai.request.model", meta.model.as_str());
             self.span.record("llm.attempts", meta.attempts);
         }
         #[cfg(feature = "otel")]
