@@ -11,11 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use llm_tower::mock::{MockServer, RecordedRequest, Reply};
+use llm_tower::trace::Conventions;
 use llm_tower::{
     Anthropic, Attempts, ChatRequest, Credential, DecodeError, Error, FallbackLayer, Gemini,
     GenAiTraceLayer, Message, OpenAi, OpenAiResponses, RateLimitLayer, RefreshLayer, RetryPolicy,
     StreamConcurrencyLimitLayer, StreamEvent, StreamTimeoutLayer, TransportRetryLayer,
 };
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use support::{Captured, Svc, drain, texts};
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
@@ -120,7 +124,12 @@ fn production(
     seen.push(format!("{refresh:?}"));
     seen.push(format!("{:?}", provider.credential(INITIAL_KEY)));
     let stack = ServiceBuilder::new()
-        .layer(GenAiTraceLayer::new())
+        .layer(
+            GenAiTraceLayer::new()
+                .conventions(Conventions::Latest)
+                .record_content(true)
+                .meter(&exported().meters.meter("faults")),
+        )
         .layer(StreamTimeoutLayer::new().total(Duration::from_secs(120)))
         .layer(FallbackLayer::new(backup).when(|e| matches!(e, Error::Overloaded { .. })))
         .layer(refresh)
@@ -658,10 +667,41 @@ fn check_requests(
     Ok(())
 }
 
+/// One OpenTelemetry pipeline for this binary's tests: what the trace
+/// layer exports — spans with content opted in, and metrics — kept in
+/// memory, to be searched for secrets.
+struct Exported {
+    spans: InMemorySpanExporter,
+    tracers: SdkTracerProvider,
+    metrics: InMemoryMetricExporter,
+    meters: SdkMeterProvider,
+}
+
+fn exported() -> &'static Exported {
+    static EXPORTED: std::sync::OnceLock<Exported> = std::sync::OnceLock::new();
+    EXPORTED.get_or_init(|| {
+        let spans = InMemorySpanExporter::default();
+        let metrics = InMemoryMetricExporter::default();
+        Exported {
+            tracers: SdkTracerProvider::builder()
+                .with_simple_exporter(spans.clone())
+                .build(),
+            meters: SdkMeterProvider::builder()
+                .with_reader(PeriodicReader::builder(metrics.clone()).build())
+                .build(),
+            spans,
+            metrics,
+        }
+    })
+}
+
 /// Runs the whole matrix for one provider and mode, then checks that no
-/// secret reached tracing output or any `Debug` / `Display` on the way.
+/// secret reached tracing output, the exported spans and metrics, or any
+/// `Debug` / `Display` on the way.
 async fn matrix(provider: Provider, stream: bool) {
-    let (captured, _capturing) = Captured::everywhere();
+    use opentelemetry::trace::TracerProvider as _;
+    let (captured, _capturing) =
+        Captured::everywhere_exporting(exported().tracers.tracer("faults"));
     let mut seen = Vec::new();
     let mut failures = Vec::new();
     let cases = cases();
@@ -684,6 +724,17 @@ async fn matrix(provider: Provider, stream: bool) {
     assert!(logged.iter().any(|e| e.contains("credential refreshed")));
     for text in logged.iter().chain(&seen) {
         assert!(!text.contains(SECRET), "a secret leaked: {text}");
+    }
+    let spans = exported().spans.get_finished_spans().unwrap();
+    assert!(
+        spans.iter().any(|s| s.name.starts_with("chat")),
+        "the spans are exported"
+    );
+    exported().meters.force_flush().unwrap();
+    let metrics = exported().metrics.get_finished_metrics().unwrap();
+    assert!(!metrics.is_empty(), "the metrics are exported");
+    for exported in [format!("{spans:?}"), format!("{metrics:?}")] {
+        assert!(!exported.contains(SECRET), "a secret was exported");
     }
 }
 

@@ -234,6 +234,35 @@ impl Captured {
         (captured, capturing)
     }
 
+    /// As [`Captured::everywhere`], this thread's spans also exported
+    /// through `tracer` (an OpenTelemetry SDK pipeline), as
+    /// `tracing-opentelemetry` exports them.
+    pub fn everywhere_exporting(tracer: opentelemetry_sdk::trace::Tracer) -> (Captured, Capturing) {
+        use tracing_subscriber::layer::SubscriberExt;
+        // The global fan-out, and the anchor that keeps interest computed
+        // for every thread (see `start`).
+        drop(Captured::everywhere());
+        let captured = Captured::default();
+        let anchor = tracing::Dispatch::new(
+            tracing_subscriber::registry().with(CaptureLayer(Captured::default())),
+        );
+        let guard = tracing::subscriber::set_default(
+            tracing_subscriber::registry()
+                .with(CaptureLayer(captured.clone()))
+                .with(tracing_opentelemetry::layer().with_tracer(tracer)),
+        );
+        tracing::callsite::rebuild_interest_cache();
+        EVERYWHERE.lock().unwrap().push(captured.clone());
+        (
+            captured.clone(),
+            Capturing {
+                _guard: guard,
+                _anchor: anchor,
+                everywhere: Some(captured),
+            },
+        )
+    }
+
     pub fn events(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
     }
