@@ -11,19 +11,16 @@
 //!
 //! `cargo bench --bench rate_limit`
 
-use std::convert::Infallible;
 use std::time::SystemTime;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use http::HeaderMap;
-use llm_tower::{
-    ChatRequest, ChatStream, Error, Message, RateLimitInfo, RateLimitLayer, ResponseMeta,
-    StopReason, StreamEvent, Usage,
-};
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
+use llm_tower::{RateLimitInfo, RateLimitLayer, ResponseMeta};
+use tower::Layer;
 
-type Boxed = BoxCloneService<ChatRequest, ChatStream, Error>;
+mod common;
+
+use common::{Boxed, drain, from_memory, short_request};
 
 /// A response's headers as OpenAI sends them, rate limits among the rest.
 fn openai_headers() -> HeaderMap {
@@ -53,49 +50,12 @@ fn openai_headers() -> HeaderMap {
     h
 }
 
-/// Answers from memory: start, text, usage, done.
+/// Answers from memory, with the rate-limit report OpenAI sends.
 fn inner() -> Boxed {
     let mut meta = ResponseMeta::new("openai", "gpt-4o-mini");
     meta.rate_limit = RateLimitInfo::from_headers(&openai_headers(), SystemTime::now());
     assert!(meta.rate_limit.is_some());
-    BoxCloneService::new(tower::service_fn(move |_req: ChatRequest| {
-        let events = vec![
-            Ok(StreamEvent::MessageStart {
-                id: Some("chatcmpl-1".into()),
-                model: Some("gpt-4o-mini".into()),
-            }),
-            Ok(StreamEvent::TextDelta {
-                text: "Hello there.".into(),
-            }),
-            Ok(StreamEvent::Usage(Usage {
-                input_tokens: 9,
-                output_tokens: 3,
-                ..Usage::default()
-            })),
-            Ok(StreamEvent::Done {
-                stop_reason: Some(StopReason::EndTurn),
-            }),
-        ];
-        let stream = ChatStream::from_events(meta.clone(), events);
-        async move { Ok::<_, Infallible>(stream) }
-    }))
-    .map_err(|e: Infallible| match e {})
-    .boxed_clone()
-}
-
-fn request() -> ChatRequest {
-    ChatRequest::new("gpt-4o-mini")
-        .message(Message::system("You are terse."))
-        .message(Message::user("Say hello."))
-        .max_tokens(64)
-}
-
-async fn drain<S>(svc: &S) -> usize
-where
-    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
-{
-    let stream = svc.clone().oneshot(request()).await.expect("answer");
-    futures_util::StreamExt::count(stream).await
+    from_memory(meta, 1)
 }
 
 fn per_call(c: &mut Criterion) {
@@ -118,14 +78,18 @@ fn per_call(c: &mut Criterion) {
     let mut group = c.benchmark_group("rate_limit/call");
     group.throughput(Throughput::Elements(1));
     group.bench_function(BenchmarkId::from_parameter("bare"), |b| {
-        b.iter(|| rt.block_on(async { assert_eq!(drain(&bare).await, 4) }))
+        b.iter(|| rt.block_on(async { assert_eq!(drain(&bare, short_request()).await, 4) }))
     });
     group.bench_function(BenchmarkId::from_parameter("rate_limit"), |b| {
-        b.iter(|| rt.block_on(async { assert_eq!(drain(&limited).await, 4) }))
+        b.iter(|| rt.block_on(async { assert_eq!(drain(&limited, short_request()).await, 4) }))
     });
     group.bench_function(
         BenchmarkId::from_parameter("rate_limit_headers_only"),
-        |b| b.iter(|| rt.block_on(async { assert_eq!(drain(&headers_only).await, 4) })),
+        |b| {
+            b.iter(|| {
+                rt.block_on(async { assert_eq!(drain(&headers_only, short_request()).await, 4) })
+            })
+        },
     );
     group.finish();
 

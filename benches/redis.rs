@@ -12,22 +12,19 @@
 //!
 //! `cargo bench --bench redis`
 
-use std::convert::Infallible;
 use std::time::SystemTime;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use llm_tower::redis::RedisStore;
-use llm_tower::{
-    ChatRequest, ChatStream, Error, Message, RateLimitInfo, RateLimitLayer, ResponseMeta,
-    StopReason, StreamEvent, Usage,
-};
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
+use llm_tower::{RateLimitInfo, RateLimitLayer, ResponseMeta};
+use tower::Layer;
 
 #[path = "../tests/support/redis_server.rs"]
 mod redis_server;
 
-type Boxed = BoxCloneService<ChatRequest, ChatStream, Error>;
+mod common;
+
+use common::{Boxed, drain, from_memory, short_request};
 
 /// Answers from memory: start, text, usage, done, with a report of room.
 fn inner() -> Boxed {
@@ -45,44 +42,7 @@ fn inner() -> Boxed {
     }
     meta.rate_limit = RateLimitInfo::from_headers(&headers, SystemTime::now());
     assert!(meta.rate_limit.is_some());
-    BoxCloneService::new(tower::service_fn(move |_req: ChatRequest| {
-        let events = vec![
-            Ok(StreamEvent::MessageStart {
-                id: Some("chatcmpl-1".into()),
-                model: Some("gpt-4o-mini".into()),
-            }),
-            Ok(StreamEvent::TextDelta {
-                text: "Hello there.".into(),
-            }),
-            Ok(StreamEvent::Usage(Usage {
-                input_tokens: 9,
-                output_tokens: 3,
-                ..Usage::default()
-            })),
-            Ok(StreamEvent::Done {
-                stop_reason: Some(StopReason::EndTurn),
-            }),
-        ];
-        let stream = ChatStream::from_events(meta.clone(), events);
-        async move { Ok::<_, Infallible>(stream) }
-    }))
-    .map_err(|e: Infallible| match e {})
-    .boxed_clone()
-}
-
-fn request() -> ChatRequest {
-    ChatRequest::new("gpt-4o-mini")
-        .message(Message::system("You are terse."))
-        .message(Message::user("Say hello."))
-        .max_tokens(64)
-}
-
-async fn drain<S>(svc: &S) -> usize
-where
-    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
-{
-    let stream = svc.clone().oneshot(request()).await.expect("answer");
-    futures_util::StreamExt::count(stream).await
+    from_memory(meta, 1)
 }
 
 fn per_call(c: &mut Criterion) {
@@ -109,15 +69,15 @@ fn per_call(c: &mut Criterion) {
         layer.shared(store.books("bench")).layer(inner())
     };
     // Connected, and the script loaded, before anything is timed.
-    rt.block_on(async { assert_eq!(drain(&shared).await, 4) });
+    rt.block_on(async { assert_eq!(drain(&shared, short_request()).await, 4) });
 
     let mut group = c.benchmark_group("redis_books/call");
     group.throughput(Throughput::Elements(1));
     group.bench_function(BenchmarkId::from_parameter("local"), |b| {
-        b.iter(|| rt.block_on(async { assert_eq!(drain(&local).await, 4) }))
+        b.iter(|| rt.block_on(async { assert_eq!(drain(&local, short_request()).await, 4) }))
     });
     group.bench_function(BenchmarkId::from_parameter("redis"), |b| {
-        b.iter(|| rt.block_on(async { assert_eq!(drain(&shared).await, 4) }))
+        b.iter(|| rt.block_on(async { assert_eq!(drain(&shared, short_request()).await, 4) }))
     });
     group.finish();
 
@@ -127,7 +87,7 @@ fn per_call(c: &mut Criterion) {
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    let calls = (0..64).map(|_| drain(svc));
+                    let calls = (0..64).map(|_| drain(svc, short_request()));
                     let counts = futures_util::future::join_all(calls).await;
                     assert!(counts.iter().all(|&n| n == 4));
                 })
@@ -147,10 +107,10 @@ fn per_call(c: &mut Criterion) {
         let (mut l, mut r, mut p) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..SAMPLES {
             let t = std::time::Instant::now();
-            drain(&local).await;
+            drain(&local, short_request()).await;
             l.push(t.elapsed());
             let t = std::time::Instant::now();
-            drain(&shared).await;
+            drain(&shared, short_request()).await;
             r.push(t.elapsed());
             let t = std::time::Instant::now();
             redis::cmd("PING")

@@ -6,23 +6,19 @@
 //!
 //! `cargo bench --bench trace`
 
-use std::convert::Infallible;
-
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use llm_tower::trace::Conventions;
-use llm_tower::{
-    ChatRequest, ChatStream, Error, GenAiTraceLayer, Message, ResponseMeta, StopReason,
-    StreamEvent, Usage,
-};
+use llm_tower::{ChatRequest, GenAiTraceLayer, ResponseMeta};
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
-use tower::util::BoxCloneService;
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 use tracing_subscriber::layer::SubscriberExt as _;
 
-type Boxed = BoxCloneService<ChatRequest, ChatStream, Error>;
+mod common;
+
+use common::{Boxed, drain, from_memory};
 
 /// Exports spans nowhere (the SDK's whole path runs up to the export, and
 /// nothing piles up over millions of iterations).
@@ -37,45 +33,12 @@ impl SpanExporter for Discard {
 
 /// Answers from memory: start, `deltas` text deltas, usage, done.
 fn inner(deltas: usize) -> Boxed {
-    BoxCloneService::new(tower::service_fn(move |_req: ChatRequest| {
-        let mut events = Vec::with_capacity(deltas + 3);
-        events.push(Ok(StreamEvent::MessageStart {
-            id: Some("chatcmpl-1".into()),
-            model: Some("gpt-4o-mini".into()),
-        }));
-        for _ in 0..deltas {
-            events.push(Ok(StreamEvent::TextDelta {
-                text: "token ".into(),
-            }));
-        }
-        events.push(Ok(StreamEvent::Usage(Usage {
-            input_tokens: 9,
-            output_tokens: deltas as u64,
-            ..Usage::default()
-        })));
-        events.push(Ok(StreamEvent::Done {
-            stop_reason: Some(StopReason::EndTurn),
-        }));
-        let stream = ChatStream::from_events(ResponseMeta::new("openai", "gpt-4o-mini"), events);
-        async move { Ok::<_, Infallible>(stream) }
-    }))
-    .map_err(|e: Infallible| match e {})
-    .boxed_clone()
+    from_memory(ResponseMeta::new("openai", "gpt-4o-mini"), deltas)
 }
 
+/// The benchmarks' short request, streaming.
 fn request() -> ChatRequest {
-    ChatRequest::new("gpt-4o-mini")
-        .message(Message::user("Say hello."))
-        .max_tokens(64)
-        .stream(true)
-}
-
-async fn drain<S>(svc: &S) -> usize
-where
-    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error> + Clone,
-{
-    let stream = svc.clone().oneshot(request()).await.expect("answer");
-    futures_util::StreamExt::count(stream).await
+    common::short_request().stream(true)
 }
 
 fn costs(c: &mut Criterion) {
@@ -108,14 +71,16 @@ fn costs(c: &mut Criterion) {
             events as u64
         }));
         g.bench_function(BenchmarkId::from_parameter("bare"), |b| {
-            b.iter(|| rt.block_on(async { assert_eq!(drain(&bare).await, events) }))
+            b.iter(|| rt.block_on(async { assert_eq!(drain(&bare, request()).await, events) }))
         });
         g.bench_function(BenchmarkId::from_parameter("traced_no_subscriber"), |b| {
-            b.iter(|| rt.block_on(async { assert_eq!(drain(&traced).await, events) }))
+            b.iter(|| rt.block_on(async { assert_eq!(drain(&traced, request()).await, events) }))
         });
         g.bench_function(BenchmarkId::from_parameter("traced_pipeline"), |b| {
             tracing::dispatcher::with_default(&dispatch, || {
-                b.iter(|| rt.block_on(async { assert_eq!(drain(&measured).await, events) }))
+                b.iter(|| {
+                    rt.block_on(async { assert_eq!(drain(&measured, request()).await, events) })
+                })
             });
         });
         g.finish();

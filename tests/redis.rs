@@ -199,6 +199,23 @@ fn run_budget(
     children.into_iter().map(report).collect()
 }
 
+/// [`run_budget`] off the runtime's thread (the workers are waited for
+/// with blocking calls), against `upstream` and `redis` (or local books).
+async fn budget_run(
+    upstream: &MockServer,
+    redis: Option<&RedisServer>,
+    env: &[(&'static str, String)],
+) -> Vec<Value> {
+    let (upstream, redis, env) = (
+        upstream.openai_url(),
+        redis.map(RedisServer::url),
+        env.to_vec(),
+    );
+    tokio::task::spawn_blocking(move || run_budget(4, upstream, redis, &env))
+        .await
+        .expect("the workers ran")
+}
+
 fn total(reports: &[Value], field: &str) -> u64 {
     reports.iter().map(|r| r[field].as_u64().unwrap_or(0)).sum()
 }
@@ -214,12 +231,7 @@ fn processes_share_one_request_budget() -> Result<(), Failed> {
             ("CALLS", "50".to_owned()),
             ("DEADLINE_MS", "3000".to_owned()),
         ];
-        let reports = tokio::task::spawn_blocking({
-            let (upstream, redis, env) = (upstream.openai_url(), redis.url(), env.clone());
-            move || run_budget(4, upstream, Some(redis), &env)
-        })
-        .await
-        .unwrap();
+        let reports = budget_run(&upstream, Some(&redis), &env).await;
         check(
             upstream.request_count() == 40 && upstream.rate_limited_count() == 0,
             format!(
@@ -240,12 +252,7 @@ fn processes_share_one_request_budget() -> Result<(), Failed> {
         // The same run with each process on its own books overshoots.
         let upstream = MockServer::start().await;
         upstream.limit_requests(40);
-        let _ = tokio::task::spawn_blocking({
-            let upstream = upstream.openai_url();
-            move || run_budget(4, upstream, None, &env)
-        })
-        .await
-        .unwrap();
+        let _ = budget_run(&upstream, None, &env).await;
         check(
             upstream.request_count() == 160 && upstream.rate_limited_count() == 120,
             format!(
@@ -272,12 +279,7 @@ fn processes_share_one_token_budget() -> Result<(), Failed> {
             ("CALLS", "10".to_owned()),
             ("DEADLINE_MS", "3000".to_owned()),
         ];
-        let reports = tokio::task::spawn_blocking({
-            let (upstream, redis, env) = (upstream.openai_url(), redis.url(), env.clone());
-            move || run_budget(4, upstream, Some(redis), &env)
-        })
-        .await
-        .unwrap();
+        let reports = budget_run(&upstream, Some(&redis), &env).await;
         check(
             upstream.request_count() == 4,
             format!(
@@ -287,11 +289,7 @@ fn processes_share_one_token_budget() -> Result<(), Failed> {
         )?;
         let upstream = MockServer::start().await;
         upstream.set_default(Reply::text(vec!["x"; 233]));
-        let _ = tokio::task::spawn_blocking({
-            let upstream = upstream.openai_url();
-            move || run_budget(4, upstream, None, &env)
-        })
-        .await;
+        let _ = budget_run(&upstream, None, &env).await;
         check(
             upstream.request_count() == 16,
             format!(
@@ -521,26 +519,51 @@ async fn entries_on_redis(redis: &RedisServer, namespace: &str) -> usize {
     .unwrap_or(0)
 }
 
+/// A store on the test's server, under the tests' prefix.
+fn store_at(redis: &RedisServer) -> RedisStore {
+    RedisStore::builder(redis.url())
+        .prefix("llm-tower-test")
+        .build()
+        .unwrap()
+}
+
+/// The same, quick to call Redis out: a 50 ms budget per step, tried again
+/// after 200 ms.
+fn impatient_store_at(redis: &RedisServer) -> RedisStore {
+    RedisStore::builder(redis.url())
+        .prefix("llm-tower-test")
+        .step_timeout(Duration::from_millis(50))
+        .retry_after(Duration::from_millis(200))
+        .build()
+        .unwrap()
+}
+
+/// `upstream` behind books on `store`, `namespace`, of `rpm` requests a
+/// minute.
+fn booked(
+    store: &RedisStore,
+    namespace: &str,
+    rpm: u64,
+    upstream: &MockServer,
+) -> llm_tower::rate_limit::RateLimit<OpenAi> {
+    ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new()
+                .requests_per_minute(rpm)
+                .shared(store.books(namespace)),
+        )
+        .service(support::openai_at(upstream))
+}
+
 fn redis_stopped_mid_run_local_books_then_shared_again() -> Result<(), Failed> {
     let logs = Captured::default();
     let _guard = logs.install();
     current_thread().block_on(async {
         let mut redis = RedisServer::start();
         let upstream = MockServer::start().await;
-        let store = RedisStore::builder(redis.url())
-            .prefix("llm-tower-test")
-            .step_timeout(Duration::from_millis(50))
-            .retry_after(Duration::from_millis(200))
-            .build()
-            .unwrap();
+        let store = impatient_store_at(&redis);
         let namespace = unique("outage");
-        let service = ServiceBuilder::new()
-            .layer(
-                RateLimitLayer::new()
-                    .requests_per_minute(1000)
-                    .shared(store.books(&namespace)),
-            )
-            .service(support::openai_at(&upstream));
+        let service = booked(&store, &namespace, 1000, &upstream);
         for _ in 0..5 {
             timed(&service).await.0?;
         }
@@ -592,20 +615,9 @@ fn redis_answering_slowly_is_cut_at_the_step_budget() -> Result<(), Failed> {
     current_thread().block_on(async {
         let redis = RedisServer::start();
         let upstream = MockServer::start().await;
-        let store = RedisStore::builder(redis.url())
-            .prefix("llm-tower-test")
-            .step_timeout(Duration::from_millis(50))
-            .retry_after(Duration::from_millis(200))
-            .build()
-            .unwrap();
+        let store = impatient_store_at(&redis);
         let namespace = unique("slow");
-        let service = ServiceBuilder::new()
-            .layer(
-                RateLimitLayer::new()
-                    .requests_per_minute(1000)
-                    .shared(store.books(&namespace)),
-            )
-            .service(support::openai_at(&upstream));
+        let service = booked(&store, &namespace, 1000, &upstream);
         timed(&service).await.0?;
         // Redis busy for 1.5 s: calls go on, each within its step budget.
         let mut c = redis.client().await;
@@ -703,10 +715,7 @@ fn pools_share_cooldowns() -> Result<(), Failed> {
         let namespace = unique("pool");
         let pool = || {
             // A store each, as each process has its own.
-            let store = RedisStore::builder(redis.url())
-                .prefix("llm-tower-test")
-                .build()
-                .unwrap();
+            let store = store_at(&redis);
             Pool::builder()
                 .deployment("a", support::openai_at(&a))
                 .deployment("b", support::openai_at(&b))
@@ -781,10 +790,7 @@ fn a_429_in_one_process_pauses_the_others() -> Result<(), Failed> {
         );
         let namespace = unique("pause");
         let layer = || {
-            let store = RedisStore::builder(redis.url())
-                .prefix("llm-tower-test")
-                .build()
-                .unwrap();
+            let store = store_at(&redis);
             RateLimitLayer::new().shared(store.books(&namespace))
         };
         let first = ServiceBuilder::new()
@@ -813,18 +819,9 @@ fn a_call_dropped_while_booking_gives_its_slot_back() -> Result<(), Failed> {
     current_thread().block_on(async {
         let redis = RedisServer::start();
         let upstream = MockServer::start().await;
-        let store = RedisStore::builder(redis.url())
-            .prefix("llm-tower-test")
-            .build()
-            .unwrap();
+        let store = store_at(&redis);
         let namespace = unique("dropped");
-        let service = ServiceBuilder::new()
-            .layer(
-                RateLimitLayer::new()
-                    .requests_per_minute(2)
-                    .shared(store.books(&namespace)),
-            )
-            .service(support::openai_at(&upstream));
+        let service = booked(&store, &namespace, 2, &upstream);
         // Polled once, so that its booking is sent, then dropped.
         let mut call = Box::pin(
             service
@@ -856,10 +853,7 @@ fn a_failed_refresh_frees_the_lock_at_once() -> Result<(), Failed> {
         upstream.accept_keys(["fresh-token"]);
         let name = unique("freed");
         let layer = |fails: bool| {
-            let store = RedisStore::builder(redis.url())
-                .prefix("llm-tower-test")
-                .build()
-                .unwrap();
+            let store = store_at(&redis);
             let source = move || async move {
                 if fails {
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -902,10 +896,7 @@ type Headers = [(&'static str, &'static str); 3];
 fn shared_books_decide_as_local_books_do() -> Result<(), Failed> {
     current_thread().block_on(async {
         let redis = RedisServer::start();
-        let store = RedisStore::builder(redis.url())
-            .prefix("llm-tower-test")
-            .build()
-            .unwrap();
+        let store = store_at(&redis);
         // (budget, the first answer's report, calls): a request budget; a
         // token budget; a report that leaves 2 requests before a reset in
         // 30 s; a token report.

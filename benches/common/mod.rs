@@ -499,3 +499,61 @@ pub fn baseline_text(data: &str, pointer: &str) -> Option<String> {
         .and_then(|t| t.as_str())
         .map(str::to_owned)
 }
+
+/// An in-memory service: every call answered at once with `meta` and the
+/// events a short answer has — its start, `deltas` text deltas ("Hello
+/// there." when one), its usage, its end.
+pub fn from_memory(meta: llm_tower::ResponseMeta, deltas: usize) -> Boxed {
+    use llm_tower::{ChatStream, StopReason, StreamEvent, Usage};
+    use tower::ServiceExt;
+    tower::util::BoxCloneService::new(tower::service_fn(move |_req: llm_tower::ChatRequest| {
+        let mut events = Vec::with_capacity(deltas + 3);
+        events.push(Ok(StreamEvent::MessageStart {
+            id: Some("chatcmpl-1".into()),
+            model: Some("gpt-4o-mini".into()),
+        }));
+        for _ in 0..deltas {
+            let text = if deltas == 1 {
+                "Hello there."
+            } else {
+                "token "
+            };
+            events.push(Ok(StreamEvent::TextDelta { text: text.into() }));
+        }
+        events.push(Ok(StreamEvent::Usage(Usage {
+            input_tokens: 9,
+            output_tokens: deltas.max(3) as u64,
+            ..Usage::default()
+        })));
+        events.push(Ok(StreamEvent::Done {
+            stop_reason: Some(StopReason::EndTurn),
+        }));
+        let stream = ChatStream::from_events(meta.clone(), events);
+        async move { Ok::<_, Infallible>(stream) }
+    }))
+    .map_err(|e: Infallible| match e {})
+    .boxed_clone()
+}
+
+/// The short request the in-memory benchmarks send.
+pub fn short_request() -> llm_tower::ChatRequest {
+    use llm_tower::{ChatRequest, Message};
+    ChatRequest::new("gpt-4o-mini")
+        .message(Message::system("You are terse."))
+        .message(Message::user("Say hello."))
+        .max_tokens(64)
+}
+
+/// Sends `request` through a clone of `svc` and counts the answer's events.
+pub async fn drain<S>(svc: &S, request: llm_tower::ChatRequest) -> usize
+where
+    S: tower::Service<
+            llm_tower::ChatRequest,
+            Response = llm_tower::ChatStream,
+            Error = llm_tower::Error,
+        > + Clone,
+{
+    use tower::ServiceExt;
+    let stream = svc.clone().oneshot(request).await.expect("answer");
+    futures_util::StreamExt::count(stream).await
+}
