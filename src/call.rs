@@ -31,8 +31,8 @@ struct Shared {
     caller: Option<Attempts>,
     /// The provider the call was sent to first.
     called: OnceLock<&'static str>,
-    /// Where the call was sent first.
-    endpoint: OnceLock<Arc<Endpoint>>,
+    /// Where the call was sent last.
+    endpoint: Mutex<Option<Arc<Endpoint>>>,
     /// The nearest deadline a layer set.
     deadline: Mutex<Option<Instant>>,
     /// The highest attempt count a failure was reported with.
@@ -52,7 +52,7 @@ impl ChatRequest {
                 count: AtomicU32::new(0),
                 caller: extensions.get::<Attempts>().cloned(),
                 called: OnceLock::new(),
-                endpoint: OnceLock::new(),
+                endpoint: Mutex::new(None),
                 deadline: Mutex::new(None),
                 reported: AtomicU32::new(0),
                 tried: Mutex::new(Vec::new()),
@@ -81,9 +81,7 @@ impl ChatRequest {
     pub(crate) fn called(&self, provider: &'static str, endpoint: &Arc<Endpoint>) {
         if let Some(shared) = &self.call.0 {
             let _ = shared.called.set(provider);
-            if shared.endpoint.get().is_none() {
-                let _ = shared.endpoint.set(endpoint.clone());
-            }
+            *crate::lock(&shared.endpoint) = Some(endpoint.clone());
         }
     }
 }
@@ -107,6 +105,8 @@ impl Shared {
 /// port. Worked out once, when the provider is built.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
+    /// The provider's wire (`openai`, `anthropic`, `gemini`, …).
+    pub(crate) wire: &'static str,
     pub(crate) provider: &'static str,
     pub(crate) address: Box<str>,
     pub(crate) port: u16,
@@ -129,7 +129,7 @@ impl Endpoint {
             "azure.ai.openai"
         } else if on("services.ai.azure.com") || on("inference.ai.azure.com") {
             "azure.ai.inference"
-        } else if on("aiplatform.googleapis.com") {
+        } else if on("aiplatform.googleapis.com") || host.ends_with("-aiplatform.googleapis.com") {
             "gcp.vertex_ai"
         } else if on("generativelanguage.googleapis.com") {
             "gcp.gemini"
@@ -155,10 +155,61 @@ impl Endpoint {
             }
         };
         Endpoint {
+            wire,
             provider,
             address: address.into(),
             port,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_named_as_the_conventions_name_providers() {
+        let of = |wire, url: &str| {
+            let e = Endpoint::of(wire, &url.parse().unwrap());
+            (e.provider, e.address.to_string(), e.port)
+        };
+        assert_eq!(
+            of("openai", "https://api.openai.com/v1"),
+            ("openai", "api.openai.com".into(), 443)
+        );
+        assert_eq!(
+            of("openai", "https://my-res.openai.azure.com/openai"),
+            ("azure.ai.openai", "my-res.openai.azure.com".into(), 443)
+        );
+        assert_eq!(
+            of("gemini", "https://us-central1-aiplatform.googleapis.com/v1").0,
+            "gcp.vertex_ai"
+        );
+        assert_eq!(
+            of("anthropic", "https://aiplatform.googleapis.com/v1").0,
+            "gcp.vertex_ai"
+        );
+        assert_eq!(
+            of("gemini", "https://generativelanguage.googleapis.com/v1beta").0,
+            "gcp.gemini"
+        );
+        assert_eq!(of("openai", "https://api.groq.com/openai/v1").0, "groq");
+        assert_eq!(of("anthropic", "https://api.anthropic.com").0, "anthropic");
+        // An OpenAI-compatible server is named by what it speaks.
+        assert_eq!(
+            of("openai-responses", "http://127.0.0.1:8000/v1"),
+            ("openai", "127.0.0.1".into(), 8000)
+        );
+        assert_eq!(
+            of("openai", "http://[::1]:8080/v1"),
+            ("openai", "::1".into(), 8080)
+        );
+        assert_eq!(of("openai", "http://localhost/v1").2, 80);
+        // Look-alikes are not the provider.
+        assert_eq!(
+            of("openai", "https://evil-openai.azure.com.example/v1").0,
+            "openai"
+        );
     }
 }
 
@@ -177,9 +228,9 @@ impl CallHandle {
         self.0.called.get().copied().unwrap_or("unknown")
     }
 
-    /// Where the call was sent first, once it was.
-    pub(crate) fn endpoint(&self) -> Option<&Arc<Endpoint>> {
-        self.0.endpoint.get()
+    /// Where the call was sent last, once it was.
+    pub(crate) fn endpoint(&self) -> Option<Arc<Endpoint>> {
+        crate::lock(&self.0.endpoint).clone()
     }
 
     /// Whether a failure after `attempts` requests is news: no failure of

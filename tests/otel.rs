@@ -288,6 +288,14 @@ async fn content_in_the_conventions_shapes_only_when_opted_in_and_failures_typed
     let spans = pipeline.finished_spans();
     assert_eq!(spans.len(), 2);
     let ok = &spans[0].attributes;
+    // Anthropic reports usage twice (at the start and the end): the span
+    // holds the last, once.
+    let outputs: Vec<_> = ok
+        .iter()
+        .filter(|kv| kv.key.as_str() == "gen_ai.usage.output_tokens")
+        .collect();
+    assert_eq!(outputs.len(), 1, "{outputs:?}");
+    assert_eq!(outputs[0].value, Value::I64(5));
     assert_eq!(
         attribute(ok, "gen_ai.provider.name"),
         Some(&Value::from("anthropic".to_owned()))
@@ -374,5 +382,45 @@ async fn hooks_see_the_call() {
         seen.last().map(String::as_str),
         Some("failure invalid_request"),
         "{seen:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_span_names_the_provider_that_answered() {
+    let pipeline = Pipeline::install();
+    let primary = MockServer::start().await;
+    primary.set_default(Reply::api_error(
+        503,
+        "server_error",
+        "down for maintenance",
+    ));
+    let backup = MockServer::start().await;
+    let service = ServiceBuilder::new()
+        .layer(GenAiTraceLayer::new().conventions(Conventions::Latest))
+        .layer(
+            llm_tower::FallbackLayer::new(tower::util::BoxCloneService::new(
+                support::anthropic_at(&backup),
+            ))
+            .when(|_| true),
+        )
+        .service(tower::util::BoxCloneService::new(support::openai_at(
+            &primary,
+        )));
+    service
+        .oneshot(hello())
+        .await
+        .unwrap()
+        .completion()
+        .await
+        .unwrap();
+    let spans = pipeline.finished_spans();
+    let a = &spans.last().unwrap().attributes;
+    assert_eq!(
+        attribute(a, "gen_ai.provider.name"),
+        Some(&Value::from("anthropic".to_owned()))
+    );
+    assert_eq!(
+        attribute(a, "server.port"),
+        Some(&Value::I64(i64::from(backup.addr().port())))
     );
 }

@@ -145,6 +145,8 @@ pub struct ResponseMeta {
     /// The [`Pool`](crate::Pool) deployment that answered, when a pool
     /// picked one.
     pub deployment: Option<std::sync::Arc<str>>,
+    /// Where the answer came from, as the tracing conventions name it.
+    pub(crate) endpoint: Option<std::sync::Arc<crate::call::Endpoint>>,
 }
 
 impl ResponseMeta {
@@ -160,6 +162,7 @@ impl ResponseMeta {
             attempts: 1,
             rate_limit: None,
             deployment: None,
+            endpoint: None,
         }
     }
 }

@@ -62,7 +62,7 @@ mod health;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -100,7 +100,7 @@ struct Shared {
     #[cfg(feature = "redis")]
     remote: Option<Remote>,
     #[cfg(feature = "otel")]
-    instruments: OnceLock<Instruments>,
+    instruments: std::sync::OnceLock<Instruments>,
 }
 
 /// The pool's instruments (feature `otel`): counters here, gauges read by
@@ -413,7 +413,7 @@ impl PoolBuilder {
                     listening: std::sync::atomic::AtomicBool::new(false),
                 }),
                 #[cfg(feature = "otel")]
-                instruments: OnceLock::new(),
+                instruments: std::sync::OnceLock::new(),
             }),
         };
         #[cfg(feature = "otel")]
@@ -559,7 +559,7 @@ impl Shared {
                 tracing::warn!(
                     llm_tower.event = "cooldown",
                     deployment = &*d.name,
-                    cooldown_ms = length.as_millis() as u64,
+                    cooldown_ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX),
                     error = error.map(tracing::field::display),
                     "deployment cooling down"
                 );

@@ -57,6 +57,7 @@ where
         attempts: ctx.attempt,
         rate_limit,
         deployment: None,
+        endpoint: Some(ctx.endpoint),
     };
     ChatStream::new(
         meta,

@@ -175,6 +175,7 @@ where
                     max_event_size: self.common.max_event_size,
                     decoder: Box::new(self.wire.decoder()),
                     secrets,
+                    endpoint: self.common.server.clone(),
                 }),
             },
         }

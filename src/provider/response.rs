@@ -32,6 +32,8 @@ pub(super) struct CallCtx {
     pub(super) decoder: Box<dyn Decode>,
     /// What the request carried that an error must not repeat.
     pub(super) secrets: Secrets,
+    /// Where the request went.
+    pub(super) endpoint: std::sync::Arc<crate::call::Endpoint>,
 }
 
 pin_project! {

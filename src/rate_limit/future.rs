@@ -196,9 +196,9 @@ where
                     let now = Instant::now();
                     if tracker.at() > now {
                         let shared = tracker.shared.clone();
-                        shared.waits(tracker.at() - now);
                         match Queued::enter_for(&shared, tracker, now) {
                             Ok((queued, tracker)) => {
+                                shared.waits(tracker.at() - now);
                                 w._queued = Some(queued);
                                 w.ticket.0 = Some(tracker);
                             }

@@ -244,7 +244,7 @@ impl Policy for RefreshPolicy {
         tracing::info!(
             llm_tower.event = "refresh",
             reason = error.kind(),
-            generation = used,
+            generation = i64::try_from(used).unwrap_or(i64::MAX),
             "credential refused; refreshing and retrying once"
         );
         let store = self.store.clone();

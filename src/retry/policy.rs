@@ -248,8 +248,8 @@ impl Policy for RetryPolicy {
         tracing::info!(
             llm_tower.event = "retry",
             reason = error.kind(),
-            attempt = state.retries + 1,
-            delay_ms = delay.as_millis() as u64,
+            attempt = i64::from(state.retries) + 1,
+            delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
             error = %error,
             "retrying llm call"
         );

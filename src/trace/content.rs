@@ -16,8 +16,13 @@ pub(super) const MAX_TEXT: usize = 64 * 1024;
 pub(super) fn input(messages: &[Message], separate: bool) -> (Option<String>, String) {
     let mut system = Vec::new();
     let mut history = Vec::new();
+    let mut budget = MAX_TEXT;
     for message in messages {
-        let parts: Vec<Value> = message.content.iter().filter_map(part).collect();
+        let parts: Vec<Value> = message
+            .content
+            .iter()
+            .filter_map(|p| part(p, &mut budget))
+            .collect();
         if separate && message.role == Role::System {
             system.extend(parts);
             continue;
@@ -47,14 +52,34 @@ fn role(message: &Message) -> &'static str {
     }
 }
 
-fn part(part: &ContentPart) -> Option<Value> {
+/// At most `budget` bytes of `text` (cut at a character boundary), the
+/// budget reduced by what is kept.
+fn kept<'a>(text: &'a str, budget: &mut usize) -> &'a str {
+    let mut end = text.len().min(*budget);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    *budget -= end;
+    &text[..end]
+}
+
+/// A content part in the conventions' shape, its text within `budget`.
+/// Images are named, not copied: an inline image's bytes (or a signed
+/// URL's query) are no telemetry.
+fn part(part: &ContentPart, budget: &mut usize) -> Option<Value> {
     Some(match part {
-        ContentPart::Text(text) => json!({"type": "text", "content": text}),
+        ContentPart::Text(text) => json!({"type": "text", "content": kept(text, budget)}),
         ContentPart::Image(Image::Url(url)) => {
-            json!({"type": "uri", "modality": "image", "uri": url})
+            let url = url.split(['?', '#']).next().unwrap_or("");
+            let uri = if url.starts_with("data:") {
+                "data:"
+            } else {
+                url
+            };
+            json!({"type": "uri", "modality": "image", "uri": kept(uri, budget)})
         }
         ContentPart::Image(Image::Base64 { media_type, data }) => json!({
-            "type": "blob", "modality": "image", "mime_type": media_type, "content": data,
+            "type": "image", "mime_type": media_type, "size": data.len(),
         }),
         ContentPart::ToolUse {
             id,
@@ -65,8 +90,12 @@ fn part(part: &ContentPart) -> Option<Value> {
             tool_call_id,
             content,
             ..
-        } => json!({"type": "tool_call_response", "id": tool_call_id, "response": content}),
-        ContentPart::Thinking { text, .. } => json!({"type": "reasoning", "content": text}),
+        } => json!({
+            "type": "tool_call_response", "id": tool_call_id, "response": kept(content, budget),
+        }),
+        ContentPart::Thinking { text, .. } => {
+            json!({"type": "reasoning", "content": kept(text, budget)})
+        }
         // Opaque to anyone but the provider, or not content at all.
         ContentPart::RedactedThinking { .. } | ContentPart::CacheBreakpoint { .. } => {
             return None;
@@ -92,8 +121,9 @@ pub(super) fn finish_reason(reason: &StopReason) -> &str {
 pub(super) struct Output {
     text: String,
     reasoning: String,
-    /// (id, name, arguments as they came).
-    tool_calls: Vec<(String, String, String)>,
+    /// By the index the stream gives them: (id, name, arguments as they
+    /// came).
+    tool_calls: std::collections::BTreeMap<usize, (String, String, String)>,
     /// Bytes kept so far, against [`MAX_TEXT`].
     kept: usize,
 }
@@ -109,14 +139,13 @@ impl Output {
             StreamEvent::ThinkingDelta { text } if self.room(text.len()) => {
                 self.reasoning.push_str(text);
             }
-            StreamEvent::ToolCallStart { id, name, .. } if self.room(id.len() + name.len()) => {
+            StreamEvent::ToolCallStart { index, id, name } if self.room(id.len() + name.len()) => {
                 self.tool_calls
-                    .push((id.clone(), name.clone(), String::new()));
+                    .insert(*index, (id.clone(), name.clone(), String::new()));
             }
             StreamEvent::ToolCallDelta { index, arguments } => {
                 let fits = self.room(arguments.len());
-                // Deltas name their call by index, in the order calls began.
-                if let Some(call) = self.tool_calls.get_mut(*index).filter(|_| fits) {
+                if let Some(call) = self.tool_calls.get_mut(index).filter(|_| fits) {
                     call.2.push_str(arguments);
                 }
             }
@@ -147,7 +176,7 @@ impl Output {
         if !self.text.is_empty() {
             parts.push(json!({"type": "text", "content": self.text}));
         }
-        for (id, name, arguments) in &self.tool_calls {
+        for (id, name, arguments) in self.tool_calls.values() {
             let arguments = serde_json::from_str::<Value>(arguments)
                 .unwrap_or_else(|_| Value::String(arguments.clone()));
             parts

@@ -47,7 +47,7 @@ impl Conventions {
     }
 }
 
-type MakeSpan = dyn Fn(&ChatRequest) -> Span + Send + Sync;
+type MakeSpan = dyn Fn(&ChatRequest, Conventions) -> Span + Send + Sync;
 type OnFirstOutput = dyn Fn(&ResponseMeta, Duration, &Span) + Send + Sync;
 type OnEvent = dyn Fn(&StreamEvent, &Span) + Send + Sync;
 type OnEos = dyn Fn(Option<&Usage>, Duration, &Span) + Send + Sync;
@@ -126,31 +126,31 @@ impl GenAiTraceLayer {
     /// shapes; with [`Conventions::V1_36`], `gen_ai.prompt` and
     /// `gen_ai.completion`. At most 64 KiB of an answer's text. Content may
     /// hold personal or confidential data: it is off by default.
-    pub fn record_content(mut self, on: bool) -> Self {
+    pub const fn record_content(mut self, on: bool) -> Self {
         self.record_content = on;
         self
     }
 
     /// Follows these conventions, whatever `OTEL_SEMCONV_STABILITY_OPT_IN`
     /// says.
-    pub fn conventions(mut self, conventions: Conventions) -> Self {
+    pub const fn conventions(mut self, conventions: Conventions) -> Self {
         self.conventions = Some(conventions);
         self
     }
 
     /// Makes each call's span (instead of the layer's own, which
-    /// [`GenAiTraceLayer::default_span`] makes). The layer records its
-    /// attributes on the span made: those the span declares (tracing
-    /// records only declared fields), all of them when the span starts
-    /// from `default_span`. For example, to put a tenant id on every span
-    /// with `tracing-opentelemetry`:
+    /// [`GenAiTraceLayer::default_span`] makes), given the request and the
+    /// conventions the layer follows. The layer records its attributes on
+    /// the span made: those the span declares (tracing records only
+    /// declared fields), all of them when the span starts from
+    /// `default_span`. For example, to put a tenant id on every span with
+    /// `tracing-opentelemetry`:
     ///
     /// ```
     /// use llm_tower::GenAiTraceLayer;
-    /// use llm_tower::trace::Conventions;
     ///
-    /// let layer = GenAiTraceLayer::new().make_span_with(|request| {
-    ///     let span = GenAiTraceLayer::default_span(request, Conventions::Latest);
+    /// let layer = GenAiTraceLayer::new().make_span_with(|request, conventions| {
+    ///     let span = GenAiTraceLayer::default_span(request, conventions);
     ///     // e.g. `span.set_attribute("tenant.id", …)` (tracing_opentelemetry::OpenTelemetrySpanExt)
     ///     span
     /// });
@@ -158,7 +158,7 @@ impl GenAiTraceLayer {
     /// ```
     pub fn make_span_with(
         mut self,
-        make: impl Fn(&ChatRequest) -> Span + Send + Sync + 'static,
+        make: impl Fn(&ChatRequest, Conventions) -> Span + Send + Sync + 'static,
     ) -> Self {
         self.hooks.make_span = Some(Arc::new(make));
         self

@@ -235,27 +235,30 @@ fn span(request: &ChatRequest, conventions: Conventions) -> Span {
     }
 }
 
-/// Records a list of strings: an array attribute with
-/// `tracing-opentelemetry` (feature `otel`), else a JSON array in a string.
+/// Records a list of strings: an array attribute when the span goes to
+/// OpenTelemetry through `tracing-opentelemetry` 0.34 (feature `otel`),
+/// else (another subscriber, or another version of the bridge) a JSON
+/// array in a string.
 fn strings(span: &Span, name: &'static str, values: &[impl AsRef<str>]) {
     #[cfg(feature = "otel")]
     {
+        use opentelemetry::trace::TraceContextExt as _;
         use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-        let values = values
-            .iter()
-            .map(|v| v.as_ref().to_owned().into())
-            .collect();
-        span.set_attribute(
-            name,
-            opentelemetry::Value::Array(opentelemetry::Array::String(values)),
-        );
-    }
-    #[cfg(not(feature = "otel"))]
-    {
-        let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
-        if let Ok(json) = serde_json::to_string(&values) {
-            span.record(name, json);
+        if span.context().span().span_context().is_valid() {
+            let values = values
+                .iter()
+                .map(|v| v.as_ref().to_owned().into())
+                .collect();
+            span.set_attribute(
+                name,
+                opentelemetry::Value::Array(opentelemetry::Array::String(values)),
+            );
+            return;
         }
+    }
+    let values: Vec<&str> = values.iter().map(AsRef::as_ref).collect();
+    if let Ok(json) = serde_json::to_string(&values) {
+        span.record(name, json);
     }
 }
 
@@ -274,30 +277,34 @@ where
     fn call(&mut self, mut request: ChatRequest) -> Self::Future {
         let config = &self.config;
         let span = match &config.hooks.make_span {
-            Some(make) => make(&request),
+            Some(make) => make(&request, config.conventions),
             None => span(&request, config.conventions),
         };
         let watched = !span.is_disabled() || config.watches();
         // Only what a watched call needs: where it went, its content.
         let call = watched.then(|| request.call());
-        let messages = (watched && config.record_content).then(|| request.messages.clone());
+        let latest = config.conventions == Conventions::Latest;
+        let messages =
+            (watched && latest && config.record_content).then(|| request.messages.clone());
         if config.record_content
-            && config.conventions == Conventions::V1_36
+            && !latest
+            && !span.is_disabled()
             && let Ok(prompt) = serde_json::to_string(&*request.messages)
         {
             span.record("gen_ai.prompt", prompt);
         }
-        let streaming = request.stream;
-        let named_model = !request.model.is_empty();
+        let watch = call.map(|call| Head {
+            call,
+            messages,
+            watch: Watch::new(
+                self.config.clone(),
+                span.clone(),
+                request.stream,
+                &request.model,
+            ),
+        });
         let future = span.in_scope(|| self.inner.call(request));
-        ResponseFuture {
-            future,
-            watch: call.map(|call| Head {
-                call,
-                messages,
-                watch: Watch::new(self.config.clone(), span, streaming, named_model),
-            }),
-        }
+        ResponseFuture { future, watch }
     }
 }
 
@@ -343,7 +350,11 @@ where
             messages,
             mut watch,
         } = head;
-        watch.reached(&call, messages.as_deref().map(Vec::as_slice));
+        let endpoint = match &result {
+            Ok(stream) => stream.meta().endpoint.clone().or_else(|| call.endpoint()),
+            Err(_) => call.endpoint(),
+        };
+        watch.reached(endpoint, messages.as_deref().map(Vec::as_slice));
         match result {
             Ok(stream) => {
                 watch.answered(stream.meta());

@@ -12,7 +12,7 @@ use tracing::Span;
 
 use super::content::{self, Output};
 use super::{Config, Conventions};
-use crate::call::CallHandle;
+use crate::call::Endpoint;
 use crate::chat::Events;
 use crate::{Error, Message, ResponseMeta, StreamEvent, Usage};
 
@@ -33,6 +33,9 @@ pub(super) struct Watch {
     /// Whether the request named its model (recorded when the span was
     /// made), or the provider's default is recorded from the answer.
     named_model: bool,
+    /// Whether the inner stream waited since the last output: the next
+    /// output begins a new chunk.
+    fresh: bool,
     /// The metrics' attributes, once the head says where the call went.
     #[cfg(feature = "otel")]
     attributes: Vec<opentelemetry::KeyValue>,
@@ -40,8 +43,24 @@ pub(super) struct Watch {
 }
 
 impl Watch {
-    pub(super) fn new(config: Arc<Config>, span: Span, streaming: bool, named_model: bool) -> Self {
+    pub(super) fn new(config: Arc<Config>, span: Span, streaming: bool, model: &str) -> Self {
         let output = config.record_content.then(Output::default);
+        #[cfg(feature = "otel")]
+        let attributes = if config.metrics.is_some() {
+            let mut a = vec![opentelemetry::KeyValue::new(
+                "gen_ai.operation.name",
+                "chat",
+            )];
+            if !model.is_empty() {
+                a.push(opentelemetry::KeyValue::new(
+                    "gen_ai.request.model",
+                    model.to_owned(),
+                ));
+            }
+            a
+        } else {
+            Vec::new()
+        };
         Watch {
             config,
             span,
@@ -53,9 +72,10 @@ impl Watch {
             finish: None,
             output,
             meta: None,
-            named_model,
+            named_model: !model.is_empty(),
+            fresh: false,
             #[cfg(feature = "otel")]
-            attributes: Vec::new(),
+            attributes,
             ended: false,
         }
     }
@@ -73,20 +93,25 @@ impl Watch {
         !self.span.is_disabled() || self.config.watches()
     }
 
-    /// The call reached a provider (or failed trying): where, and the
-    /// content it sent.
-    pub(super) fn reached(&mut self, call: &CallHandle, messages: Option<&[Message]>) {
-        let endpoint = call.endpoint();
+    /// The call reached a provider (or failed trying): where — the
+    /// endpoint that answered, else the last one tried — and the content
+    /// it sent.
+    pub(super) fn reached(
+        &mut self,
+        endpoint: Option<Arc<Endpoint>>,
+        messages: Option<&[Message]>,
+    ) {
         if self.latest() {
-            if let Some(endpoint) = endpoint {
+            if let Some(endpoint) = &endpoint {
                 self.span.record("gen_ai.provider.name", endpoint.provider);
                 self.span.record("server.address", &*endpoint.address);
                 self.span.record("server.port", i64::from(endpoint.port));
             }
             if let Some(messages) = messages {
                 // The APIs that take system instructions apart.
-                let separate =
-                    matches!(call.provider(), "anthropic" | "gemini" | "openai-responses");
+                let separate = endpoint
+                    .as_ref()
+                    .is_some_and(|e| matches!(e.wire, "anthropic" | "gemini" | "openai-responses"));
                 let (system, history) = content::input(messages, separate);
                 if let Some(system) = system {
                     self.span.record("gen_ai.system_instructions", system);
@@ -95,18 +120,16 @@ impl Watch {
             }
         }
         #[cfg(feature = "otel")]
-        if self.config.metrics.is_some() {
+        if let (true, Some(endpoint)) = (self.config.metrics.is_some(), &endpoint) {
             use opentelemetry::KeyValue;
-            let mut attributes = vec![KeyValue::new("gen_ai.operation.name", "chat")];
-            if let Some(endpoint) = endpoint {
-                attributes.push(KeyValue::new("gen_ai.provider.name", endpoint.provider));
-                attributes.push(KeyValue::new(
-                    "server.address",
-                    endpoint.address.to_string(),
-                ));
-                attributes.push(KeyValue::new("server.port", i64::from(endpoint.port)));
-            }
-            self.attributes = attributes;
+            self.attributes
+                .push(KeyValue::new("gen_ai.provider.name", endpoint.provider));
+            self.attributes.push(KeyValue::new(
+                "server.address",
+                endpoint.address.to_string(),
+            ));
+            self.attributes
+                .push(KeyValue::new("server.port", i64::from(endpoint.port)));
         }
     }
 
@@ -129,8 +152,10 @@ impl Watch {
         #[cfg(feature = "otel")]
         if self.config.metrics.is_some() {
             use opentelemetry::KeyValue;
-            self.attributes
-                .push(KeyValue::new("gen_ai.request.model", meta.model.clone()));
+            if !self.named_model {
+                self.attributes
+                    .push(KeyValue::new("gen_ai.request.model", meta.model.clone()));
+            }
             self.attributes.push(KeyValue::new(
                 "llm_tower.attempts",
                 i64::from(meta.attempts),
@@ -171,7 +196,9 @@ impl Watch {
                 if let (Some(m), true) = (&self.config.metrics, self.streaming) {
                     m.first_chunk(took, &self.attributes);
                 }
-            } else {
+            } else if self.fresh {
+                // The first output of a new chunk: what arrived in one read
+                // is one chunk, however many events it decodes into.
                 #[cfg(feature = "otel")]
                 if let (Some(m), true, Some(last)) =
                     (&self.config.metrics, self.streaming, self.last_output)
@@ -179,7 +206,10 @@ impl Watch {
                     m.per_chunk(now.saturating_duration_since(last), &self.attributes);
                 }
             }
-            self.last_output = Some(now);
+            if self.fresh || self.last_output.is_none() {
+                self.last_output = Some(now);
+            }
+            self.fresh = false;
         }
         match event {
             StreamEvent::MessageStart { id, model } => {
@@ -189,7 +219,12 @@ impl Watch {
                 if let Some(model) = model {
                     self.span.record("gen_ai.response.model", model.as_str());
                     #[cfg(feature = "otel")]
-                    if self.config.metrics.is_some() {
+                    if self.config.metrics.is_some()
+                        && !self
+                            .attributes
+                            .iter()
+                            .any(|kv| kv.key.as_str() == "gen_ai.response.model")
+                    {
                         self.attributes.push(opentelemetry::KeyValue::new(
                             "gen_ai.response.model",
                             model.clone(),
@@ -197,28 +232,9 @@ impl Watch {
                     }
                 }
             }
-            StreamEvent::Usage(u) => {
-                self.usage = Some(*u);
-                let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-                self.span
-                    .record("gen_ai.usage.input_tokens", n(u.input_tokens));
-                self.span
-                    .record("gen_ai.usage.output_tokens", n(u.output_tokens));
-                if self.latest() {
-                    if let Some(x) = u.cache_read_input_tokens {
-                        self.span
-                            .record("gen_ai.usage.cache_read.input_tokens", n(x));
-                    }
-                    if let Some(x) = u.cache_creation_input_tokens {
-                        self.span
-                            .record("gen_ai.usage.cache_creation.input_tokens", n(x));
-                    }
-                    if let Some(x) = u.reasoning_tokens {
-                        self.span
-                            .record("gen_ai.usage.reasoning.output_tokens", n(x));
-                    }
-                }
-            }
+            // Recorded once, at the end: a stream may report usage more
+            // than once (Anthropic's start and end), the last the whole.
+            StreamEvent::Usage(u) => self.usage = Some(*u),
             StreamEvent::Done {
                 stop_reason: Some(reason),
             } => {
@@ -248,6 +264,7 @@ impl Watch {
     fn end(&mut self) {
         self.ended = true;
         let took = self.started.elapsed();
+        self.record_usage();
         self.record_output(None);
         if let Some(hook) = &self.config.hooks.on_eos {
             hook(self.usage.as_ref(), took, &self.span);
@@ -263,11 +280,35 @@ impl Watch {
         if self.latest() {
             self.span.record("otel.status_code", "error");
         }
+        self.record_usage();
         self.record_output(Some("error"));
         if let Some(hook) = &self.config.hooks.on_failure {
             hook(error, took, &self.span);
         }
         self.record_metrics(Some(error.kind()));
+    }
+
+    fn record_usage(&self) {
+        let Some(u) = &self.usage else { return };
+        let n = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        self.span
+            .record("gen_ai.usage.input_tokens", n(u.input_tokens));
+        self.span
+            .record("gen_ai.usage.output_tokens", n(u.output_tokens));
+        if self.latest() {
+            if let Some(x) = u.cache_read_input_tokens {
+                self.span
+                    .record("gen_ai.usage.cache_read.input_tokens", n(x));
+            }
+            if let Some(x) = u.cache_creation_input_tokens {
+                self.span
+                    .record("gen_ai.usage.cache_creation.input_tokens", n(x));
+            }
+            if let Some(x) = u.reasoning_tokens {
+                self.span
+                    .record("gen_ai.usage.reasoning.output_tokens", n(x));
+            }
+        }
     }
 
     fn record_output(&mut self, finish: Option<&str>) {
@@ -297,14 +338,30 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        // Dropped by its caller before the end: the call still took this
-        // long and used what it reported.
-        if !self.ended {
-            self.ended = true;
-            self.record_metrics(None);
+        if self.ended {
+            return;
         }
+        // The answer's end was read, not the stream's: a clean end.
+        if self.finish.is_some() {
+            self.end();
+            return;
+        }
+        // Dropped by its caller before the end: cancelled. The call still
+        // took this long and used what it reported.
+        self.ended = true;
+        let took = self.started.elapsed();
+        self.span.record("error.type", CANCELLED);
+        self.record_usage();
+        self.record_output(Some(CANCELLED));
+        if let Some(hook) = &self.config.hooks.on_eos {
+            hook(self.usage.as_ref(), took, &self.span);
+        }
+        self.record_metrics(Some(CANCELLED));
     }
 }
+
+/// `error.type` of a call its caller dropped before the end.
+const CANCELLED: &str = "cancelled";
 
 /// A stop reason as this layer spelt finish reasons before
 /// ([`Conventions::V1_36`]).
@@ -351,7 +408,7 @@ impl Stream for TracedStream {
             Pin::new(&mut this.inner).poll_next(cx)
         };
         match &item {
-            Poll::Pending => {}
+            Poll::Pending => watch.fresh = true,
             Poll::Ready(Some(Ok(event))) => watch.observe(event),
             Poll::Ready(Some(Err(e))) => {
                 watch.failed(e);
