@@ -171,9 +171,10 @@ impl SharedCredential {
     /// How long one process may take to refresh before another may take
     /// over (default [`DEFAULT_LEASE`], 30 s): longer than the source ever
     /// takes, short enough that a crashed refresher does not hold the
-    /// others up for long.
+    /// others up for long. Between 1 ms and 30 days.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(1));
+        const MAX_LEASE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+        self.lease = lease.clamp(Duration::from_millis(1), MAX_LEASE);
         self
     }
 

@@ -304,7 +304,7 @@ impl RedisStore {
             Some(at) if at > now => false,
             // This step tries; the others wait for another interval.
             _ => {
-                c.retry_at = Some(now + self.inner.retry_after);
+                c.retry_at = Some(crate::later_or_far(now, self.inner.retry_after));
                 true
             }
         }
@@ -353,7 +353,7 @@ impl RedisStore {
     fn went_out(&self, error: &StoreError) {
         self.inner.fallbacks.fetch_add(1, Ordering::Relaxed);
         let mut c = crate::lock(&self.inner.circuit);
-        c.retry_at = Some(Instant::now() + self.inner.retry_after);
+        c.retry_at = Some(crate::later_or_far(Instant::now(), self.inner.retry_after));
         if !c.out {
             c.out = true;
             drop(c);
@@ -422,16 +422,21 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The store. Fails on a URL that is not a Redis URL, or a zero budget;
-    /// connects on the first step.
+    /// The store. Fails on a URL that is not a Redis URL, or a budget or
+    /// interval of zero or over an hour; connects on the first step.
     pub fn build(self) -> Result<RedisStore, Error> {
         let client = ::redis::Client::open(self.url.as_str()).map_err(|e| {
             // The error may quote the URL, password and all: say only why.
             Error::config(format!("redis: not a Redis URL ({:?})", e.kind()))
         })?;
-        if self.step.is_zero() || self.retry_after.is_zero() {
+        const HOUR: Duration = Duration::from_secs(3600);
+        if self.step.is_zero()
+            || self.retry_after.is_zero()
+            || self.step > HOUR
+            || self.retry_after > HOUR
+        {
             return Err(Error::config(
-                "redis: the step timeout and the retry interval must be more than zero",
+                "redis: the step timeout and the retry interval must be more than zero and at most an hour",
             ));
         }
         if self.prefix.is_empty() || self.prefix.contains(['{', '}']) {

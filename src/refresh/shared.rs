@@ -28,7 +28,13 @@ impl Store {
             |s: &Stored| Some(&s.id) != known.as_ref() && !s.credential.expires_within(margin);
         // A holder that died frees the lock within its lease; past twice
         // that, something else is wrong.
-        let give_up = Instant::now() + remote.lease_time() * 2 + Duration::from_secs(1);
+        let give_up = crate::later_or_far(
+            Instant::now(),
+            remote
+                .lease_time()
+                .saturating_mul(2)
+                .saturating_add(Duration::from_secs(1)),
+        );
         // Once another process is seen refreshing, a Redis that hiccups is
         // waited out (up to `give_up`) rather than refreshed around.
         let mut waiting = false;
