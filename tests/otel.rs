@@ -99,6 +99,29 @@ fn histogram(metrics: &ResourceMetrics, name: &str) -> Vec<(Vec<KeyValue>, u64, 
     points
 }
 
+/// The data points of counter or gauge `name`: (attributes, value).
+fn points(metrics: &ResourceMetrics, name: &str) -> Vec<(Vec<KeyValue>, u64)> {
+    let mut points = Vec::new();
+    for scope in metrics.scope_metrics() {
+        for metric in scope.metrics().filter(|m| m.name() == name) {
+            match metric.data() {
+                AggregatedMetrics::U64(MetricData::Sum(sum)) => {
+                    for p in sum.data_points() {
+                        points.push((p.attributes().cloned().collect(), p.value()));
+                    }
+                }
+                AggregatedMetrics::U64(MetricData::Gauge(gauge)) => {
+                    for p in gauge.data_points() {
+                        points.push((p.attributes().cloned().collect(), p.value()));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    points
+}
+
 fn hello() -> ChatRequest {
     ChatRequest::new("m")
         .message(Message::system("Be brief."))
@@ -422,5 +445,81 @@ async fn the_span_names_the_provider_that_answered() {
     assert_eq!(
         attribute(a, "server.port"),
         Some(&Value::I64(i64::from(backup.addr().port())))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_and_the_pool_have_instruments_of_their_own() {
+    use llm_tower::{Deadline, Pool, RateLimitLayer};
+    let pipeline = Pipeline::install();
+    let meter = pipeline.meter();
+
+    // One request a minute: the second call waits the minute out, the
+    // third, whose deadline is nearer, is refused.
+    let server = MockServer::start().await;
+    let limited = ServiceBuilder::new()
+        .layer(RateLimitLayer::new().requests_per_minute(1).meter(&meter))
+        .service(support::openai_at(&server));
+    for _ in 0..2 {
+        let answer = limited.clone().oneshot(hello()).await.unwrap();
+        answer.completion().await.unwrap();
+    }
+    let refused = limited
+        .clone()
+        .oneshot(hello().extension(Deadline::after(Duration::from_secs(1))))
+        .await;
+    assert!(refused.is_err());
+
+    // A pool whose deployment `a` answers 429: it cools down.
+    let a = MockServer::start().await;
+    a.set_default(
+        Reply::api_error(429, "rate_limit_exceeded", "slow down").header("retry-after", "30"),
+    );
+    let b = MockServer::start().await;
+    let pool = Pool::builder()
+        .deployment("a", support::openai_at(&a))
+        .deployment("b", support::openai_at(&b))
+        .meter(&meter)
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        let _ = pool.clone().oneshot(hello()).await;
+    }
+
+    let metrics = pipeline.metrics();
+    let waits = histogram(&metrics, "llm_tower.rate_limit.wait");
+    assert_eq!(waits.len(), 1, "{waits:?}");
+    assert_eq!(waits[0].1, 1, "one call waited");
+    assert!(
+        (waits[0].2 - 60.0).abs() < 1.0,
+        "about a minute: {}",
+        waits[0].2
+    );
+    let refusals = points(&metrics, "llm_tower.rate_limit.refusals");
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(
+        attribute(&refusals[0].0, "llm_tower.reason"),
+        Some(&Value::from("deadline".to_owned()))
+    );
+    assert_eq!(refusals[0].1, 1);
+
+    let deployment = |points: &[(Vec<KeyValue>, u64)], name: &str| {
+        points
+            .iter()
+            .find(|(a, _)| {
+                attribute(a, "llm_tower.deployment") == Some(&Value::from(name.to_owned()))
+            })
+            .map(|(_, v)| *v)
+    };
+    let cooldowns = points(&metrics, "llm_tower.pool.cooldowns");
+    assert_eq!(deployment(&cooldowns, "a"), Some(1), "{cooldowns:?}");
+    let available = points(&metrics, "llm_tower.pool.available");
+    assert_eq!(deployment(&available, "a"), Some(0), "{available:?}");
+    assert_eq!(deployment(&available, "b"), Some(1));
+    let open = points(&metrics, "llm_tower.pool.open_streams");
+    assert_eq!(
+        deployment(&open, "b"),
+        Some(0),
+        "every stream ended: {open:?}"
     );
 }
