@@ -293,15 +293,18 @@ where
         {
             span.record("gen_ai.prompt", prompt);
         }
-        let watch = call.map(|call| Head {
-            call,
-            messages,
-            watch: Watch::new(
-                self.config.clone(),
-                span.clone(),
-                request.stream,
-                &request.model,
-            ),
+        // Boxed: an unwatched call moves a small future around.
+        let watch = call.map(|call| {
+            Box::new(Head {
+                call,
+                messages,
+                watch: Watch::new(
+                    self.config.clone(),
+                    span.clone(),
+                    request.stream,
+                    &request.model,
+                ),
+            })
         });
         let future = span.in_scope(|| self.inner.call(request));
         ResponseFuture { future, watch }
@@ -320,7 +323,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         future: F,
-        watch: Option<Head>,
+        watch: Option<Box<Head>>,
     }
 }
 
@@ -349,7 +352,7 @@ where
             call,
             messages,
             mut watch,
-        } = head;
+        } = *head;
         let endpoint = match &result {
             Ok(stream) => stream.meta().endpoint.clone().or_else(|| call.endpoint()),
             Err(_) => call.endpoint(),
