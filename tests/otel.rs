@@ -153,13 +153,7 @@ async fn one_call_with_a_refresh_and_a_retry_reaches_the_collector_to_the_conven
             .initial(Credential::bearer("stale-token")),
         )
         .service(support::openai_at(&server));
-    let completion = service
-        .oneshot(hello())
-        .await
-        .unwrap()
-        .completion()
-        .await
-        .unwrap();
+    let completion = support::complete(service, hello()).await;
     assert_eq!(completion.text, "Hello there.");
 
     let spans = pipeline.finished_spans();
@@ -297,14 +291,7 @@ async fn content_in_the_conventions_shapes_only_when_opted_in_and_failures_typed
                 .meter(&pipeline.meter()),
         )
         .service(support::anthropic_at(&server));
-    service
-        .clone()
-        .oneshot(hello())
-        .await
-        .unwrap()
-        .completion()
-        .await
-        .unwrap();
+    support::complete(service.clone(), hello()).await;
     server.push(Reply::api_error(400, "invalid_request_error", "bad"));
     let error = service.oneshot(hello()).await.unwrap_err();
 
@@ -378,14 +365,7 @@ async fn hooks_see_the_call() {
     let service = ServiceBuilder::new()
         .layer(layer)
         .service(support::openai_at(&server));
-    service
-        .clone()
-        .oneshot(hello())
-        .await
-        .unwrap()
-        .completion()
-        .await
-        .unwrap();
+    support::complete(service.clone(), hello()).await;
     server.push(Reply::api_error(400, "invalid_request_error", "bad"));
     let _ = service.oneshot(hello()).await;
     let seen = seen.lock().unwrap().clone();
@@ -429,13 +409,7 @@ async fn the_span_names_the_provider_that_answered() {
         .service(tower::util::BoxCloneService::new(support::openai_at(
             &primary,
         )));
-    service
-        .oneshot(hello())
-        .await
-        .unwrap()
-        .completion()
-        .await
-        .unwrap();
+    support::complete(service, hello()).await;
     let spans = pipeline.finished_spans();
     let a = &spans.last().unwrap().attributes;
     assert_eq!(

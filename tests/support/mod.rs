@@ -125,6 +125,17 @@ impl tower::Service<http::Request<RequestBody>> for FixtureTransport {
 }
 
 /// Every event of a stream, and the error that ended it, if any.
+/// `request` through `service`, folded into its completion: a call the
+/// test expects to succeed.
+pub async fn complete<S>(service: S, request: ChatRequest) -> llm_tower::Completion
+where
+    S: tower::Service<ChatRequest, Response = ChatStream, Error = Error>,
+{
+    use tower::ServiceExt;
+    let stream = service.oneshot(request).await.expect("an answer");
+    stream.completion().await.expect("a whole answer")
+}
+
 pub async fn drain(mut stream: ChatStream) -> (Vec<StreamEvent>, Option<Error>) {
     let mut events = Vec::new();
     while let Some(item) = stream.next().await {
