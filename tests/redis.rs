@@ -11,7 +11,6 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -447,38 +446,6 @@ fn a_refresher_that_dies_loses_its_lease() -> Result<(), Failed> {
     })
 }
 
-/// Log lines, captured.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn count(&self, needle: &str) -> usize {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .matches(needle)
-            .count()
-    }
-
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let writer = self.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-}
-
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -556,8 +523,8 @@ fn booked(
 }
 
 fn redis_stopped_mid_run_local_books_then_shared_again() -> Result<(), Failed> {
-    let logs = Captured::default();
-    let _guard = logs.install();
+    let (logs, _capturing) = support::Captured::start();
+    let count = |needle: &str| logs.events().iter().filter(|e| e.contains(needle)).count();
     current_thread().block_on(async {
         let mut redis = RedisServer::start();
         let upstream = MockServer::start().await;
@@ -590,8 +557,8 @@ fn redis_stopped_mid_run_local_books_then_shared_again() -> Result<(), Failed> {
             format!("20 calls on local books: {}", store.fallbacks()),
         )?;
         check(
-            logs.count("Redis is out") == 1,
-            format!("warned once: {}", logs.count("Redis is out")),
+            count("Redis is out") == 1,
+            format!("warned once: {}", count("Redis is out")),
         )?;
 
         redis.restart();
@@ -607,7 +574,7 @@ fn redis_stopped_mid_run_local_books_then_shared_again() -> Result<(), Failed> {
             )?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        check(logs.count("Redis is back") == 1, "said it is back")
+        check(count("Redis is back") == 1, "said it is back")
     })
 }
 
