@@ -197,10 +197,16 @@ impl SharedBooks {
         let handle = tokio::runtime::Handle::try_current().ok();
         let schedule = {
             let mut outboxes = crate::lock(&self.outboxes);
-            if !outboxes.contains_key(model) && outboxes.len() >= MAX_OUTBOXES {
-                outboxes.retain(|_, o| !o.is_empty() || o.flushing);
+            // The model's key is allocated once, when its outbox is made.
+            if !outboxes.contains_key(model) {
+                if outboxes.len() >= MAX_OUTBOXES {
+                    outboxes.retain(|_, o| !o.is_empty() || o.flushing);
+                }
+                outboxes.insert(model.to_owned(), Outbox::default());
             }
-            let outbox = outboxes.entry(model.to_owned()).or_default();
+            let Some(outbox) = outboxes.get_mut(model) else {
+                return;
+            };
             put(outbox);
             // Without a runtime nothing can be scheduled: the next booking
             // carries it.
