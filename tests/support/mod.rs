@@ -409,10 +409,17 @@ pub fn example_exe(name: &str) -> std::path::PathBuf {
     let built = std::fs::metadata(&exe)
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} is missing: {rebuild}", exe.display()));
-    let source = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("examples")
-        .join(format!("{name}.rs"));
-    if let Ok(changed) = std::fs::metadata(&source).and_then(|m| m.modified()) {
+    let examples = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let single = examples.join(format!("{name}.rs"));
+    // An example of one file, or a folder of them (`examples/gateway/`).
+    let sources: Vec<std::path::PathBuf> = match std::fs::read_dir(examples.join(name)) {
+        Ok(dir) => dir.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(_) => vec![single],
+    };
+    for source in sources {
+        let Ok(changed) = std::fs::metadata(&source).and_then(|m| m.modified()) else {
+            continue;
+        };
         assert!(
             built >= changed,
             "{} is older than {}: {rebuild}",
