@@ -42,6 +42,10 @@ fn main() {
         ),
         ("a_tool_call_streamed_and_not", a_tool_call_streamed_and_not),
         (
+            "every_provider_answers_in_openai_format",
+            every_provider_answers_in_openai_format,
+        ),
+        (
             "a_reset_before_output_is_retried",
             a_reset_before_output_is_retried,
         ),
@@ -395,6 +399,7 @@ fn every_endpoint_answers() {
         let metrics = c.get(g.url("/metrics")).send().await.unwrap();
         assert_eq!(metrics.status(), 200);
         let text = metrics.text().await.unwrap();
+        assert!(!text.contains(UPSTREAM_KEY) && !text.contains(MASTER));
         for name in [
             "gen_ai_client_operation_duration_seconds_bucket",
             "gen_ai_client_token_usage",
@@ -532,6 +537,58 @@ fn a_tool_call_streamed_and_not() {
         let sent = server.requests().last().unwrap().json();
         assert_eq!(sent["messages"][2]["role"], "tool");
         assert_eq!(sent["messages"][2]["tool_call_id"], "call_1");
+    });
+}
+
+fn every_provider_answers_in_openai_format() {
+    runtime().block_on(async {
+        let server = MockServer::start().await;
+        server.accept_keys([UPSTREAM_KEY]);
+        server.set_default(Reply::text(["Hello", " there"]));
+        let base = server.url();
+        let entry = |name: &str, params: String| {
+            format!("  - model_name: {name}\n    litellm_params: {{{params}, api_key: os.environ/UPSTREAM_KEY}}\n")
+        };
+        let yaml = [
+            entry("openai", format!("model: openai/gpt-4o, api_base: \"{}\"", server.openai_url())),
+            entry("anthropic", format!("model: anthropic/claude-sonnet-4-5, api_base: \"{base}\"")),
+            entry("gemini", format!("model: gemini/gemini-2.5-flash, api_base: \"{base}\"")),
+            entry("azure", format!("model: azure/prod-4o, api_base: \"{base}\", api_version: \"2024-10-21\"")),
+            entry("azure-v1", format!("model: azure/prod-4o, api_base: \"{base}\"")),
+            entry("vertex", format!("model: vertex_ai/gemini-2.5-pro, vertex_project: p, vertex_location: us-central1, api_base: \"{base}\"")),
+            entry("vertex-claude", format!("model: vertex_ai/claude-sonnet-4-5@20250929, vertex_project: p, vertex_location: us-east5, api_base: \"{base}\"")),
+            entry("vllm", format!("model: hosted_vllm/qwen3, api_base: \"{}\"", server.openai_url())),
+        ]
+        .concat();
+        let g = gateway(&format!("model_list:\n{yaml}general_settings: {{master_key: {MASTER}}}\n"));
+        let names = ["openai", "anthropic", "gemini", "azure", "azure-v1", "vertex", "vertex-claude", "vllm"];
+        for (i, name) in names.into_iter().enumerate() {
+            for stream in [false, true] {
+                let r = post(&g, &chat(name, stream)).await;
+                assert_eq!(r.status(), 200, "{name}");
+                let text = if stream {
+                    let events = events(r).await;
+                    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{name}");
+                    streamed_text(&events)
+                } else {
+                    let (_, _, body) = answer(r).await;
+                    body["choices"][0]["message"]["content"].as_str().unwrap_or("").to_owned()
+                };
+                assert_eq!(text, "Hello there", "{name}, stream: {stream}");
+            }
+            let sent = &server.requests()[2 * i];
+            let expected = match name {
+                "openai" | "vllm" => "/v1/chat/completions",
+                "anthropic" => "/v1/messages",
+                "gemini" => "/v1beta/models/gemini-2.5-flash:generateContent",
+                "azure" => "/openai/deployments/prod-4o/chat/completions?api-version=2024-10-21",
+                "azure-v1" => "/openai/v1/chat/completions",
+                "vertex" => "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent",
+                _ => "/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4-5@20250929:rawPredict",
+            };
+            assert_eq!(sent.path, expected, "{name}");
+        }
+        g.assert_no_secret();
     });
 }
 
@@ -694,15 +751,33 @@ fn a_client_that_leaves_closes_the_upstream_call() {
         assert!(String::from_utf8_lossy(&first).contains("first"));
         assert_eq!(server.open_responses(), 1);
         drop(body);
-        let started = Instant::now();
-        while server.open_responses() > 0 || server.live_connections() > 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "the upstream call is still open 5 s after the client left"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        closes(&server).await;
+        // A client that gives up waiting for a whole answer.
+        server.push(Reply::text(["first", "never"]).stall_after(1));
+        let gave_up = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap()
+            .post(g.url("/v1/chat/completions"))
+            .bearer_auth(MASTER)
+            .body(chat("gpt", false).to_string())
+            .send()
+            .await;
+        assert!(gave_up.is_err());
+        closes(&server).await;
     });
+}
+
+/// Waits until the server has no call open, at most 5 s.
+async fn closes(server: &MockServer) {
+    let started = Instant::now();
+    while server.open_responses() > 0 || server.live_connections() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the upstream call is still open 5 s after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn bad_input_gets_the_right_status_and_body() {
@@ -785,7 +860,11 @@ fn errors_keep_their_class_and_retry_after() {
                 None,
             ),
             (
-                Reply::api_error(401, "invalid_api_key", "nope"),
+                Reply::api_error(
+                    401,
+                    "invalid_api_key",
+                    format!("Incorrect API key provided: {UPSTREAM_KEY}"),
+                ),
                 401,
                 "authentication_error",
                 None,
@@ -817,6 +896,7 @@ fn errors_keep_their_class_and_retry_after() {
             let (got, headers, body) = answer(post(&g, &chat("gpt", false)).await).await;
             assert_eq!(got, status, "{body}");
             assert_eq!(body["error"]["type"], kind, "{body}");
+            assert!(!body.to_string().contains(UPSTREAM_KEY), "{body}");
             assert_eq!(
                 headers.get("retry-after").and_then(|v| v.to_str().ok()),
                 retry_after,
