@@ -186,6 +186,14 @@ pub async fn serve(
             let _ = stop_tx.send(true);
         }
     };
+    // Each SSE event is its own small write: without TCP_NODELAY, Nagle's
+    // algorithm holds the next one back until the client's delayed ACK,
+    // 40 ms later (measured: +43 ms per stream).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router).with_graceful_shutdown(signalled);
     let deadline = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
