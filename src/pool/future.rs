@@ -25,9 +25,21 @@ pub struct ResponseFuture {
 }
 
 enum State {
+    /// Waiting for the cooldowns other processes set (a pool just built
+    /// on shared cooldowns), within a bound, before the pick.
+    #[cfg(feature = "redis")]
+    Syncing(Box<Syncing>),
     /// No deployment took the call.
     Failed(Option<Error>),
     Racing(Box<Race>),
+}
+
+/// A call waiting for the pool's first read of the shared cooldowns.
+#[cfg(feature = "redis")]
+struct Syncing {
+    shared: Arc<Shared>,
+    req: Option<ChatRequest>,
+    wait: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 struct Race {
@@ -53,10 +65,26 @@ enum Stage {
 }
 
 impl ResponseFuture {
-    pub(super) fn new(shared: Arc<Shared>, mut req: ChatRequest) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, req: ChatRequest) -> Self {
         shared.calls.fetch_add(1, Ordering::Relaxed);
         #[cfg(feature = "redis")]
-        shared.listen();
+        {
+            shared.listen();
+            if let Some(wait) = shared.sync() {
+                return ResponseFuture {
+                    state: State::Syncing(Box::new(Syncing {
+                        shared,
+                        req: Some(req),
+                        wait,
+                    })),
+                };
+            }
+        }
+        Self::pick(shared, req)
+    }
+
+    /// Picks the deployment and starts the call there.
+    fn pick(shared: Arc<Shared>, mut req: ChatRequest) -> Self {
         let call = req.call();
         let id = shared.id();
         // A retried attempt goes where the call has not been, if it can.
@@ -136,6 +164,17 @@ impl Future for ResponseFuture {
     type Output = Result<ChatStream, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        #[cfg(feature = "redis")]
+        if let State::Syncing(syncing) = &mut self.state {
+            if syncing.wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let Some(req) = syncing.req.take() else {
+                return Poll::Ready(Err(Error::config("pool future polled after completion")));
+            };
+            let shared = syncing.shared.clone();
+            *self = Self::pick(shared, req);
+        }
         let race = match &mut self.state {
             State::Failed(e) => {
                 return Poll::Ready(Err(e
@@ -143,6 +182,11 @@ impl Future for ResponseFuture {
                     .unwrap_or_else(|| Error::config("pool future polled after completion"))));
             }
             State::Racing(race) => race,
+            // Left just above: the pick never waits again.
+            #[cfg(feature = "redis")]
+            State::Syncing(_) => {
+                return Poll::Ready(Err(Error::config("pool future polled after completion")));
+            }
         };
         race.poll(cx)
     }
@@ -254,6 +298,8 @@ impl fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.state {
             State::Failed(e) => f.debug_tuple("ResponseFuture::Failed").field(e).finish(),
+            #[cfg(feature = "redis")]
+            State::Syncing(_) => f.write_str("ResponseFuture::Syncing"),
             State::Racing(race) => f
                 .debug_struct("ResponseFuture")
                 .field(

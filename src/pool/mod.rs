@@ -121,6 +121,9 @@ struct Remote {
     origin: u64,
     /// Whether it listens yet.
     listening: std::sync::atomic::AtomicBool,
+    /// Set once the listener has read the cooldowns already running (or
+    /// failed to): until then a call waits for it, within a bound.
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 struct Deployment {
@@ -411,6 +414,7 @@ impl PoolBuilder {
                     cooldowns,
                     origin: crate::redis::SharedCooldowns::origin(),
                     listening: std::sync::atomic::AtomicBool::new(false),
+                    synced: tokio::sync::watch::Sender::new(false),
                 }),
                 #[cfg(feature = "otel")]
                 instruments: std::sync::OnceLock::new(),
@@ -423,6 +427,11 @@ impl PoolBuilder {
                 .instruments
                 .set(Instruments::new(&meter, &pool.shared));
         }
+        // Built inside the runtime (as a server builds its stack): listen
+        // from now on, so that the first calls know the cooldowns other
+        // processes already set. Otherwise the first call starts it.
+        #[cfg(feature = "redis")]
+        pool.shared.listen();
         Ok(pool)
     }
 }
@@ -592,8 +601,9 @@ impl Shared {
         }
     }
 
-    /// Listens to the cooldowns other processes publish, from the first
-    /// call on (inside the runtime), for as long as the pool lives.
+    /// Listens to the cooldowns other processes publish, from when the pool
+    /// is built inside a runtime (or else its first call), for as long as
+    /// the pool lives.
     #[cfg(feature = "redis")]
     fn listen(self: &Arc<Self>) {
         let Some(remote) = &self.remote else {
@@ -605,6 +615,7 @@ impl Shared {
         let names = self.deployments.iter().map(|d| d.name.clone()).collect();
         let apply = Arc::downgrade(self);
         let alive = Arc::downgrade(self);
+        let synced = remote.synced.clone();
         let spawned = remote.cooldowns.listen(
             remote.origin,
             names,
@@ -613,12 +624,34 @@ impl Shared {
                     shared.cooled_elsewhere(name, length);
                 }
             },
+            move || {
+                synced.send_replace(true);
+            },
             move || alive.strong_count() > 0,
         );
         if !spawned {
             // No runtime here: the next call tries again.
             remote.listening.store(false, Ordering::Release);
         }
+    }
+
+    /// Until the listener has read the cooldowns other processes set
+    /// before this pool listened: a wait for it, bounded by the store's
+    /// connect budget (a cold start), after which the call goes on with
+    /// what this process knows.
+    #[cfg(feature = "redis")]
+    pub(super) fn sync(
+        &self,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>> {
+        let remote = self.remote.as_ref()?;
+        if *remote.synced.borrow() || !remote.listening.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut synced = remote.synced.subscribe();
+        let bound = crate::redis::CONNECT_TIMEOUT.max(remote.cooldowns.store().step_timeout());
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(bound, synced.wait_for(|s| *s)).await;
+        }))
     }
 
     /// Another process cooled deployment `name` down for `length`.

@@ -85,7 +85,8 @@ impl SharedCooldowns {
 
     /// Listens, in the background, for the cooldowns other pools publish
     /// (not those marked `origin`): `apply(deployment, length)` for each,
-    /// and for those already running whenever it (re)connects. Stops once
+    /// and for those already running whenever it (re)connects; `synced()`
+    /// once those are applied, or the try to read them failed. Stops once
     /// `alive` says the pool is gone. Reconnects by itself. `false` when
     /// there is no runtime to listen on.
     pub(crate) fn listen(
@@ -93,6 +94,7 @@ impl SharedCooldowns {
         origin: u64,
         deployments: Vec<Arc<str>>,
         apply: impl Fn(&str, Duration) + Send + Sync + 'static,
+        synced: impl Fn() + Send + Sync + 'static,
         alive: impl Fn() -> bool + Send + Sync + 'static,
     ) -> bool {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -101,7 +103,12 @@ impl SharedCooldowns {
         let this = self.clone();
         handle.spawn(async move {
             while alive() {
-                if let Err(e) = this.listen_once(origin, &deployments, &apply, &alive).await {
+                let heard = this
+                    .listen_once(origin, &deployments, &apply, &synced, &alive)
+                    .await;
+                // Calls waiting for the first read go on without it.
+                synced();
+                if let Err(e) = heard {
                     tracing::debug!(error = %e, "pool cooldowns: listener lost Redis; retrying");
                 }
                 tokio::time::sleep(this.store.retry_after()).await;
@@ -115,6 +122,7 @@ impl SharedCooldowns {
         origin: u64,
         deployments: &[Arc<str>],
         apply: &(impl Fn(&str, Duration) + Send + Sync),
+        synced: &(impl Fn() + Send + Sync),
         alive: &(impl Fn() -> bool + Send + Sync),
     ) -> Result<(), String> {
         let budget = self.store.step_timeout().max(Duration::from_secs(1));
@@ -145,6 +153,7 @@ impl SharedCooldowns {
                 apply(deployment, Duration::from_millis(ms as u64));
             }
         }
+        synced();
         loop {
             if !alive() {
                 return Ok(());

@@ -28,7 +28,11 @@
 //! keeps going on its own local state, or it refuses the call. One step
 //! then tries again; when it succeeds the store is back, and says so.
 //! Nothing waits on Redis longer than a step's budget, but the first
-//! connection, which has [`CONNECT_TIMEOUT`] (1 s) of its own.
+//! connection, which has [`CONNECT_TIMEOUT`] (1 s) of its own, and a new
+//! pool's first calls, which wait as long at most for the cooldowns other
+//! processes already set. Writes nobody waits for (a cooldown to publish,
+//! a usage correction) have that longer budget too: a busy moment does not
+//! lose them.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -264,6 +268,15 @@ impl RedisStore {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = ::redis::RedisResult<T>>,
     {
+        self.run_within(self.inner.step, step).await
+    }
+
+    /// [`run`](Self::run) with a budget of its own for the step.
+    async fn run_within<T, F, Fut>(&self, step_budget: Duration, step: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = ::redis::RedisResult<T>>,
+    {
         if !self.admit() {
             self.inner.fallbacks.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Unavailable);
@@ -281,13 +294,13 @@ impl RedisStore {
                 return Err(e);
             }
         };
-        let error = match tokio::time::timeout(self.inner.step, step(connection)).await {
+        let error = match tokio::time::timeout(step_budget, step(connection)).await {
             Ok(Ok(value)) => {
                 self.came_back();
                 return Ok(value);
             }
             Ok(Err(e)) => StoreError::Redis(e.to_string()),
-            Err(_) => StoreError::Timeout(self.inner.step),
+            Err(_) => StoreError::Timeout(step_budget),
         };
         self.went_out(&error);
         Err(error)
@@ -378,7 +391,9 @@ impl RedisStore {
     }
 
     /// Runs `step` on Redis in the background (a write nobody waits for),
-    /// if there is a runtime to run it.
+    /// if there is a runtime to run it. Nobody waiting, its budget is the
+    /// connect budget, not a step's: a busy moment does not lose a write
+    /// (a cooldown the other processes must hear of, a usage correction).
     pub(crate) fn spawn<F, Fut>(&self, step: F)
     where
         F: FnOnce(ConnectionManager) -> Fut + Send + 'static,
@@ -389,7 +404,8 @@ impl RedisStore {
         };
         let store = self.clone();
         handle.spawn(async move {
-            let _ = store.run(step).await;
+            let budget = CONNECT_TIMEOUT.max(store.inner.step);
+            let _ = store.run_within(budget, step).await;
         });
     }
 }
