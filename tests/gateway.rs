@@ -1035,10 +1035,26 @@ fn three_gateways(yaml: &str, router: &str) -> (redis_server::RedisServer, Vec<G
     let yaml =
         format!("{yaml}router_settings:\n  redis_host: 127.0.0.1\n  redis_port: {port}\n{router}");
     let key = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
-    let gateways = (0..3)
-        .map(|_| gateway_with(&yaml, &[("LLM_TOWER_CREDENTIAL_KEY", key)]))
-        .collect();
+    // Three debug builds, Redis, the upstream and 150 calls at once on two
+    // cores: a Redis step can wait past the 50 ms default for a core, and
+    // the gateway would rightly go on alone. These tests are about sharing
+    // (outages are tests/redis.rs's), so the budget is LiteLLM's
+    // REDIS_SOCKET_TIMEOUT of 1 s.
+    let env = [
+        ("LLM_TOWER_CREDENTIAL_KEY", key),
+        ("REDIS_SOCKET_TIMEOUT", "1"),
+    ];
+    let gateways = (0..3).map(|_| gateway_with(&yaml, &env)).collect();
     (redis, gateways)
+}
+
+/// What each gateway logged, for a failure's message.
+fn logs(gateways: &[Gateway]) -> String {
+    gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| format!("--- gateway {i}:\n{}", g.log()))
+        .collect()
 }
 
 fn three_gateways_keep_one_rpm_budget() {
@@ -1062,10 +1078,18 @@ fn three_gateways_keep_one_rpm_budget() {
         assert!(elapsed < Duration::from_secs(50), "took {elapsed:?}");
         let ok = statuses.iter().filter(|s| **s == 200).count();
         let limited = statuses.iter().filter(|s| **s == 429).count();
-        assert_eq!(server.rate_limited_count(), 0, "the upstream answered 429");
-        assert_eq!(server.request_count(), 60, "statuses: {statuses:?}");
-        assert_eq!(ok, 60);
-        assert_eq!(limited, 90, "statuses: {statuses:?}");
+        let logs = logs(&gateways);
+        let sent = server.request_count();
+        assert_eq!(server.rate_limited_count(), 0, "the upstream answered 429\n{logs}");
+        // Never more than the budget. Fewer is possible: the provider's
+        // rate-limit headers are taken in by 100 ms granules, and a call
+        // booked in the granule an answer arrived in counts as not in that
+        // answer's `remaining` even when it was (the books err towards
+        // fewer calls, README "Many processes"). A loaded machine sees a
+        // few such calls.
+        assert!((45..=60).contains(&sent), "sent {sent}; statuses: {statuses:?}\n{logs}");
+        assert_eq!(ok, sent, "{logs}");
+        assert_eq!(limited, 150 - sent, "statuses: {statuses:?}\n{logs}");
         for g in &gateways {
             g.assert_no_secret();
         }
@@ -1111,7 +1135,12 @@ fn three_gateways_share_cooldowns_and_credentials() {
         });
         let statuses = futures_util::future::join_all(others).await;
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-        assert_eq!(busy.request_count(), cooled, "a cooled deployment was called");
+        assert_eq!(
+            busy.request_count(),
+            cooled,
+            "a cooled deployment was called\n{}",
+            logs(&gateways)
+        );
         // Credentials: every gateway met the 401 once; one ran the command.
         let runs = std::fs::read_to_string(&count).unwrap_or_default();
         assert_eq!(runs.lines().count(), 1, "the key command ran {} times", runs.lines().count());

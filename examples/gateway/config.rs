@@ -133,6 +133,10 @@ pub struct RedisSettings {
     pub host: String,
     pub port: u16,
     pub password: Option<Secret>,
+    /// Each Redis step's budget, from `REDIS_SOCKET_TIMEOUT` (seconds, as
+    /// LiteLLM reads it for redis-py's `socket_timeout`); `None`: the
+    /// library's default.
+    pub step_timeout: Option<Duration>,
 }
 
 impl RedisSettings {
@@ -160,6 +164,7 @@ impl fmt::Debug for RedisSettings {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("password", &self.password)
+            .field("step_timeout", &self.step_timeout)
             .finish()
     }
 }
@@ -202,6 +207,11 @@ pub const DEFAULT_MAX_REQUEST_MB: f64 = 10.0;
 pub const DEFAULT_MAX_PARALLEL: usize = 1024;
 /// The largest file read as a configuration.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// The environment variable LiteLLM passes to redis-py as `socket_timeout`
+/// (its `REDIS_*` mapping): here, each Redis step's budget.
+pub const REDIS_SOCKET_TIMEOUT: &str = "REDIS_SOCKET_TIMEOUT";
+/// The longest step budget taken: a call may wait that long on Redis.
+const MAX_REDIS_STEP: Duration = Duration::from_secs(10);
 
 /// Reads `path`. `env` is the process's environment (a parameter, so tests
 /// can give their own).
@@ -429,10 +439,25 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
                 Some(v) => Some(Secret(reader.string(v, "router_settings.redis_password")?))
                     .filter(|s| !s.0.is_empty()),
             };
+            let step_timeout = match reader.env_var(REDIS_SOCKET_TIMEOUT) {
+                None => None,
+                Some(v) => {
+                    let path = format!("environment variable {REDIS_SOCKET_TIMEOUT}");
+                    let t = reader.seconds(&Value::String(v), &path)?;
+                    if t > MAX_REDIS_STEP {
+                        return Err(ConfigError(format!(
+                            "{path}: at most {} s (a call may wait that long on Redis)",
+                            MAX_REDIS_STEP.as_secs()
+                        )));
+                    }
+                    Some(t)
+                }
+            };
             Some(RedisSettings {
                 host,
                 port,
                 password,
+                step_timeout,
             })
         }
     };
@@ -515,6 +540,16 @@ impl Reader<'_> {
                 self.ignored.push(format!("{prefix}{key}"));
             }
         }
+    }
+
+    /// An environment variable, `environment_variables` first; `None` when
+    /// unset or empty.
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.env_overlay
+            .get(name)
+            .cloned()
+            .or_else(|| (self.env)(name))
+            .filter(|v| !v.trim().is_empty())
     }
 
     /// A string, with `os.environ/NAME` read from the environment.
@@ -974,11 +1009,37 @@ general_settings: {master_key: sk-master}
     }
 
     #[test]
+    fn redis_socket_timeout_sets_the_step_budget() {
+        let yaml = "model_list: [{model_name: a, litellm_params: {model: openai/x}}]\n\
+                    router_settings: {redis_host: h}";
+        let with = |value: &'static str| {
+            move |name: &str| (name == REDIS_SOCKET_TIMEOUT).then(|| value.to_owned())
+        };
+        let budget = |c: Config| c.redis.and_then(|r| r.step_timeout);
+        assert_eq!(budget(parse(yaml, &env).unwrap()), None);
+        assert_eq!(
+            budget(parse(yaml, &with("0.25")).unwrap()),
+            Some(Duration::from_millis(250))
+        );
+        // The config's own environment_variables count too.
+        let overlay = format!("{yaml}\nenvironment_variables: {{REDIS_SOCKET_TIMEOUT: \"2\"}}");
+        assert_eq!(
+            budget(parse(&overlay, &env).unwrap()),
+            Some(Duration::from_secs(2))
+        );
+        for bad in ["0", "-1", "soon", "60", "NaN"] {
+            let e = parse(yaml, &with(bad)).unwrap_err().0;
+            assert!(e.contains(REDIS_SOCKET_TIMEOUT), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_redis_url_hides_nothing_it_needs_and_escapes_the_password() {
         let r = RedisSettings {
             host: "::1".into(),
             port: 6380,
             password: Some(Secret("p@ss/w".into())),
+            step_timeout: None,
         };
         assert_eq!(r.url(), "redis://:p%40ss%2Fw@[::1]:6380/");
         assert!(!format!("{r:?}").contains("p@ss"));

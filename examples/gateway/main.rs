@@ -150,9 +150,12 @@ fn start(config: &config::Config) -> Result<server::App, String> {
     let meter = provider.meter("llm-tower-gateway");
     let store = match &config.redis {
         Some(r) => Some(
-            RedisStore::builder(r.url())
-                .build()
-                .map_err(|e| format!("router_settings.redis_*: {e}"))?,
+            match r.step_timeout {
+                Some(t) => RedisStore::builder(r.url()).step_timeout(t),
+                None => RedisStore::builder(r.url()),
+            }
+            .build()
+            .map_err(|e| format!("router_settings.redis_*: {e}"))?,
         ),
         None => None,
     };
