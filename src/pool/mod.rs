@@ -335,6 +335,11 @@ impl PoolBuilder {
     /// matched by name. Each process still sends its own probe when the
     /// cooldown ends; a credential refused (locked) stays a process's own.
     /// While Redis is out each process cools down on its own.
+    ///
+    /// Built inside a tokio runtime, the pool listens at once (else from
+    /// its first call); calls made before it has read the cooldowns already
+    /// running wait for that read, at most
+    /// [`CONNECT_TIMEOUT`](crate::redis::CONNECT_TIMEOUT).
     #[cfg(feature = "redis")]
     pub fn shared(mut self, cooldowns: crate::redis::SharedCooldowns) -> Self {
         self.remote = Some(cooldowns);
