@@ -80,6 +80,10 @@ fn main() {
         ),
         ("open_calls_are_bounded", open_calls_are_bounded),
         (
+            "a_deployments_parallel_limit_queues_its_calls",
+            a_deployments_parallel_limit_queues_its_calls,
+        ),
+        (
             "shutdown_lets_open_streams_finish",
             shutdown_lets_open_streams_finish,
         ),
@@ -936,6 +940,60 @@ fn open_calls_are_bounded() {
     });
 }
 
+fn a_deployments_parallel_limit_queues_its_calls() {
+    runtime().block_on(async {
+        let server = MockServer::start().await;
+        server.push(Reply::text(["first ", "then ", "done"]).delay(Duration::from_millis(300)));
+        server.set_default(Reply::text(["next"]));
+        // With both timeouts, streams and whole answers go different ways
+        // under the limit: each call must still take one place, not two.
+        let g = gateway(&one_model(
+            &server,
+            "      max_parallel_requests: 1\n      timeout: 20\n      stream_timeout: 20\n",
+        ));
+        let within = |stream: bool| {
+            let g = &g;
+            async move {
+                tokio::time::timeout(Duration::from_secs(10), post(g, &chat("gpt", stream)))
+                    .await
+                    .expect("the call was answered within 10 s")
+            }
+        };
+        let first = within(true).await;
+        let started = Instant::now();
+        let (first, second) = tokio::join!(
+            async {
+                let events = events(first).await;
+                (streamed_text(&events), Instant::now())
+            },
+            async {
+                // Sent while the first streams: it waits for its place.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let (status, _, body) = answer(within(false).await).await;
+                (status, body, Instant::now())
+            }
+        );
+        assert_eq!(first.0, "first then done");
+        let (status, body, second_done) = second;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["choices"][0]["message"]["content"], "next");
+        // The first streams for 900 ms (three events 300 ms apart); the
+        // second, sent at 100 ms, took its place once the first ended.
+        assert!(
+            second_done - started >= Duration::from_millis(600),
+            "the second call ran beside the first: done after {:?}, the first after {:?}",
+            second_done - started,
+            first.1 - started
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // One after the other, each again.
+        for _ in 0..3 {
+            let (status, _, body) = answer(within(false).await).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    });
+}
+
 fn shutdown_lets_open_streams_finish() {
     runtime().block_on(async {
         let server = MockServer::start().await;
@@ -1003,21 +1061,37 @@ fn non_openai_parameters_follow_drop_params() {
         let config = |drop: bool| {
             format!(
                 "model_list:\n  - model_name: claude\n    litellm_params: {{model: anthropic/claude-x, api_base: \"{}\", api_key: k}}\n\
+                 \x20 - model_name: gpt\n    litellm_params: {{model: openai/gpt-4o, api_base: \"{}\", api_key: k}}\n\
+                 \x20 - model_name: gpt-alone\n    litellm_params: {{model: openai/gpt-4o, api_base: \"{}\", api_key: k}}\n\
+                 router_settings: {{fallbacks: [{{gpt: [claude]}}]}}\n\
                  litellm_settings: {{drop_params: {drop}}}\ngeneral_settings: {{master_key: {MASTER}}}\n",
-                server.anthropic_url()
+                server.anthropic_url(),
+                server.openai_url(),
+                server.openai_url()
             )
         };
-        let mut body = chat("claude", false);
-        body["seed"] = json!(3);
+        let with_seed = |model| {
+            let mut body = chat(model, false);
+            body["seed"] = json!(3);
+            body
+        };
         let g = gateway(&config(false));
-        let (status, _, value) = answer(post(&g, &body).await).await;
-        assert_eq!(status, 400, "{value}");
-        assert_eq!(value["error"]["param"], "seed");
+        // Refused for Anthropic, and for a model that may fall back to it.
+        for model in ["claude", "gpt"] {
+            let (status, _, value) = answer(post(&g, &with_seed(model)).await).await;
+            assert_eq!(status, 400, "{model}: {value}");
+            assert_eq!(value["error"]["param"], "seed", "{model}");
+        }
+        assert_eq!(server.request_count(), 0);
+        // Passed on where only OpenAI's wire can serve it.
+        let (status, _, value) = answer(post(&g, &with_seed("gpt-alone")).await).await;
+        assert_eq!(status, 200, "{value}");
+        assert_eq!(server.requests()[0].json()["seed"], 3);
         drop(g);
         let g = gateway(&config(true));
-        let (status, _, value) = answer(post(&g, &body).await).await;
+        let (status, _, value) = answer(post(&g, &with_seed("claude")).await).await;
         assert_eq!(status, 200, "{value}");
-        assert!(server.requests()[0].json().get("seed").is_none());
+        assert!(server.requests()[1].json().get("seed").is_none());
     });
 }
 

@@ -12,8 +12,8 @@
 //! per deployment:    RefreshLayer             api_key_command (single flight on Redis)
 //!                    TransportRetryLayer      max_retries
 //!                    RateLimitLayer           rpm, tpm (books on Redis), and the provider's headers
-//!                    StreamTimeoutLayer       timeout (non-streaming), stream_timeout (streams)
 //!                    StreamConcurrencyLimit   max_parallel_requests
+//!                    StreamTimeoutLayer       timeout (non-streaming), stream_timeout (streams)
 //!                    provider
 //! ```
 
@@ -99,14 +99,19 @@ pub fn build(config: &Config, shared: &Shared<'_>) -> Result<Models, String> {
             .layer(StreamTimeoutLayer::new().total(config.router.timeout))
             .service(service);
         let first = &group.deployments[0];
+        // OpenAI-only parameters pass only when every deployment that may
+        // serve the call speaks OpenAI's wire — its fallbacks' included.
+        let chain = config.router.fallbacks.get(&group.name);
+        let openai_wire = std::iter::once(&group.name)
+            .chain(chain.into_iter().flatten())
+            .filter_map(|name| config.models.iter().find(|g| &g.name == name))
+            .flat_map(|g| &g.deployments)
+            .all(|d| d.provider.is_openai_wire());
         by_name.insert(
             group.name.clone(),
             Model {
                 service: Chat::new(service),
-                openai_wire: group
-                    .deployments
-                    .iter()
-                    .all(|d| d.provider.is_openai_wire()),
+                openai_wire,
                 owner: first.provider.owner(),
             },
         );
@@ -148,9 +153,6 @@ fn core(config: &Config, group: &ModelGroup, shared: &Shared<'_>) -> Result<Chat
 fn deployment(d: &Deployment, shared: &Shared<'_>) -> Result<Chat, String> {
     let named = |e: Error| format!("deployment {}: {e}", d.id);
     let mut service = provider(d).map_err(named)?;
-    if let Some(n) = d.max_parallel_requests {
-        service = Chat::new(StreamConcurrencyLimitLayer::new(n).layer(service));
-    }
     // A non-streaming call is bounded by `timeout` (its one output event is
     // the whole answer); a stream's silences by `stream_timeout` (else
     // `timeout`), before its first output and between events — what both
@@ -175,6 +177,12 @@ fn deployment(d: &Deployment, shared: &Shared<'_>) -> Result<Chat, String> {
             [whole, silence],
             |req: &ChatRequest, _: &[Chat]| usize::from(req.stream),
         ));
+    }
+    // Over the steer, not under it: `Steer` readies every service it holds
+    // for each call, and a limit under it would take two permits per call
+    // (one call at `max_parallel_requests: 1` would wait for ever).
+    if let Some(n) = d.max_parallel_requests {
+        service = Chat::new(StreamConcurrencyLimitLayer::new(n).layer(service));
     }
     let mut limit = RateLimitLayer::new().meter(shared.meter);
     if let Some(rpm) = d.rpm {
