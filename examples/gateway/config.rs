@@ -210,6 +210,26 @@ const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// The environment variable LiteLLM passes to redis-py as `socket_timeout`
 /// (its `REDIS_*` mapping): here, each Redis step's budget.
 pub const REDIS_SOCKET_TIMEOUT: &str = "REDIS_SOCKET_TIMEOUT";
+/// Where no deployment of a group sets `weight`, LiteLLM's shuffle weighs
+/// them by `rpm`, else by `tpm`: so does the pool, when every deployment of
+/// the group sets it (a deployment without it has no weight to give).
+fn weigh_by_limits(group: &mut ModelGroup) {
+    let limits: [fn(&Deployment) -> Option<u64>; 2] = [|d| d.rpm, |d| d.tpm];
+    for limit in limits {
+        if let Some(weights) = group
+            .deployments
+            .iter()
+            .map(limit)
+            .collect::<Option<Vec<u64>>>()
+        {
+            for (d, w) in group.deployments.iter_mut().zip(weights) {
+                d.weight = u32::try_from(w).unwrap_or(u32::MAX).max(1);
+            }
+            return;
+        }
+    }
+}
+
 /// The longest step budget taken: a call may wait that long on Redis.
 const MAX_REDIS_STEP: Duration = Duration::from_secs(10);
 
@@ -238,7 +258,10 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     let root: Value = if text.trim().is_empty() {
         Value::Object(Map::new())
     } else {
-        serde_saphyr::from_str(text).map_err(|e| ConfigError(format!("not valid YAML: {e}")))?
+        // No snippet of the source in the error: the line at fault may hold
+        // a key or a password written in the clear.
+        serde_saphyr::from_str_with_options(text, serde_saphyr::options! { with_snippet: false })
+            .map_err(|e| ConfigError(format!("not valid YAML: {e}")))?
     };
     let Value::Object(root) = root else {
         return Err(ConfigError("the top level is not a mapping".into()));
@@ -472,9 +495,18 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         Some(_) => return Err(ConfigError("model_list: not a list".into())),
     };
     let mut models: Vec<ModelGroup> = Vec::new();
+    // The groups where some deployment sets `weight`.
+    let mut weighted: Vec<String> = Vec::new();
     for (i, entry) in list.iter().enumerate() {
         let path = format!("model_list[{i}]");
         let (name, deployment) = reader.deployment(entry, &path, &models)?;
+        if entry
+            .get("litellm_params")
+            .and_then(|p| p.get("weight"))
+            .is_some_and(|w| !w.is_null())
+        {
+            weighted.push(name.clone());
+        }
         match models.iter_mut().find(|g| g.name == name) {
             Some(group) => group.deployments.push(deployment),
             None => models.push(ModelGroup {
@@ -485,6 +517,11 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
     }
     if models.is_empty() {
         return Err(ConfigError("model_list is empty: no model to serve".into()));
+    }
+    for group in &mut models {
+        if !weighted.contains(&group.name) {
+            weigh_by_limits(group);
+        }
     }
     for (from, to) in &fallbacks {
         for name in std::iter::once(from).chain(to) {
@@ -698,6 +735,10 @@ impl Reader<'_> {
             None => None,
         };
         let (provider_name, model) = match (&custom, full.split_once('/')) {
+            // As LiteLLM does: the provider's own prefix is not part of the
+            // model's name (`openai/gpt-4o` with `custom_llm_provider:
+            // openai` is `gpt-4o`); any other prefix is.
+            (Some(c), Some((prefix, rest))) if prefix == c => (c.clone(), rest.to_owned()),
             (Some(c), _) => (c.clone(), full.clone()),
             (None, Some((provider, model))) => (provider.to_owned(), model.to_owned()),
             (None, None) => (infer_provider(&full, &p("model"))?.to_owned(), full.clone()),
@@ -720,13 +761,7 @@ impl Reader<'_> {
         let mut api_key = opt_string(self, "api_key")?.filter(|k| !k.is_empty());
         // Where LiteLLM reads a provider's settings from the environment,
         // so does the gateway.
-        let from_env = |this: &Self, name: &str| {
-            this.env_overlay
-                .get(name)
-                .cloned()
-                .or_else(|| (this.env)(name))
-                .filter(|v| !v.is_empty())
-        };
+        let from_env = |this: &Self, name: &str| this.env_var(name);
         if api_key.is_none() {
             let var = match provider {
                 ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
@@ -1005,6 +1040,70 @@ general_settings: {master_key: sk-master}
         ] {
             let e = parse(yaml, &env).unwrap_err().0;
             assert!(e.contains(says), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_shuffle_weighs_by_weight_else_rpm_else_tpm() {
+        let weights = |entries: &str| {
+            let c = parse(&format!("model_list:\n{entries}"), &env).unwrap();
+            c.models[0]
+                .deployments
+                .iter()
+                .map(|d| d.weight)
+                .collect::<Vec<_>>()
+        };
+        let entry = |params: &str| {
+            format!("  - model_name: m\n    litellm_params: {{model: openai/x, {params}}}\n")
+        };
+        let two = |a: &str, b: &str| format!("{}{}", entry(a), entry(b));
+        assert_eq!(weights(&two("rpm: 900", "rpm: 100")), [900, 100]);
+        assert_eq!(
+            weights(&two("tpm: 5000", "tpm: 1000, rpm: 3")),
+            [5000, 1000]
+        );
+        assert_eq!(weights(&two("rpm: 900, weight: 1", "rpm: 100")), [1, 1]);
+        assert_eq!(weights(&two("weight: 3", "rpm: 100")), [3, 1]);
+        assert_eq!(weights(&two("rpm: 900", "api_key: k")), [1, 1]);
+        assert_eq!(weights(&two("rpm: 0", "rpm: 4294967295")), [1, u32::MAX]);
+    }
+
+    #[test]
+    fn custom_llm_provider_drops_its_own_prefix_only() {
+        let model = |params: &str| {
+            let yaml = format!("model_list: [{{model_name: m, litellm_params: {{{params}}}}}]");
+            parse(&yaml, &env).unwrap().models[0].deployments[0]
+                .model
+                .clone()
+        };
+        assert_eq!(
+            model("model: openai/gpt-4o, custom_llm_provider: openai"),
+            "gpt-4o"
+        );
+        assert_eq!(
+            model(
+                "model: meta-llama/Llama-3.1-8B, custom_llm_provider: hosted_vllm, api_base: \"http://h\""
+            ),
+            "meta-llama/Llama-3.1-8B"
+        );
+        assert_eq!(
+            model("model: gpt-4o, custom_llm_provider: openai"),
+            "gpt-4o"
+        );
+    }
+
+    #[test]
+    fn a_yaml_error_shows_no_part_of_the_source() {
+        for yaml in [
+            "general_settings:\n  master_key: \"sk-master-1234\n  other: [\n",
+            "model_list:\n\t- model_name: a\n  api_key: sk-upstream-5678 {\n",
+            "router_settings: {redis_password: hunter2-secret, redis_host: h\n",
+        ] {
+            let e = parse(yaml, &env).unwrap_err().0;
+            assert!(e.contains("YAML"), "{e}");
+            for secret in ["sk-master-1234", "sk-upstream-5678", "hunter2-secret"] {
+                assert!(!e.contains(secret), "{yaml:?} → {e}");
+            }
         }
     }
 
