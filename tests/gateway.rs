@@ -908,6 +908,22 @@ fn errors_keep_their_class_and_retry_after() {
             );
             g.assert_no_secret();
         }
+        // An upstream that cannot be reached: a 502 that does not name
+        // where it is.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let g = gateway(&format!(
+            "model_list:\n  - model_name: gpt\n    litellm_params: {{model: openai/x, api_base: \"http://{addr}/v1\", api_key: k}}\n\
+             router_settings: {{num_retries: 0}}\ngeneral_settings: {{master_key: {MASTER}}}\n"
+        ));
+        let (got, _, body) = answer(post(&g, &chat("gpt", false)).await).await;
+        assert_eq!(got, 502, "{body}");
+        assert_eq!(body["error"]["type"], "api_error", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("could not be reached"), "{body}");
+        assert!(!message.contains(&addr.port().to_string()), "{body}");
+        assert!(g.log().contains("could not be reached"), "{}", g.log());
     });
 }
 

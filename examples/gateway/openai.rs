@@ -131,6 +131,17 @@ pub fn failure(e: &Error) -> Failure {
         Error::InvalidRequest { .. } | Error::RateLimited { .. } | Error::Overloaded { .. } => {
             upstream
         }
+        // Their text names what the client has no business knowing (the
+        // upstream's address, the key command and its output): the log
+        // has it.
+        Error::Transport { .. } => {
+            tracing::warn!(error = %e, "the provider could not be reached");
+            format!("The provider could not be reached ({}).", e.kind())
+        }
+        Error::Refresh { .. } => {
+            tracing::warn!(error = %e, "the deployment's credential could not be refreshed");
+            "The gateway could not refresh its credential for the provider.".to_owned()
+        }
         other => other.to_string(),
     };
     Failure {

@@ -358,25 +358,10 @@ async fn call(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Respons
         drain(body).await;
         return Err(too_large());
     }
-    let mut body = body;
-    let mut bytes = Vec::new();
-    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
-        let frame = frame
-            .map_err(|e| Failure::invalid(format!("the request body could not be read: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            if bytes.len() + data.len() > app.max_request_bytes {
-                drain(body).await;
-                return Err(too_large());
-            }
-            bytes.extend_from_slice(&data);
-        }
-    }
-    let parsed = openai::parse(
-        &bytes,
-        |name| app.models.by_name.get(name).map(|m| m.openai_wire),
-        app.drop_params,
-    )?;
+    // The call's place first: bodies being read count among the open
+    // calls, so that what they hold is bounded too.
     let Ok(permit) = app.calls.clone().try_acquire_owned() else {
+        drain(body).await;
         let mut f = Failure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "overloaded_error",
@@ -390,6 +375,48 @@ async fn call(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Respons
         f.retry_after = Some(Duration::from_secs(1));
         return Err(f);
     };
+    let mut body = body;
+    let mut bytes = Vec::new();
+    let read = tokio::time::timeout(BODY_TIME, async {
+        while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+            let frame = frame.map_err(|e| {
+                Failure::invalid(format!("the request body could not be read: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if bytes.len() + data.len() > app.max_request_bytes {
+                    return Err(too_large());
+                }
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(Ok(())) => {}
+        Ok(Err(f)) => {
+            if f.status == StatusCode::PAYLOAD_TOO_LARGE {
+                drain(body).await;
+            }
+            return Err(f);
+        }
+        Err(_) => {
+            return Err(Failure::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+                format!(
+                    "The request body did not arrive within {} s.",
+                    BODY_TIME.as_secs()
+                ),
+            ));
+        }
+    }
+    let parsed = openai::parse(
+        &bytes,
+        |name| app.models.by_name.get(name).map(|m| m.openai_wire),
+        app.drop_params,
+    )?;
     let Some(model) = app.models.by_name.get(&parsed.model) else {
         // parse() checked the name.
         return Err(Failure::invalid("unknown model"));
@@ -428,6 +455,8 @@ async fn drain(mut body: Body) {
     .await;
 }
 
+/// How long a request's body may take to arrive.
+const BODY_TIME: Duration = Duration::from_secs(30);
 const DRAIN_BYTES: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
