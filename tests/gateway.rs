@@ -621,7 +621,7 @@ fn an_overloaded_deployment_is_cooled_down() {
             "model_list:\n\
              - model_name: claude\n  litellm_params: {{model: anthropic/claude-a, api_base: \"{}\", api_key: k}}\n\
              - model_name: claude\n  litellm_params: {{model: anthropic/claude-b, api_base: \"{}\", api_key: k}}\n\
-             router_settings: {{allowed_fails: 1, cooldown_time: 60, num_retries: 1}}\n\
+             router_settings: {{allowed_fails: 0, cooldown_time: 60, num_retries: 1}}\n\
              general_settings: {{master_key: {MASTER}}}\n",
             busy.anthropic_url(),
             fine.anthropic_url()

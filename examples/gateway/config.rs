@@ -121,7 +121,10 @@ pub struct RouterSettings {
     pub num_retries: u32,
     /// The whole call, retries and fallbacks included.
     pub timeout: Duration,
-    /// Failures in a minute that take a deployment out.
+    /// Failures in a minute that take a deployment out: one more than
+    /// `allowed_fails` when it is set (LiteLLM's rule), else 3 — with at
+    /// least half its calls failing, near LiteLLM's default rule (more
+    /// than half of at least 5 calls).
     pub allowed_fails: u32,
     pub cooldown: Duration,
     /// `model_name` → the models to try, in order, when it fails.
@@ -376,7 +379,9 @@ pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config,
         None => DEFAULT_TIMEOUT,
     };
     let allowed_fails = match router.get("allowed_fails") {
-        Some(v) => reader.count(v, "router_settings.allowed_fails")?.max(1),
+        Some(v) => reader
+            .count(v, "router_settings.allowed_fails")?
+            .saturating_add(1),
         None => DEFAULT_ALLOWED_FAILS,
     };
     let cooldown = match router.get("cooldown_time") {
@@ -1090,6 +1095,19 @@ general_settings: {master_key: sk-master}
             model("model: gpt-4o, custom_llm_provider: openai"),
             "gpt-4o"
         );
+    }
+
+    #[test]
+    fn allowed_fails_counts_the_failures_let_through() {
+        let fails = |router: &str| {
+            let yaml = format!(
+                "model_list: [{{model_name: a, litellm_params: {{model: openai/x}}}}]\n{router}"
+            );
+            parse(&yaml, &env).unwrap().router.allowed_fails
+        };
+        assert_eq!(fails(""), DEFAULT_ALLOWED_FAILS);
+        assert_eq!(fails("router_settings: {allowed_fails: 0}"), 1);
+        assert_eq!(fails("router_settings: {allowed_fails: 3}"), 4);
     }
 
     #[test]
