@@ -80,6 +80,10 @@ fn main() {
         ),
         ("open_calls_are_bounded", open_calls_are_bounded),
         (
+            "a_client_that_stalls_is_cut_off",
+            a_client_that_stalls_is_cut_off,
+        ),
+        (
             "a_deployments_parallel_limit_queues_its_calls",
             a_deployments_parallel_limit_queues_its_calls,
         ),
@@ -171,11 +175,21 @@ fn write_config(yaml: &str) -> PathBuf {
 
 /// Starts the gateway on `yaml`, with `env`; what it logs is kept.
 fn spawn(yaml: &str, env: &[(&str, &str)]) -> Result<Gateway, (Option<i32>, String)> {
+    spawn_with_args(yaml, env, &[])
+}
+
+/// [`spawn`], with more command-line arguments.
+fn spawn_with_args(
+    yaml: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Result<Gateway, (Option<i32>, String)> {
     let config = write_config(yaml);
     let mut command = Command::new(support::example_exe("gateway"));
     command
         .args(["--config", config.to_str().expect("a UTF-8 path")])
         .args(["--host", "127.0.0.1", "--port", "0", "--grace", "5"])
+        .args(args)
         .env_remove("RUST_LOG")
         .env("UPSTREAM_KEY", UPSTREAM_KEY)
         .stdin(Stdio::null())
@@ -953,6 +967,53 @@ fn open_calls_are_bounded() {
             assert!(started.elapsed() < Duration::from_secs(5), "still busy");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    });
+}
+
+fn a_client_that_stalls_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    runtime().block_on(async {
+        let server = MockServer::start().await;
+        server.set_default(Reply::text(["ok"]));
+        let g = spawn_with_args(&one_model(&server, ""), &[], &["--client-timeout", "1"])
+            .unwrap_or_else(|(code, log)| panic!("exited ({code:?}): {log}"));
+        // Reads until the gateway closes the connection: what it sent.
+        async fn until_closed(tcp: &mut tokio::net::TcpStream) -> String {
+            let mut got = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got));
+            read.await
+                .expect("the gateway closed the connection within 10 s")
+                .ok();
+            String::from_utf8_lossy(&got).into_owned()
+        }
+        let started = Instant::now();
+        // Half a request's headers, then nothing.
+        let mut half = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        half.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let _ = until_closed(&mut half).await;
+        // A connection that never says a word.
+        let mut mute = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        let _ = until_closed(&mut mute).await;
+        // Headers, then half of the body they announce: a 408.
+        let mut slow = tokio::net::TcpStream::connect(g.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {MASTER}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let reply = until_closed(&mut slow).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(reply.contains("request_timeout"), "{reply}");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        // And calls go on as before.
+        let (status, _, body) = answer(post(&g, &chat("gpt", false)).await).await;
+        assert_eq!(status, 200, "{body}");
     });
 }
 

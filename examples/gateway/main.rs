@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example gateway -- --config FILE [--host H] [--port P]
-//!     [--grace SECS]
+//!     [--grace SECS] [--client-timeout SECS]
 //! ```
 //!
 //! Serves `POST /v1/chat/completions` (and `/chat/completions`), streaming
@@ -18,8 +18,10 @@
 //! start; a value it cannot honour stops it with an error (exit code 2).
 //!
 //! `--port 0` takes a free port; the address is on stderr: `listening on
-//! http://ADDR`. On SIGTERM or Ctrl-C it stops accepting, reports not ready,
-//! and lets open streams finish for `--grace` seconds (default 30).
+//! http://ADDR`. On SIGTERM or Ctrl-C it stops accepting and lets open
+//! streams finish for `--grace` seconds (default 30). A client has
+//! `--client-timeout` seconds (default 30) to send a request's headers, and
+//! as long for its body.
 //! `RUST_LOG` sets what is logged to stderr (default `warn,gateway=info`).
 //! With `router_settings.redis_host`, shared credentials are sealed with
 //! the key in `LLM_TOWER_CREDENTIAL_KEY` (64 hex digits, the same for every
@@ -64,6 +66,11 @@ struct Args {
     /// in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     grace: f64,
+
+    /// How long a client may take to send a request's headers, and then its
+    /// body, in seconds; a kept-alive connection idle as long is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    client_timeout: f64,
 }
 
 fn init_tracing() {
@@ -88,6 +95,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let client_timeout = match Duration::try_from_secs_f64(args.client_timeout) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
+        _ => {
+            eprintln!("error: --client-timeout: not a number of seconds above 0 and at most 3600");
+            return ExitCode::from(2);
+        }
+    };
     let env = |name: &str| std::env::var(name).ok();
     let config = match config::load(&args.config, &env) {
         Ok(c) => c,
@@ -102,7 +116,7 @@ async fn main() -> ExitCode {
             "config: these keys are not supported by this gateway and are ignored"
         );
     }
-    let app = match start(&config) {
+    let app = match start(&config, client_timeout) {
         Ok(app) => Arc::new(app),
         Err(e) => {
             eprintln!("error: {e}");
@@ -140,7 +154,7 @@ async fn main() -> ExitCode {
 }
 
 /// Builds what the server serves from the configuration.
-fn start(config: &config::Config) -> Result<server::App, String> {
+fn start(config: &config::Config, client_timeout: Duration) -> Result<server::App, String> {
     let registry = prometheus::Registry::new();
     let exporter = opentelemetry_prometheus::exporter()
         .with_registry(registry.clone())
@@ -175,6 +189,12 @@ fn start(config: &config::Config) -> Result<server::App, String> {
         },
     )?;
     Ok(server::App::new(
-        config, models, store, registry, provider, &meter,
+        config,
+        models,
+        store,
+        registry,
+        provider,
+        &meter,
+        client_timeout,
     ))
 }

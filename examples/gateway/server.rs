@@ -31,6 +31,9 @@ pub struct App {
     models: Models,
     master_key: Option<Secret>,
     max_request_bytes: usize,
+    /// How long a client may take to send a request's headers, and its
+    /// body.
+    client_timeout: Duration,
     drop_params: bool,
     /// One permit per open call, held until its stream ends.
     calls: Arc<Semaphore>,
@@ -53,11 +56,13 @@ impl App {
         registry: prometheus::Registry,
         meter_provider: SdkMeterProvider,
         meter: &Meter,
+        client_timeout: Duration,
     ) -> App {
         App {
             models,
             master_key: config.master_key.clone(),
             max_request_bytes: config.max_request_bytes,
+            client_timeout,
             drop_params: config.drop_params,
             calls: Arc::new(Semaphore::new(config.max_parallel_requests)),
             max_calls: config.max_parallel_requests,
@@ -156,6 +161,11 @@ fn fail(f: &Failure) -> Response {
 }
 
 /// Serves until SIGTERM or Ctrl-C, then drains for at most `grace`.
+///
+/// Its own accept loop over hyper rather than `axum::serve`, which sets no
+/// timer: here a client has `client_timeout` to send a request's headers
+/// (and an idle kept-alive connection is closed after as long), so that a
+/// connection that stalls does not stay open for ever.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
@@ -173,35 +183,50 @@ pub async fn serve(
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .with_state(app.clone());
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let signalled = {
-        let app = app.clone();
-        async move {
-            shutdown_signal().await;
-            app.draining.store(true, Ordering::SeqCst);
-            tracing::info!(
-                open = app.max_calls - app.calls.available_permits(),
-                "shutting down: no new connections; open streams may finish within {grace:?}"
-            );
-            let _ = stop_tx.send(true);
-        }
-    };
-    // Each SSE event is its own small write: without TCP_NODELAY, Nagle's
-    // algorithm holds the next one back until the client's delayed ACK,
-    // 40 ms later (measured: +43 ms per stream).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.client_timeout);
+    let signalled = shutdown_signal();
+    tokio::pin!(signalled);
+    loop {
+        let tcp = tokio::select! {
+            () = &mut signalled => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset
+                    // before it was taken: wait a little, go on.
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Each SSE event is its own small write: without TCP_NODELAY,
+        // Nagle's algorithm holds the next one back until the client's
+        // delayed ACK, 40 ms later (measured: +43 ms per stream).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    let server = axum::serve(listener, router).with_graceful_shutdown(signalled);
-    let deadline = async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-        tokio::time::sleep(grace).await;
-    };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    app.draining.store(true, Ordering::SeqCst);
+    tracing::info!(
+        open = app.max_calls - app.calls.available_permits(),
+        "shutting down: no new connections; open streams may finish within {grace:?}"
+    );
     tokio::select! {
-        r = server => r?,
-        () = deadline => {
+        () = connections.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(
                 open = app.max_calls - app.calls.available_permits(),
                 "grace period over: closing the streams still open"
@@ -377,7 +402,7 @@ async fn call(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Respons
     };
     let mut body = body;
     let mut bytes = Vec::new();
-    let read = tokio::time::timeout(BODY_TIME, async {
+    let read = tokio::time::timeout(app.client_timeout, async {
         while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
             let frame = frame.map_err(|e| {
                 Failure::invalid(format!("the request body could not be read: {e}"))
@@ -406,8 +431,8 @@ async fn call(app: &Arc<App>, headers: &HeaderMap, body: Body) -> Result<Respons
                 "invalid_request_error",
                 "request_timeout",
                 format!(
-                    "The request body did not arrive within {} s.",
-                    BODY_TIME.as_secs()
+                    "The request body did not arrive within {:?}.",
+                    app.client_timeout
                 ),
             ));
         }
@@ -455,8 +480,6 @@ async fn drain(mut body: Body) {
     .await;
 }
 
-/// How long a request's body may take to arrive.
-const BODY_TIME: Duration = Duration::from_secs(30);
 const DRAIN_BYTES: usize = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
