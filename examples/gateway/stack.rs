@@ -261,12 +261,11 @@ fn credential_for(d: &Deployment, key: &str) -> Credential {
 /// The provider service of one deployment.
 fn provider(d: &Deployment) -> Result<Chat, Error> {
     let key = d.api_key.as_ref().map(|k| k.expose().to_owned());
-    let base = d.api_base.clone();
-    Ok(match d.provider {
-        ProviderKind::OpenAi => {
-            let mut b = OpenAi::builder()
-                .model(&d.model)
-                .connect_timeout(CONNECT_TIMEOUT);
+    let mut base = d.api_base.clone();
+    // The providers' builders are distinct types with the same methods.
+    macro_rules! build {
+        ($builder:expr) => {{
+            let mut b = $builder.connect_timeout(CONNECT_TIMEOUT);
             if let Some(base) = base {
                 b = b.base_url(base);
             }
@@ -274,84 +273,39 @@ fn provider(d: &Deployment) -> Result<Chat, Error> {
                 b = b.api_key(key);
             }
             Chat::new(b.build()?)
-        }
+        }};
+    }
+    Ok(match d.provider {
+        ProviderKind::OpenAi => build!(OpenAi::builder().model(&d.model)),
         ProviderKind::Azure => {
-            let mut b = OpenAi::azure(base.unwrap_or_default()).connect_timeout(CONNECT_TIMEOUT);
-            b = match &d.api_version {
+            // The resource's endpoint is the builder's own base.
+            let endpoint = base.take().unwrap_or_default();
+            let b = OpenAi::azure(endpoint);
+            build!(match &d.api_version {
                 Some(version) => b.azure_deployment(&d.model, version),
                 None => b.model(&d.model),
-            };
-            if let Some(key) = key {
-                b = b.api_key(key);
-            }
-            Chat::new(b.build()?)
+            })
         }
-        ProviderKind::Anthropic => {
-            let mut b = Anthropic::builder()
-                .model(&d.model)
-                .connect_timeout(CONNECT_TIMEOUT);
-            if let Some(base) = base {
-                b = b.base_url(base);
-            }
-            if let Some(key) = key {
-                b = b.api_key(key);
-            }
-            Chat::new(b.build()?)
-        }
-        ProviderKind::Gemini => {
-            let mut b = Gemini::builder()
-                .model(&d.model)
-                .connect_timeout(CONNECT_TIMEOUT);
-            if let Some(base) = base {
-                b = b.base_url(base);
-            }
-            if let Some(key) = key {
-                b = b.api_key(key);
-            }
-            Chat::new(b.build()?)
-        }
+        ProviderKind::Anthropic => build!(Anthropic::builder().model(&d.model)),
+        ProviderKind::Gemini => build!(Gemini::builder().model(&d.model)),
         ProviderKind::VertexGemini => {
             let (project, location) = vertex_place(d);
-            let mut b = Gemini::vertex(project, location)
-                .model(&d.model)
-                .connect_timeout(CONNECT_TIMEOUT);
-            if let Some(base) = base {
-                b = b.base_url(base);
-            }
-            if let Some(key) = key {
-                b = b.api_key(key);
-            }
-            Chat::new(b.build()?)
+            build!(Gemini::vertex(project, location).model(&d.model))
         }
         ProviderKind::VertexAnthropic => {
             let (project, location) = vertex_place(d);
-            let mut b = Anthropic::vertex(project, location)
-                .model(&d.model)
-                .connect_timeout(CONNECT_TIMEOUT);
-            if let Some(base) = base {
-                b = b.base_url(base);
-            }
-            if let Some(key) = key {
-                b = b.api_key(key);
-            }
-            Chat::new(b.build()?)
+            build!(Anthropic::vertex(project, location).model(&d.model))
         }
         ProviderKind::Preset(preset) => {
-            let mut b = OpenAi::preset(preset)
-                .model(&d.model)
-                .connect_timeout(CONNECT_TIMEOUT);
-            if let Some(mut base) = base {
-                // LiteLLM's Ollama base is the server's root; its
-                // OpenAI-compatible API is under /v1.
-                if preset == Preset::Ollama && !base.trim_end_matches('/').ends_with("/v1") {
-                    base = format!("{}/v1", base.trim_end_matches('/'));
-                }
-                b = b.base_url(base);
+            // LiteLLM's Ollama base is the server's root; its
+            // OpenAI-compatible API is under /v1.
+            if preset == Preset::Ollama
+                && let Some(b) = &mut base
+                && !b.trim_end_matches('/').ends_with("/v1")
+            {
+                *b = format!("{}/v1", b.trim_end_matches('/'));
             }
-            if let Some(key) = key {
-                b = b.api_key(key);
-            }
-            Chat::new(b.build()?)
+            build!(OpenAi::preset(preset).model(&d.model))
         }
     })
 }
