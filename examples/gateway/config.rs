@@ -766,7 +766,6 @@ impl Reader<'_> {
         let mut api_key = opt_string(self, "api_key")?.filter(|k| !k.is_empty());
         // Where LiteLLM reads a provider's settings from the environment,
         // so does the gateway.
-        let from_env = |this: &Self, name: &str| this.env_var(name);
         if api_key.is_none() {
             let var = match provider {
                 ProviderKind::OpenAi => Some("OPENAI_API_KEY"),
@@ -776,11 +775,11 @@ impl Reader<'_> {
                 ProviderKind::Preset(p) => p.api_key_env(),
                 ProviderKind::VertexGemini | ProviderKind::VertexAnthropic => None,
             };
-            api_key = var.and_then(|v| from_env(self, v));
+            api_key = var.and_then(|v| self.env_var(v));
         }
         if provider == ProviderKind::Azure {
-            api_base = api_base.or_else(|| from_env(self, "AZURE_API_BASE"));
-            api_version = api_version.or_else(|| from_env(self, "AZURE_API_VERSION"));
+            api_base = api_base.or_else(|| self.env_var("AZURE_API_BASE"));
+            api_version = api_version.or_else(|| self.env_var("AZURE_API_VERSION"));
             if api_base.is_none() {
                 return Err(ConfigError(format!(
                     "{}: an azure/ deployment needs its resource's endpoint (or AZURE_API_BASE)",
@@ -817,7 +816,7 @@ impl Reader<'_> {
         let (vertex_project, vertex_location) = match provider {
             ProviderKind::VertexGemini | ProviderKind::VertexAnthropic => {
                 let project = opt_string(self, "vertex_project")?
-                    .or_else(|| from_env(self, "VERTEXAI_PROJECT"))
+                    .or_else(|| self.env_var("VERTEXAI_PROJECT"))
                     .ok_or_else(|| {
                         ConfigError(format!(
                             "{}: a vertex_ai/ deployment needs its project (or VERTEXAI_PROJECT)",
@@ -825,7 +824,7 @@ impl Reader<'_> {
                         ))
                     })?;
                 let location = opt_string(self, "vertex_location")?
-                    .or_else(|| from_env(self, "VERTEXAI_LOCATION"))
+                    .or_else(|| self.env_var("VERTEXAI_LOCATION"))
                     .unwrap_or_else(|| "us-central1".to_owned());
                 (Some(project), Some(location))
             }

@@ -653,7 +653,7 @@ impl Shared {
             return None;
         }
         let mut synced = remote.synced.subscribe();
-        let bound = crate::redis::CONNECT_TIMEOUT.max(remote.cooldowns.store().step_timeout());
+        let bound = remote.cooldowns.store().connect_budget();
         Some(Box::pin(async move {
             let _ = tokio::time::timeout(bound, synced.wait_for(|s| *s)).await;
         }))

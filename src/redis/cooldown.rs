@@ -125,7 +125,7 @@ impl SharedCooldowns {
         synced: &(impl Fn() + Send + Sync),
         alive: &(impl Fn() -> bool + Send + Sync),
     ) -> Result<(), String> {
-        let budget = self.store.step_timeout().max(Duration::from_secs(1));
+        let budget = self.store.connect_budget();
         let pubsub = tokio::time::timeout(budget, self.store.client().get_async_pubsub())
             .await
             .map_err(|_| "connect timed out".to_owned())?

@@ -252,8 +252,10 @@ impl RedisStore {
         &self.inner.client
     }
 
-    pub(crate) fn step_timeout(&self) -> Duration {
-        self.inner.step
+    /// What a cold start, or a step nobody waits for, may take:
+    /// [`CONNECT_TIMEOUT`], or a step's budget if longer.
+    pub(crate) fn connect_budget(&self) -> Duration {
+        CONNECT_TIMEOUT.max(self.inner.step)
     }
 
     pub(crate) fn retry_after(&self) -> Duration {
@@ -281,7 +283,7 @@ impl RedisStore {
             self.inner.fallbacks.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::Unavailable);
         }
-        let budget = CONNECT_TIMEOUT.max(self.inner.step);
+        let budget = self.connect_budget();
         let connection = match tokio::time::timeout(budget, self.connection()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
@@ -328,7 +330,7 @@ impl RedisStore {
     /// the whole wait by it): a cold start is not a slow Redis. Steps that
     /// come meanwhile wait for the same connection.
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let budget = CONNECT_TIMEOUT.max(self.inner.step);
+        let budget = self.connect_budget();
         let epoch = self.outages();
         let connect = async {
             // Steps that queued behind a connection that failed do not
@@ -404,8 +406,7 @@ impl RedisStore {
         };
         let store = self.clone();
         handle.spawn(async move {
-            let budget = CONNECT_TIMEOUT.max(store.inner.step);
-            let _ = store.run_within(budget, step).await;
+            let _ = store.run_within(store.connect_budget(), step).await;
         });
     }
 }
