@@ -12,13 +12,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use tokio::time::Instant;
 
 use crate::Error;
+use crate::call::CallHandle;
 
 /// A secret and how it is sent, with an optional expiry.
 ///
@@ -167,35 +167,40 @@ pub(crate) trait CredentialSupply: Send + Sync {
     fn current(&self) -> Option<(AuthHeader, u64)>;
 }
 
-/// The credential a layer supplies to one call, carried in the request's
-/// extensions: read by the provider when it encodes each attempt, which
-/// records the version it sent.
+/// The credential a layer supplies to one call, carried in the request:
+/// read by the provider when it encodes each attempt, which records in the
+/// call's context which version it sent.
 #[derive(Clone)]
 pub(crate) struct SuppliedCredential {
     supply: Arc<dyn CredentialSupply>,
-    sent: Arc<AtomicU64>,
+    call: Option<CallHandle>,
 }
 
 impl SuppliedCredential {
-    /// Supplies `supply`'s credential, recording in `sent` the version of
-    /// the last one sent.
-    pub(crate) fn new(supply: Arc<dyn CredentialSupply>, sent: Arc<AtomicU64>) -> Self {
-        SuppliedCredential { supply, sent }
+    /// Supplies `supply`'s credential, recording the version sent in
+    /// `call`, when there is one.
+    pub(crate) fn new(supply: Arc<dyn CredentialSupply>, call: Option<CallHandle>) -> Self {
+        SuppliedCredential { supply, call }
     }
 
     /// The header to send now, recording its version as sent.
     pub(crate) fn header(&self) -> Option<AuthHeader> {
         let (header, version) = self.supply.current()?;
-        self.sent.store(version, Ordering::Release);
+        if let Some(call) = &self.call {
+            call.sent_credential(supply_id(&self.supply), version);
+        }
         Some(header)
     }
 }
 
+/// A supply's identity in a call's record of what was sent: its address.
+pub(crate) fn supply_id<T: ?Sized>(supply: &Arc<T>) -> usize {
+    Arc::as_ptr(supply).cast::<()>() as usize
+}
+
 impl fmt::Debug for SuppliedCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SuppliedCredential")
-            .field("sent", &self.sent.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("SuppliedCredential").finish_non_exhaustive()
     }
 }
 

@@ -39,6 +39,9 @@ struct Shared {
     reported: AtomicU32,
     /// The deployments a pool sent this call to, as (pool, deployment).
     tried: Mutex<Vec<(usize, usize)>>,
+    /// The credential the last attempt was sent with: which supply gave it
+    /// (its address) and that supply's version of it.
+    credential: Mutex<Option<(usize, u64)>>,
 }
 
 impl ChatRequest {
@@ -56,9 +59,15 @@ impl ChatRequest {
                 deadline: Mutex::new(None),
                 reported: AtomicU32::new(0),
                 tried: Mutex::new(Vec::new()),
+                credential: Mutex::new(None),
             })
         });
         CallHandle(shared.clone())
+    }
+
+    /// The call's context, if a layer made one.
+    pub(crate) fn call_handle(&self) -> Option<CallHandle> {
+        self.call.0.clone().map(CallHandle)
     }
 
     /// The nearest deadline: the caller's or one a layer set.
@@ -247,6 +256,21 @@ impl CallHandle {
     /// Whether pool `pool` sent this call to its deployment `index` before.
     pub(crate) fn has_tried(&self, pool: usize, index: usize) -> bool {
         crate::lock(&self.0.tried).contains(&(pool, index))
+    }
+
+    /// Notes that an attempt was sent with version `version` of the
+    /// credential of `supply` (its address, as an identity).
+    pub(crate) fn sent_credential(&self, supply: usize, version: u64) {
+        *crate::lock(&self.0.credential) = Some((supply, version));
+    }
+
+    /// The version of `supply`'s credential the last attempt was sent
+    /// with, if the last attempt was sent with one of `supply`'s.
+    pub(crate) fn credential_sent(&self, supply: usize) -> Option<u64> {
+        match *crate::lock(&self.0.credential) {
+            Some((from, version)) if from == supply => Some(version),
+            _ => None,
+        }
     }
 
     /// Sets the deadline to `at`, unless one nearer is set.

@@ -24,7 +24,11 @@ type BoxEventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, Error>> + Se
 /// [`completion`](ChatStream::completion), or read it event by event as a
 /// [`Stream`]. Dropping it cancels the call.
 pub struct ChatStream {
-    meta: ResponseMeta,
+    // Boxed: every layer hands the stream up by value, and the metadata
+    // (headers, rate-limit report) is most of its size; a small
+    // `ChatStream` keeps each layer's response future and each hand-over
+    // small.
+    meta: Box<ResponseMeta>,
     events: Events,
 }
 
@@ -49,6 +53,21 @@ pub struct Events {
     /// What layers watch the source's items with (see
     /// [`ChatStream::observe`]), each in one box with those before it.
     observer: Option<Observer>,
+}
+
+impl Events {
+    fn new<S>(events: S) -> Events
+    where
+        S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
+    {
+        Events {
+            prefix: VecDeque::new(),
+            events: Box::pin(events),
+            held: None,
+            cut: None,
+            observer: None,
+        }
+    }
 }
 
 type Observer = Box<dyn FnMut(&Result<StreamEvent, Error>) + Send>;
@@ -174,14 +193,8 @@ impl ChatStream {
         S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
     {
         ChatStream {
-            meta,
-            events: Events {
-                prefix: VecDeque::new(),
-                events: Box::pin(events),
-                held: None,
-                cut: None,
-                observer: None,
-            },
+            meta: Box::new(meta),
+            events: Events::new(events),
         }
     }
 
@@ -232,7 +245,10 @@ impl ChatStream {
     where
         S: Stream<Item = Result<StreamEvent, Error>> + Send + 'static,
     {
-        ChatStream::new(self.meta, f(self.events))
+        ChatStream {
+            meta: self.meta,
+            events: Events::new(f(self.events)),
+        }
     }
 
     /// The same answer, each item `f` is shown as it comes, once: what a

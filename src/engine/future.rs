@@ -21,15 +21,15 @@ pin_project! {
     {
         #[pin]
         state: State<S, P::Wait>,
-        // Not ready: each later attempt drives a clone of it ready.
-        service: S,
-        request: ChatRequest,
+        // What a later attempt is made from: the service (not ready: each
+        // later attempt drives a clone of it ready) and the request. Boxed:
+        // every layer outside moves this future, which holds every future
+        // inside; these two are most of what the engine adds to it.
+        kept: Box<(S, ChatRequest)>,
         policy: P,
         call: P::State,
         context: CallHandle,
         sent: u32,
-        // The failure being waited out, returned if the policy gives up.
-        failure: Option<Error>,
     }
 }
 
@@ -40,7 +40,10 @@ pin_project! {
         S: Service<ChatRequest>,
     {
         Attempting { #[pin] attempt: Attempt<S> },
-        Waiting { #[pin] wait: W },
+        // `failure`: what is waited out, returned if the policy gives up
+        // (none before attempt 1). Here rather than beside the state, so
+        // that it costs the attempting future no room.
+        Waiting { #[pin] wait: W, failure: Option<Error> },
         Done,
     }
 }
@@ -63,13 +66,11 @@ where
         let attempt = Attempt::called(readied.call(first));
         ResponseFuture {
             state: State::Attempting { attempt },
-            service: readied,
-            request,
+            kept: Box::new((readied, request)),
             policy,
             call,
             context,
             sent: 1,
-            failure: None,
         }
     }
 
@@ -83,14 +84,15 @@ where
         context: CallHandle,
     ) -> Self {
         ResponseFuture {
-            state: State::Waiting { wait },
-            service,
-            request,
+            state: State::Waiting {
+                wait,
+                failure: None,
+            },
+            kept: Box::new((service, request)),
             policy,
             call,
             context,
             sent: 0,
-            failure: None,
         }
     }
 }
@@ -128,18 +130,19 @@ where
                     // Nothing was delivered: the attempt can be redone.
                     Err(e) => e,
                 },
-                StateProj::Waiting { wait } => {
+                StateProj::Waiting { wait, failure } => {
                     if let Err(e) = ready!(wait.poll(cx)) {
-                        this.state.set(State::Done);
                         // The failure waited out; before the first attempt,
                         // the wait's own.
-                        return Poll::Ready(Err(this.failure.take().unwrap_or(e)));
+                        let failure = failure.take().unwrap_or(e);
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(failure));
                     }
-                    *this.failure = None;
-                    let mut request = this.request.clone();
+                    let (service, request) = &**this.kept;
+                    let mut request = request.clone();
                     this.policy.prepare(this.call, &mut request);
                     *this.sent += 1;
-                    let attempt = Attempt::new(this.service.clone(), request);
+                    let attempt = Attempt::new(service.clone(), request);
                     this.state.set(State::Attempting { attempt });
                     continue;
                 }
@@ -152,8 +155,10 @@ where
             // An attempt failed before output.
             match this.policy.on_failure(this.call, &failure) {
                 Some(wait) => {
-                    *this.failure = Some(failure);
-                    this.state.set(State::Waiting { wait });
+                    this.state.set(State::Waiting {
+                        wait,
+                        failure: Some(failure),
+                    });
                 }
                 None => {
                     let sent = this.context.attempts().max(*this.sent);

@@ -115,7 +115,7 @@ where
             state: State::Primary {
                 attempt: Attempt::called(self.primary.call(request)),
             },
-            fallback: Some((self.secondary.clone(), spare)),
+            fallback: Some(Box::new((self.secondary.clone(), spare))),
             when: self.when.clone(),
         }
     }
@@ -130,7 +130,9 @@ pin_project! {
     {
         #[pin]
         state: State<A, B>,
-        fallback: Option<(B, ChatRequest)>,
+        // Boxed: the primary's future, which this one holds, is moved by
+        // every layer outside; the request is most of what this one adds.
+        fallback: Option<Box<(B, ChatRequest)>>,
         when: Predicate,
     }
 }
@@ -188,8 +190,7 @@ where
                 }
             };
             // The primary failed before any output.
-            let Some((secondary, request)) = this.fallback.take().filter(|_| (this.when)(&failure))
-            else {
+            let Some(kept) = this.fallback.take().filter(|_| (this.when)(&failure)) else {
                 this.state.set(State::Done);
                 return Poll::Ready(Err(failure));
             };
@@ -199,6 +200,7 @@ where
                 error = %failure,
                 "falling back to the secondary service"
             );
+            let (secondary, request) = *kept;
             this.state.set(State::Secondary {
                 future: Ready::new(secondary, request),
             });

@@ -75,6 +75,12 @@ impl<W, S: Clone> Clone for Client<W, S> {
 }
 
 impl<W: Wire, S> Client<W, S> {
+    /// Whether `name` carries the configured key: what a managed
+    /// credential replaces.
+    fn is_auth_header(&self, name: &HeaderName) -> bool {
+        AUTH_HEADERS.contains(&name.as_str()) || self.common.key_header.as_ref() == Some(name)
+    }
+
     fn encode(&self, req: &ChatRequest) -> Result<(http::Request<RequestBody>, String), Error> {
         let model = if req.model.is_empty() {
             self.common.model.clone()
@@ -96,6 +102,10 @@ impl<W: Wire, S> Client<W, S> {
             .body(RequestBody::new(Bytes::from(bytes)))
             .map_err(|e| Error::config(format!("cannot build the request: {e}")))?;
         let headers = http_req.headers_mut();
+        // Room for everything at once: ours, the configured ones, a
+        // credential, and what the transport adds (host, length, agent),
+        // rather than growing the map two or three times per call.
+        headers.reserve(self.common.headers.len() + 6);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             http::header::ACCEPT,
@@ -105,11 +115,10 @@ impl<W: Wire, S> Client<W, S> {
                 "application/json"
             }),
         );
-        for (k, v) in &self.common.headers {
-            headers.insert(k.clone(), v.clone());
-        }
         // A managed credential (read now, at send time) or one stamped on this
-        // request replaces the configured key.
+        // request replaces the configured key: the configured headers are
+        // copied without their authentication ones (cheaper than removing
+        // them after, which hashes each name).
         let credential = match &req.credential {
             Some(supplied) => supplied.header(),
             None => match req.extensions.get::<Credential>() {
@@ -117,13 +126,13 @@ impl<W: Wire, S> Client<W, S> {
                 None => None,
             },
         };
+        for (k, v) in &self.common.headers {
+            if credential.is_some() && self.is_auth_header(k) {
+                continue;
+            }
+            headers.insert(k.clone(), v.clone());
+        }
         if let Some(header) = credential {
-            for auth in AUTH_HEADERS {
-                headers.remove(auth);
-            }
-            if let Some(name) = &self.common.key_header {
-                headers.remove(name);
-            }
             let (name, value) = match header {
                 AuthHeader::ApiKey(value) => self.wire.api_key_header(&value),
                 AuthHeader::Named(name, value) => (name, value),

@@ -53,7 +53,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -69,7 +68,8 @@ mod credential;
 mod shared;
 
 use crate::auth::Credential;
-use crate::auth::{AuthHeader, CredentialSupply, SuppliedCredential};
+use crate::auth::{AuthHeader, CredentialSupply, SuppliedCredential, supply_id};
+use crate::call::CallHandle;
 pub use command::CommandSource;
 pub use credential::{CredentialFuture, CredentialSource};
 
@@ -182,8 +182,9 @@ impl fmt::Debug for RefreshPolicy {
 /// What [`RefreshPolicy`] remembers for one call.
 #[derive(Debug)]
 pub(crate) struct CallState {
-    /// The generation of the credential the last attempt was sent with.
-    used: Arc<AtomicU64>,
+    /// Where the provider records the generation of the credential the last
+    /// attempt was sent with.
+    call: Option<CallHandle>,
     refreshed: bool,
 }
 
@@ -191,9 +192,9 @@ impl Policy for RefreshPolicy {
     type State = CallState;
     type Wait = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
-    fn start(&self, _request: &ChatRequest) -> CallState {
+    fn start(&self, request: &ChatRequest) -> CallState {
         CallState {
-            used: Arc::new(AtomicU64::new(NOT_SENT)),
+            call: request.call_handle(),
             refreshed: false,
         }
     }
@@ -226,7 +227,7 @@ impl Policy for RefreshPolicy {
     fn prepare(&self, state: &mut CallState, request: &mut ChatRequest) {
         request.credential = Some(SuppliedCredential::new(
             self.store.clone(),
-            state.used.clone(),
+            state.call.clone(),
         ));
     }
 
@@ -235,12 +236,14 @@ impl Policy for RefreshPolicy {
             return None;
         }
         state.refreshed = true;
-        let used = match state.used.load(Ordering::Acquire) {
-            // The inner service never read the handle (not one of ours):
-            // treat the current credential as the refused one.
-            NOT_SENT => self.store.lock().generation,
-            g => g,
-        };
+        let sent = state
+            .call
+            .as_ref()
+            .and_then(|call| call.credential_sent(supply_id(&self.store)));
+        // The inner service never read our credential (not one of ours, or
+        // a refresh layer inside supplied its own): treat the current
+        // credential as the refused one.
+        let used = sent.unwrap_or_else(|| self.store.lock().generation);
         tracing::info!(
             llm_tower.event = "refresh",
             reason = error.kind(),
@@ -252,8 +255,6 @@ impl Policy for RefreshPolicy {
         Some(Box::pin(async move { store.refresh(used, margin).await }))
     }
 }
-
-const NOT_SENT: u64 = u64::MAX;
 
 /// A credential with its header ready to send.
 struct Stamped {
