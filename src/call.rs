@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Waker;
 
 use tokio::time::Instant;
 
@@ -42,6 +43,21 @@ struct Shared {
     /// The credential the last attempt was sent with: which supply gave it
     /// (its address) and that supply's version of it.
     credential: Mutex<Option<(usize, u64)>>,
+    /// A timer a timeout layer set for the call's head, which a timeout
+    /// layer outside it may rely on instead of setting one of its own.
+    armed: Mutex<Option<Armed>>,
+}
+
+/// A timeout layer's timer for a call's head, as the call's context knows
+/// it.
+#[derive(Debug)]
+struct Armed {
+    /// Which timer: the address of the deadlines it serves.
+    id: usize,
+    /// It fires by then.
+    at: Instant,
+    /// The task of a layer outside that relies on it, woken when it goes.
+    waiter: Option<Waker>,
 }
 
 impl ChatRequest {
@@ -60,6 +76,7 @@ impl ChatRequest {
                 reported: AtomicU32::new(0),
                 tried: Mutex::new(Vec::new()),
                 credential: Mutex::new(None),
+                armed: Mutex::new(None),
             })
         });
         CallHandle(shared.clone())
@@ -176,6 +193,61 @@ impl Endpoint {
 mod tests {
     use super::*;
 
+    /// A waker that counts its wakes.
+    struct Counter(AtomicU32);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> (Arc<Counter>, Waker) {
+        let c = Arc::new(Counter(AtomicU32::new(0)));
+        (c.clone(), Waker::from(c))
+    }
+
+    #[test]
+    fn a_head_timer_is_relied_on_while_it_serves_and_its_going_wakes_who_relied() {
+        let call = ChatRequest::new("m").call();
+        let now = Instant::now();
+        let soon = now + std::time::Duration::from_secs(3);
+        let later = now + std::time::Duration::from_secs(10);
+        let (woken, waker) = counter();
+
+        assert!(!call.armed_by(later), "nothing recorded yet");
+        assert!(call.arm(1, soon));
+        assert!(!call.arm(2, now), "one timer is recorded at a time");
+        assert!(call.armed_by(later) && !call.armed_by(now));
+        // A deadline sooner than the timer's cannot rely on it, nor can
+        // anyone once it is due.
+        assert!(!call.rely(now, now, &waker));
+        assert!(!call.rely(later, soon, &waker));
+        assert!(call.rely(later, now, &waker));
+        // Another task may not rely on it too: one waiter is kept.
+        let (_, other) = counter();
+        assert!(!call.rely(later, now, &other));
+
+        // Gone: the waiter is woken, unless it is the task doing it.
+        call.disarm(2, None);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 0, "not the recorded timer");
+        call.disarm(1, Some(&waker));
+        assert_eq!(woken.0.load(Ordering::Relaxed), 0, "the waiter's own task");
+        assert!(!call.rely(later, now, &waker), "no timer left to rely on");
+
+        assert!(call.arm(3, soon));
+        assert!(call.rely(later, now, &waker));
+        call.disarm(3, Some(&other));
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1);
+
+        // A layer whose head came relies on nothing any more.
+        assert!(call.arm(4, soon));
+        assert!(call.rely(later, now, &waker));
+        call.stop_relying(&waker);
+        call.disarm(4, None);
+        assert_eq!(woken.0.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn endpoints_are_named_as_the_conventions_name_providers() {
         let of = |wire, url: &str| {
@@ -270,6 +342,73 @@ impl CallHandle {
         match *crate::lock(&self.0.credential) {
             Some((from, version)) if from == supply => Some(version),
             _ => None,
+        }
+    }
+
+    /// Records timer `id`, firing by `at`, as the one a layer outside may
+    /// rely on, unless another is recorded: whether it was.
+    pub(crate) fn arm(&self, id: usize, at: Instant) -> bool {
+        let mut armed = crate::lock(&self.0.armed);
+        if armed.is_some() {
+            return false;
+        }
+        *armed = Some(Armed {
+            id,
+            at,
+            waiter: None,
+        });
+        true
+    }
+
+    /// Timer `id` no longer serves the head (it is gone, or the answer's
+    /// output began): the layer relying on it, if any, is woken to set its
+    /// own, unless it is `current`'s task, which polls it next anyway.
+    pub(crate) fn disarm(&self, id: usize, current: Option<&Waker>) {
+        let waiter = {
+            let mut armed = crate::lock(&self.0.armed);
+            match armed.as_ref() {
+                Some(a) if a.id == id => armed.take().and_then(|a| a.waiter),
+                _ => None,
+            }
+        };
+        if let Some(w) = waiter
+            && !current.is_some_and(|c| w.will_wake(c))
+        {
+            w.wake();
+        }
+    }
+
+    /// Whether a timer recorded here fires by `at`, later than `now`, so
+    /// that a layer whose head deadline is `at` may wait on it, woken by
+    /// `waker` if it goes first. No when another task relies on it.
+    pub(crate) fn rely(&self, at: Instant, now: Instant, waker: &Waker) -> bool {
+        let mut armed = crate::lock(&self.0.armed);
+        let Some(a) = armed.as_mut().filter(|a| a.at <= at && a.at > now) else {
+            return false;
+        };
+        match &a.waiter {
+            Some(w) => w.will_wake(waker),
+            None => {
+                a.waiter = Some(waker.clone());
+                true
+            }
+        }
+    }
+
+    /// Whether a timer recorded here fires by `at`: checked when the
+    /// call is made, before anything waits.
+    pub(crate) fn armed_by(&self, at: Instant) -> bool {
+        crate::lock(&self.0.armed)
+            .as_ref()
+            .is_some_and(|a| a.at <= at)
+    }
+
+    /// The head came: the task behind `waker` relies on no timer here now.
+    pub(crate) fn stop_relying(&self, waker: &Waker) {
+        if let Some(a) = crate::lock(&self.0.armed).as_mut()
+            && a.waiter.as_ref().is_some_and(|w| w.will_wake(waker))
+        {
+            a.waiter = None;
         }
     }
 

@@ -407,3 +407,198 @@ async fn before_output_the_nearer_first_event_limit_governs() {
     let svc = tower::Layer::layer(&layer, openai_at(&server));
     cut_after(svc, &[], TimeoutPhase::FirstEvent, Duration::from_secs(5)).await;
 }
+
+/// A layer between two timeout layers that sits on a failure for an hour,
+/// as a layer knowing nothing of deadlines may.
+#[derive(Clone)]
+struct SlowOnFailure<S>(S);
+
+impl<S> tower::Service<ChatRequest> for SlowOnFailure<S>
+where
+    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = llm_tower::ChatStream;
+    type Error = Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatRequest) -> Self::Future {
+        let answer = self.0.call(req);
+        Box::pin(async move {
+            let result = answer.await;
+            if result.is_err() {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+            result
+        })
+    }
+}
+
+/// A layer that reads the whole answer before handing it on.
+#[derive(Clone)]
+struct ReadsItAll<S>(S);
+
+impl<S> tower::Service<ChatRequest> for ReadsItAll<S>
+where
+    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = llm_tower::ChatStream;
+    type Error = Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatRequest) -> Self::Future {
+        use futures_util::StreamExt;
+        let answer = self.0.call(req);
+        Box::pin(async move {
+            let stream = answer.await?;
+            let meta = stream.meta().clone();
+            let events = stream.collect::<Vec<_>>().await;
+            Ok(llm_tower::ChatStream::from_events(meta, events))
+        })
+    }
+}
+
+/// A layer that runs the call on a task of its own.
+#[derive(Clone)]
+struct OnItsOwnTask<S>(S);
+
+impl<S> tower::Service<ChatRequest> for OnItsOwnTask<S>
+where
+    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = llm_tower::ChatStream;
+    type Error = Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatRequest) -> Self::Future {
+        let task = tokio::spawn(self.0.call(req));
+        Box::pin(async move { task.await.expect("the call's task") })
+    }
+}
+
+/// An outer total limit over an inner first-event one sets no timer of its
+/// own while the inner one's, due sooner, runs; once that one goes (its
+/// attempt failed, here with a layer between that then waits an hour), the
+/// outer limit still cuts the call on time, on the caller's task or with
+/// the call on a task of its own.
+#[tokio::test(start_paused = true)]
+async fn an_outer_limit_outlives_the_inner_timer_it_relied_on() {
+    #[derive(Clone)]
+    struct Never;
+    impl tower::Service<ChatRequest> for Never {
+        type Response = llm_tower::ChatStream;
+        type Error = Error;
+        type Future = std::future::Pending<Result<llm_tower::ChatStream, Error>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: ChatRequest) -> Self::Future {
+            std::future::pending()
+        }
+    }
+    let outer = StreamTimeoutLayer::new().total(Duration::from_secs(10));
+    let inner = StreamTimeoutLayer::new().first_event(Duration::from_secs(3));
+    let same_task = ServiceBuilder::new()
+        .layer(outer)
+        .layer_fn(SlowOnFailure)
+        .layer(inner)
+        .service(Never);
+    let own_task = ServiceBuilder::new()
+        .layer(outer)
+        .layer_fn(OnItsOwnTask)
+        .layer_fn(SlowOnFailure)
+        .layer(inner)
+        .service(Never);
+    for svc in [
+        tower::util::BoxService::new(same_task),
+        tower::util::BoxService::new(own_task),
+    ] {
+        let started = Instant::now();
+        // Bounded, so that a limit that failed shows as a failure, not as a
+        // test that never ends.
+        let err = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(hello()))
+            .await
+            .expect("the outer limit cut the call")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    phase: TimeoutPhase::Total,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+}
+
+/// The same once the inner timer's answer has begun: its first-event
+/// deadline is met and it has no other, while a layer between reads the
+/// rest of an answer that stalls. The outer limit cuts the call on time.
+#[tokio::test(start_paused = true)]
+async fn an_outer_limit_holds_once_the_inner_answer_has_begun() {
+    for own_task in [false, true] {
+        let server = MockServer::start().await;
+        server.push(Reply::text(["a", "b"]).stall_after(1));
+        let inner = ServiceBuilder::new()
+            .layer_fn(ReadsItAll)
+            .layer(StreamTimeoutLayer::new().first_event(Duration::from_secs(3)))
+            .service(openai_at(&server));
+        let outer = StreamTimeoutLayer::new().total(Duration::from_secs(10));
+        let svc = if own_task {
+            tower::util::BoxService::new(tower::Layer::layer(&outer, OnItsOwnTask(inner)))
+        } else {
+            tower::util::BoxService::new(tower::Layer::layer(&outer, inner))
+        };
+        let started = Instant::now();
+        // Bounded, so that a limit that failed shows as a failure, not as a
+        // test that never ends.
+        let err = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(hello()))
+            .await
+            .expect("the outer limit cut the call")
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    phase: TimeoutPhase::Total,
+                    ..
+                }
+            ),
+            "own task {own_task}: {err:?}"
+        );
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(10),
+            "own task {own_task}"
+        );
+    }
+}

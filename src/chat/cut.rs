@@ -10,6 +10,7 @@ use std::time::Duration;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use crate::call::CallHandle;
 use crate::{Error, StreamEvent, TimeoutPhase};
 
 /// When an answer must have started, must end, and how long it may pause.
@@ -60,6 +61,33 @@ pin_project! {
         timer_waker: Option<Waker>,
         // Who answered, for the error.
         provider: &'static str,
+        // Recorded in the call's context as the head's timer, which a
+        // timeout layer outside may rely on until output begins.
+        armed: Option<ArmedIn>,
+    }
+}
+
+/// A [`Cut`]'s record in its call's context, taken out when the cut is
+/// dropped.
+#[derive(Debug)]
+struct ArmedIn {
+    call: CallHandle,
+    id: usize,
+}
+
+impl ArmedIn {
+    fn release(mut self, current: Option<&Waker>) {
+        self.call.disarm(self.id, current);
+        // No cut is at address 0: there is nothing left for `drop` to do.
+        self.id = 0;
+    }
+}
+
+impl Drop for ArmedIn {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.call.disarm(self.id, None);
+        }
     }
 }
 
@@ -77,12 +105,52 @@ impl Cut {
             sleep: head.map(tokio::time::sleep_until),
             timer_waker: None,
             provider: "unknown",
+            armed: None,
         }
     }
 
-    /// The timer, if set: what a layer waits on before the head.
-    pub(crate) fn sleep(self: Pin<&mut Self>) -> Option<Pin<&mut Sleep>> {
-        self.project().sleep.as_pin_mut()
+    /// Records this cut's timer in `call`'s context as the head's, due by
+    /// `at`, unless another is recorded: a timeout layer outside whose
+    /// deadline is later then needs no timer of its own.
+    pub(crate) fn arm(self: Pin<&mut Self>, call: &CallHandle, at: Instant) {
+        // Its address, stable while it is pinned, is its identity there.
+        let id = std::ptr::from_ref::<Cut>(&*self) as usize;
+        if call.arm(id, at) {
+            *self.project().armed = Some(ArmedIn {
+                call: call.clone(),
+                id,
+            });
+        }
+    }
+
+    /// Output began: the timer no longer serves the head.
+    fn disarm(self: Pin<&mut Self>, current: Option<&Waker>) {
+        if let Some(armed) = self.project().armed.take() {
+            armed.release(current);
+        }
+    }
+
+    /// Before the head: `Ready` once the timer fired.
+    pub(crate) fn poll_head(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let Some(sleep) = this.sleep.as_pin_mut() else {
+            return Poll::Pending;
+        };
+        // As in `poll_expired`: a timer that holds this task's waker and
+        // has not fired has nothing new to say.
+        if !sleep.is_elapsed()
+            && this
+                .timer_waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if sleep.poll(cx).is_pending() {
+            *this.timer_waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        Poll::Ready(())
     }
 
     /// The limits.
@@ -106,17 +174,26 @@ impl Cut {
     }
 
     /// Output reached the caller some other way (events put in front).
-    pub(super) fn output_delivered(self: Pin<&mut Self>) {
+    pub(super) fn output_delivered(mut self: Pin<&mut Self>, current: &Waker) {
+        self.as_mut().disarm(Some(current));
         let this = self.project();
         *this.delivered = true;
         *this.output = true;
     }
 
-    /// An item came from the stream.
-    pub(super) fn saw(self: Pin<&mut Self>, item: &Result<StreamEvent, Error>) {
+    /// An item came from the stream, to the task behind `current`.
+    pub(super) fn saw(
+        mut self: Pin<&mut Self>,
+        item: &Result<StreamEvent, Error>,
+        current: &Waker,
+    ) {
+        let output = item.as_ref().is_ok_and(StreamEvent::is_output);
+        if output && self.armed.is_some() {
+            self.as_mut().disarm(Some(current));
+        }
         let this = self.project();
         *this.delivered = true;
-        *this.output |= item.as_ref().is_ok_and(StreamEvent::is_output);
+        *this.output |= output;
     }
 
     /// The stream is waiting: `Ready` with the error once a deadline passed.

@@ -1,7 +1,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use futures_core::Stream;
 use futures_util::StreamExt;
@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::cut::Cut;
+use super::cut::{Cut, Limits};
 use super::{ContentPart, Message, Role, StopReason, StreamEvent, Usage};
 use crate::Error;
 use crate::headers::RateLimitInfo;
@@ -114,7 +114,7 @@ impl Stream for Events {
         match &item {
             Some(item) => {
                 if let Some(cut) = self.cut.as_mut() {
-                    cut.as_mut().saw(item);
+                    cut.as_mut().saw(item, cx.waker());
                 }
                 if let Some(observe) = self.observer.as_mut() {
                     observe(item);
@@ -280,7 +280,7 @@ impl ChatStream {
     /// Puts `cut`'s deadlines on the events; with deadlines on them
     /// already (a timeout layer inside), the nearer of each applies, under
     /// the one timer already set.
-    pub(crate) fn cut_by(&mut self, mut cut: Pin<Box<Cut>>) {
+    pub(crate) fn cut_by(&mut self, mut cut: Pin<Box<Cut>>, current: &Waker) {
         match self.events.cut.as_mut() {
             Some(existing) => existing.as_mut().and(cut.limits()),
             None => {
@@ -288,10 +288,20 @@ impl ChatStream {
                 if self.primed() {
                     // Output already waits in front: the first-event limit
                     // is met, as it would be once the caller reads it.
-                    cut.as_mut().output_delivered();
+                    cut.as_mut().output_delivered(current);
                 }
                 self.events.cut = Some(cut);
             }
+        }
+    }
+
+    /// Puts `limits` on the events: merged into the deadlines already on
+    /// them, with no new timer or allocation, when a timeout layer inside
+    /// put some; else as [`cut_by`](Self::cut_by) a new cut.
+    pub(crate) fn limit_by(&mut self, limits: Limits, current: &Waker) {
+        match self.events.cut.as_mut() {
+            Some(existing) => existing.as_mut().and(limits),
+            None => self.cut_by(Box::pin(Cut::new(limits, None)), current),
         }
     }
 
@@ -606,8 +616,8 @@ mod tests {
         stream.prepend([text("a")]);
         assert_eq!(stream.size_hint(), (3, Some(3)));
         // With deadlines on them, one error may take the place of the rest.
-        let limits = super::super::cut::Limits::default();
-        stream.cut_by(Box::pin(Cut::new(limits, None)));
+        let limits = Limits::default();
+        stream.cut_by(Box::pin(Cut::new(limits, None)), Waker::noop());
         assert_eq!(stream.size_hint(), (2, Some(3)));
         let shown = format!("{:?}", stream.events);
         assert!(shown.contains("prefix") && shown.contains("cut"), "{shown}");

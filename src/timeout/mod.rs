@@ -21,7 +21,11 @@
 //! fails the response future, if it comes before the head). The limits go
 //! on the answer's events rather than around them: every timeout layer over
 //! one answer shares one timer, the nearest of their limits applying, and
-//! no event passes through a stream per layer. Timeouts are
+//! no event passes through a stream per layer. Before the head too, a layer
+//! whose deadline is later than the one a timeout layer inside it has set
+//! waits on that layer's timer, and sets its own only if that one goes
+//! first (its attempt failed, or output began): one timer per call, not
+//! one per layer. Timeouts are
 //! retryable: with a [`TransportRetryLayer`](crate::TransportRetryLayer)
 //! *outside* this layer, a stream that stalls before any output is cut and
 //! sent again. A total deadline also travels with the request, as a
@@ -133,16 +137,35 @@ where
             total,
             idle: self.limits.idle,
         };
+        let future = self.inner.call(request);
+        // A timeout layer inside, reached as the call was made, may have
+        // set a timer for the head that fires before this layer's deadline:
+        // then this layer relies on it (and sets its own only if that one
+        // goes first) rather than setting a second timer for every call.
+        let (cut, relied_on) = match (head, &called) {
+            (Some((at, _)), Some(call)) if call.armed_by(at) => (None, Some(at)),
+            (Some((at, _)), Some(call)) => (Some(armed_cut(limits, at, call)), None),
+            _ => (None, None),
+        };
         ResponseFuture {
-            future: self.inner.call(request),
+            future,
             // Made now with the head's timer in it, which goes on with the
             // answer: one allocation and one timer for head and stream.
-            cut: head.map(|(at, _)| Box::pin(Cut::new(limits, Some(at)))),
+            cut,
+            relied_on,
             head_phase: head.map_or(TimeoutPhase::Total, |(_, p)| p),
             called,
             limits,
         }
     }
+}
+
+/// Deadlines `limits` with a timer for the head due at `at`, recorded in
+/// `call`'s context for a timeout layer outside to rely on.
+fn armed_cut(limits: Limits, at: Instant, call: &CallHandle) -> Pin<Box<Cut>> {
+    let mut cut = Box::pin(Cut::new(limits, Some(at)));
+    cut.as_mut().arm(call, at);
+    cut
 }
 
 pin_project! {
@@ -152,6 +175,9 @@ pin_project! {
         future: F,
         // The answer's deadlines-to-be, their timer running for the head.
         cut: Option<Pin<Box<Cut>>>,
+        // With no timer of its own: the head deadline for which it relies
+        // on a timeout layer inside.
+        relied_on: Option<Instant>,
         head_phase: TimeoutPhase,
         // Names the provider for a timeout before the head.
         called: Option<CallHandle>,
@@ -174,18 +200,30 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         if let Poll::Ready(result) = this.future.poll(cx) {
+            if let (Some(_), Some(call)) = (this.relied_on.take(), this.called.as_ref()) {
+                call.stop_relying(cx.waker());
+            }
             let mut stream = result?;
             // The head's timer, set for the stream's first deadline (the
-            // nearer of first-event and total), carries on.
-            let cut = this
-                .cut
-                .take()
-                .unwrap_or_else(|| Box::pin(Cut::new(*this.limits, None)));
-            stream.cut_by(cut);
+            // nearer of first-event and total), carries on; or this
+            // layer's limits join those a layer inside put on the stream.
+            match this.cut.take() {
+                Some(cut) => stream.cut_by(cut, cx.waker()),
+                None => stream.limit_by(*this.limits, cx.waker()),
+            }
             return Poll::Ready(Ok(stream));
         }
-        if let Some(sleep) = this.cut.as_mut().and_then(|c| c.as_mut().sleep()) {
-            ready!(sleep.poll(cx));
+        if let (Some(at), Some(call)) = (*this.relied_on, this.called.as_ref()) {
+            if call.rely(at, Instant::now(), cx.waker()) {
+                return Poll::Pending;
+            }
+            // The timer relied on went (its attempt failed) or is due: this
+            // layer sets its own.
+            *this.relied_on = None;
+            *this.cut = Some(armed_cut(*this.limits, at, call));
+        }
+        if let Some(cut) = this.cut.as_mut() {
+            ready!(cut.as_mut().poll_head(cx));
             // No head yet: the provider that was sent the call, if any.
             return Poll::Ready(Err(Error::Timeout {
                 provider: this.called.as_ref().map_or("unknown", CallHandle::provider),
