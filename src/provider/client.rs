@@ -102,10 +102,6 @@ impl<W: Wire, S> Client<W, S> {
             .body(RequestBody::new(Bytes::from(bytes)))
             .map_err(|e| Error::config(format!("cannot build the request: {e}")))?;
         let headers = http_req.headers_mut();
-        // Room for everything at once: ours, the configured ones, a
-        // credential, and what the transport adds (host, length, agent),
-        // rather than growing the map two or three times per call.
-        headers.reserve(self.common.headers.len() + 6);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(
             http::header::ACCEPT,
