@@ -147,7 +147,7 @@ where
                     continue;
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err(Error::config(
+                    return Poll::Ready(Err(Error::misuse(
                         "the engine's response future polled after completion",
                     )));
                 }
@@ -161,21 +161,30 @@ where
                     });
                 }
                 None => {
-                    let sent = this.context.attempts().max(*this.sent);
-                    // Once per count: an engine around this one that gives
-                    // up on the same failure has nothing to add.
-                    if sent > 1 && this.context.first_report(sent) {
-                        tracing::warn!(
-                            attempts = sent,
-                            reason = failure.kind(),
-                            error = %failure,
-                            "llm call failed after {sent} attempts"
-                        );
-                    }
+                    report_given_up(this.context, *this.sent, &failure);
                     this.state.set(State::Done);
                     return Poll::Ready(Err(failure));
                 }
             }
         }
+    }
+}
+
+/// The policy gave up on `failure`: a warning when the call was tried more
+/// than once. Out of line, as every failure path here is, so that the
+/// path each poll takes stays short.
+#[cold]
+#[inline(never)]
+fn report_given_up(context: &CallHandle, sent: u32, failure: &Error) {
+    let sent = context.attempts().max(sent);
+    // Once per count: an engine around this one that gives up on the same
+    // failure has nothing to add.
+    if sent > 1 && context.first_report(sent) {
+        tracing::warn!(
+            attempts = sent,
+            reason = failure.kind(),
+            error = %failure,
+            "llm call failed after {sent} attempts"
+        );
     }
 }

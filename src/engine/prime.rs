@@ -35,7 +35,7 @@ impl Priming {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<ChatStream, Error>> {
         loop {
             let Some(stream) = self.stream.as_mut() else {
-                return Poll::Ready(Err(Error::config("priming polled after completion")));
+                return Poll::Ready(Err(Error::misuse("priming polled after completion")));
             };
             if self.held.is_empty() && stream.primed() {
                 // Primed below (by a retrying layer inside this one): its
@@ -45,7 +45,7 @@ impl Priming {
                 return Poll::Ready(
                     self.stream
                         .take()
-                        .ok_or_else(|| Error::config("priming polled after completion")),
+                        .ok_or_else(|| Error::misuse("priming polled after completion")),
                 );
             }
             let failed = match ready!(Pin::new(&mut *stream).poll_next(cx)) {

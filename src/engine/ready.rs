@@ -79,7 +79,7 @@ where
                     return Poll::Ready(output);
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err(Error::config("a call polled after it finished")));
+                    return Poll::Ready(Err(Error::misuse("a call polled after it finished")));
                 }
             }
         }
@@ -100,6 +100,6 @@ where
     ready!(service.poll_ready(cx))?;
     match request.take() {
         Some(request) => Poll::Ready(Ok(service.call(request))),
-        None => Poll::Ready(Err(Error::config("a call polled after it was sent"))),
+        None => Poll::Ready(Err(Error::misuse("a call polled after it was sent"))),
     }
 }

@@ -567,6 +567,15 @@ impl Error {
         }
     }
 
+    /// A future or service used out of turn (polled after it finished):
+    /// out of line, so that the hot path of the poll that checks for it
+    /// stays short.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn misuse(message: &'static str) -> Self {
+        Error::config(message)
+    }
+
     pub(crate) fn decode(provider: &'static str, source: DecodeError) -> Self {
         Error::Decode { provider, source }
     }

@@ -184,7 +184,7 @@ where
                     return Poll::Ready(result);
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err(Error::config(
+                    return Poll::Ready(Err(Error::misuse(
                         "fallback response future polled after completion",
                     )));
                 }
@@ -194,16 +194,24 @@ where
                 this.state.set(State::Done);
                 return Poll::Ready(Err(failure));
             };
-            tracing::info!(
-                llm_tower.event = "fallback",
-                reason = failure.kind(),
-                error = %failure,
-                "falling back to the secondary service"
-            );
+            report_fallback(&failure);
             let (secondary, request) = *kept;
             this.state.set(State::Secondary {
                 future: Ready::new(secondary, request),
             });
         }
     }
+}
+
+/// The primary failed before output and the secondary is tried: out of
+/// line, so that the path each poll takes stays short.
+#[cold]
+#[inline(never)]
+fn report_fallback(failure: &Error) {
+    tracing::info!(
+        llm_tower.event = "fallback",
+        reason = failure.kind(),
+        error = %failure,
+        "falling back to the secondary service"
+    );
 }

@@ -155,7 +155,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Err(Error::config(
+            return Poll::Ready(Err(Error::misuse(
                 "StreamConcurrencyLimit called without poll_ready",
             )));
         };

@@ -334,5 +334,5 @@ where
 }
 
 fn polled_after_completion() -> Error {
-    Error::config("rate limit response future polled after completion")
+    Error::misuse("rate limit response future polled after completion")
 }
