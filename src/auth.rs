@@ -173,29 +173,29 @@ pub(crate) trait CredentialSupply: Send + Sync {
 #[derive(Clone)]
 pub(crate) struct SuppliedCredential {
     supply: Arc<dyn CredentialSupply>,
-    call: Option<CallHandle>,
+    /// Where the version sent is recorded, and under what.
+    record: Option<(CallHandle, u64)>,
 }
 
 impl SuppliedCredential {
-    /// Supplies `supply`'s credential, recording the version sent in
-    /// `call`, when there is one.
-    pub(crate) fn new(supply: Arc<dyn CredentialSupply>, call: Option<CallHandle>) -> Self {
-        SuppliedCredential { supply, call }
+    /// Supplies `supply`'s credential, recording the version sent in a
+    /// call's context under a token (see
+    /// [`credential_token`](crate::call::credential_token)), when given one.
+    pub(crate) fn new(
+        supply: Arc<dyn CredentialSupply>,
+        record: Option<(CallHandle, u64)>,
+    ) -> Self {
+        SuppliedCredential { supply, record }
     }
 
     /// The header to send now, recording its version as sent.
     pub(crate) fn header(&self) -> Option<AuthHeader> {
         let (header, version) = self.supply.current()?;
-        if let Some(call) = &self.call {
-            call.sent_credential(supply_id(&self.supply), version);
+        if let Some((call, token)) = &self.record {
+            call.sent_credential(*token, version);
         }
         Some(header)
     }
-}
-
-/// A supply's identity in a call's record of what was sent: its address.
-pub(crate) fn supply_id<T: ?Sized>(supply: &Arc<T>) -> usize {
-    Arc::as_ptr(supply).cast::<()>() as usize
 }
 
 impl fmt::Debug for SuppliedCredential {

@@ -10,7 +10,7 @@
 //! It sits at the bottom of the crate: providers and layers import from
 //! here, never the other way round.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
 
@@ -40,12 +40,29 @@ struct Shared {
     reported: AtomicU32,
     /// The deployments a pool sent this call to, as (pool, deployment).
     tried: Mutex<Vec<(usize, usize)>>,
-    /// The credential the last attempt was sent with: which supply gave it
-    /// (its address) and that supply's version of it.
-    credential: Mutex<Option<(usize, u64)>>,
+    /// The versions of the credentials the call's attempts were last sent
+    /// with, one per refresh layer's call.
+    credentials: Mutex<CredentialsSent>,
     /// A timer a timeout layer set for the call's head, which a timeout
     /// layer outside it may rely on instead of setting one of its own.
     armed: Mutex<Option<Armed>>,
+}
+
+/// The credential versions a call's attempts were last sent with, by the
+/// refresh layer's call that supplied them (its token): a few at once, for
+/// the refresh layers of a pool's hedged attempts. Past that the oldest is
+/// forgotten, and its layer takes the current credential as the one sent.
+#[derive(Debug, Default)]
+struct CredentialsSent {
+    slots: [Option<(u64, u64)>; 4],
+    next: usize,
+}
+
+/// A token for one refresh layer's call, unique in the process: what the
+/// versions of the credentials it supplied are recorded under.
+pub(crate) fn credential_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A timeout layer's timer for a call's head, as the call's context knows
@@ -56,6 +73,11 @@ struct Armed {
     id: usize,
     /// It fires by then.
     at: Instant,
+    /// What it wakes when it fires: a layer outside relies on it only if
+    /// that is its own task, since a timer whose future that task does not
+    /// poll (a layer between runs it elsewhere, or has not called it yet)
+    /// wakes nothing it waits on.
+    wakes: Option<Waker>,
     /// The task of a layer outside that relies on it, woken when it goes.
     waiter: Option<Waker>,
 }
@@ -75,7 +97,7 @@ impl ChatRequest {
                 deadline: Mutex::new(None),
                 reported: AtomicU32::new(0),
                 tried: Mutex::new(Vec::new()),
-                credential: Mutex::new(None),
+                credentials: Mutex::default(),
                 armed: Mutex::new(None),
             })
         });
@@ -208,6 +230,29 @@ mod tests {
     }
 
     #[test]
+    fn each_refresh_call_finds_the_version_it_sent() {
+        let call = ChatRequest::new("m").call();
+        let (a, b) = (credential_token(), credential_token());
+        assert_ne!(a, b);
+        assert_eq!(call.credential_sent(a), None);
+        // A hedged attempt sent by another refresh layer's call does not
+        // hide what this one sent.
+        call.sent_credential(a, 1);
+        call.sent_credential(b, 2);
+        call.sent_credential(a, 3);
+        assert_eq!(call.credential_sent(a), Some(3));
+        assert_eq!(call.credential_sent(b), Some(2));
+        // Past four at once, the oldest is forgotten.
+        let more: Vec<u64> = (0..3).map(|_| credential_token()).collect();
+        for t in &more {
+            call.sent_credential(*t, 7);
+        }
+        assert_eq!(call.credential_sent(a), None);
+        assert_eq!(call.credential_sent(b), Some(2));
+        assert!(more.iter().all(|t| call.credential_sent(*t) == Some(7)));
+    }
+
+    #[test]
     fn a_head_timer_is_relied_on_while_it_serves_and_its_going_wakes_who_relied() {
         let call = ChatRequest::new("m").call();
         let now = Instant::now();
@@ -219,14 +264,21 @@ mod tests {
         assert!(call.arm(1, soon));
         assert!(!call.arm(2, now), "one timer is recorded at a time");
         assert!(call.armed_by(later) && !call.armed_by(now));
+        // Not before it runs, and then only from the task it wakes.
+        assert!(!call.rely(later, now, &waker));
+        let (_, other) = counter();
+        call.armed_wakes(1, &other);
+        assert!(!call.rely(later, now, &waker));
+        call.armed_wakes(1, &waker);
         // A deadline sooner than the timer's cannot rely on it, nor can
         // anyone once it is due.
         assert!(!call.rely(now, now, &waker));
         assert!(!call.rely(later, soon, &waker));
         assert!(call.rely(later, now, &waker));
         // Another task may not rely on it too: one waiter is kept.
-        let (_, other) = counter();
+        call.armed_wakes(1, &other);
         assert!(!call.rely(later, now, &other));
+        call.armed_wakes(1, &waker);
 
         // Gone: the waiter is woken, unless it is the task doing it.
         call.disarm(2, None);
@@ -236,12 +288,14 @@ mod tests {
         assert!(!call.rely(later, now, &waker), "no timer left to rely on");
 
         assert!(call.arm(3, soon));
+        call.armed_wakes(3, &waker);
         assert!(call.rely(later, now, &waker));
         call.disarm(3, Some(&other));
         assert_eq!(woken.0.load(Ordering::Relaxed), 1);
 
         // A layer whose head came relies on nothing any more.
         assert!(call.arm(4, soon));
+        call.armed_wakes(4, &waker);
         assert!(call.rely(later, now, &waker));
         call.stop_relying(&waker);
         call.disarm(4, None);
@@ -331,18 +385,33 @@ impl CallHandle {
     }
 
     /// Notes that an attempt was sent with version `version` of the
-    /// credential of `supply` (its address, as an identity).
-    pub(crate) fn sent_credential(&self, supply: usize, version: u64) {
-        *crate::lock(&self.0.credential) = Some((supply, version));
+    /// credential supplied under `token`.
+    pub(crate) fn sent_credential(&self, token: u64, version: u64) {
+        let mut sent = crate::lock(&self.0.credentials);
+        let CredentialsSent { slots, next } = &mut *sent;
+        let slot = match slots
+            .iter()
+            .position(|s| s.is_some_and(|(t, _)| t == token))
+        {
+            Some(i) => i,
+            None => {
+                let i = *next;
+                *next = (i + 1) % slots.len();
+                i
+            }
+        };
+        slots[slot] = Some((token, version));
     }
 
-    /// The version of `supply`'s credential the last attempt was sent
-    /// with, if the last attempt was sent with one of `supply`'s.
-    pub(crate) fn credential_sent(&self, supply: usize) -> Option<u64> {
-        match *crate::lock(&self.0.credential) {
-            Some((from, version)) if from == supply => Some(version),
-            _ => None,
-        }
+    /// The version of the credential supplied under `token` that the last
+    /// attempt sent with one was sent with.
+    pub(crate) fn credential_sent(&self, token: u64) -> Option<u64> {
+        crate::lock(&self.0.credentials)
+            .slots
+            .iter()
+            .flatten()
+            .find(|(t, _)| *t == token)
+            .map(|&(_, version)| version)
     }
 
     /// Records timer `id`, firing by `at`, as the one a layer outside may
@@ -355,9 +424,17 @@ impl CallHandle {
         *armed = Some(Armed {
             id,
             at,
+            wakes: None,
             waiter: None,
         });
         true
+    }
+
+    /// Timer `id` was set to wake `waker`'s task.
+    pub(crate) fn armed_wakes(&self, id: usize, waker: &Waker) {
+        if let Some(a) = crate::lock(&self.0.armed).as_mut().filter(|a| a.id == id) {
+            a.wakes = Some(waker.clone());
+        }
     }
 
     /// Timer `id` no longer serves the head (it is gone, or the answer's
@@ -378,12 +455,15 @@ impl CallHandle {
         }
     }
 
-    /// Whether a timer recorded here fires by `at`, later than `now`, so
-    /// that a layer whose head deadline is `at` may wait on it, woken by
-    /// `waker` if it goes first. No when another task relies on it.
+    /// Whether a timer recorded here fires by `at`, later than `now`, and
+    /// wakes `waker`'s task, so that a layer of that task whose head
+    /// deadline is `at` may wait on it, woken by `waker` if it goes first.
+    /// No when another task relies on it.
     pub(crate) fn rely(&self, at: Instant, now: Instant, waker: &Waker) -> bool {
         let mut armed = crate::lock(&self.0.armed);
-        let Some(a) = armed.as_mut().filter(|a| a.at <= at && a.at > now) else {
+        let Some(a) = armed.as_mut().filter(|a| {
+            a.at <= at && a.at > now && a.wakes.as_ref().is_some_and(|w| w.will_wake(waker))
+        }) else {
             return false;
         };
         match &a.waiter {

@@ -432,11 +432,43 @@ where
     fn call(&mut self, req: ChatRequest) -> Self::Future {
         let answer = self.0.call(req);
         Box::pin(async move {
-            let result = answer.await;
+            // Kept, finished, through the hour.
+            let mut answer = std::pin::pin!(answer);
+            let result = (&mut answer).await;
             if result.is_err() {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }
             result
+        })
+    }
+}
+
+/// A layer between two timeout layers that makes the call at once but
+/// first polls it an hour later (it writes an audit record first, say).
+#[derive(Clone)]
+struct LateToPoll<S>(S);
+
+impl<S> tower::Service<ChatRequest> for LateToPoll<S>
+where
+    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
+    S::Future: Send + 'static,
+{
+    type Response = llm_tower::ChatStream;
+    type Error = Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: ChatRequest) -> Self::Future {
+        let answer = self.0.call(req);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            answer.await
         })
     }
 }
@@ -503,7 +535,9 @@ where
 /// own while the inner one's, due sooner, runs; once that one goes (its
 /// attempt failed, here with a layer between that then waits an hour), the
 /// outer limit still cuts the call on time, on the caller's task or with
-/// the call on a task of its own.
+/// the call on a task of its own; and so it does when the inner timer,
+/// set as the call was made, is not running (a layer between polls the
+/// call only an hour later).
 #[tokio::test(start_paused = true)]
 async fn an_outer_limit_outlives_the_inner_timer_it_relied_on() {
     #[derive(Clone)]
@@ -529,6 +563,13 @@ async fn an_outer_limit_outlives_the_inner_timer_it_relied_on() {
         .layer_fn(SlowOnFailure)
         .layer(inner)
         .service(Never);
+    // The inner timer is set when the call is made, but runs only once
+    // polled, an hour later.
+    let late_to_poll = ServiceBuilder::new()
+        .layer(outer)
+        .layer_fn(LateToPoll)
+        .layer(inner)
+        .service(Never);
     let own_task = ServiceBuilder::new()
         .layer(outer)
         .layer_fn(OnItsOwnTask)
@@ -538,6 +579,7 @@ async fn an_outer_limit_outlives_the_inner_timer_it_relied_on() {
     for svc in [
         tower::util::BoxService::new(same_task),
         tower::util::BoxService::new(own_task),
+        tower::util::BoxService::new(late_to_poll),
     ] {
         let started = Instant::now();
         // Bounded, so that a limit that failed shows as a failure, not as a

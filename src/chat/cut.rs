@@ -148,6 +148,9 @@ impl Cut {
         }
         if sleep.poll(cx).is_pending() {
             *this.timer_waker = Some(cx.waker().clone());
+            if let Some(armed) = this.armed.as_ref() {
+                armed.call.armed_wakes(armed.id, cx.waker());
+            }
             return Poll::Pending;
         }
         Poll::Ready(())
@@ -238,6 +241,9 @@ impl Cut {
             }
             if sleep.as_mut().poll(cx).is_pending() {
                 *this.timer_waker = Some(cx.waker().clone());
+                if let Some(armed) = this.armed.as_ref() {
+                    armed.call.armed_wakes(armed.id, cx.waker());
+                }
                 return Poll::Pending;
             }
             if sleep.deadline() >= at {

@@ -68,8 +68,8 @@ mod credential;
 mod shared;
 
 use crate::auth::Credential;
-use crate::auth::{AuthHeader, CredentialSupply, SuppliedCredential, supply_id};
-use crate::call::CallHandle;
+use crate::auth::{AuthHeader, CredentialSupply, SuppliedCredential};
+use crate::call::{CallHandle, credential_token};
 pub use command::CommandSource;
 pub use credential::{CredentialFuture, CredentialSource};
 
@@ -183,8 +183,8 @@ impl fmt::Debug for RefreshPolicy {
 #[derive(Debug)]
 pub(crate) struct CallState {
     /// Where the provider records the generation of the credential the last
-    /// attempt was sent with.
-    call: Option<CallHandle>,
+    /// attempt was sent with, and under what.
+    record: Option<(CallHandle, u64)>,
     refreshed: bool,
 }
 
@@ -194,7 +194,7 @@ impl Policy for RefreshPolicy {
 
     fn start(&self, request: &ChatRequest) -> CallState {
         CallState {
-            call: request.call_handle(),
+            record: request.call_handle().map(|call| (call, credential_token())),
             refreshed: false,
         }
     }
@@ -227,7 +227,7 @@ impl Policy for RefreshPolicy {
     fn prepare(&self, state: &mut CallState, request: &mut ChatRequest) {
         request.credential = Some(SuppliedCredential::new(
             self.store.clone(),
-            state.call.clone(),
+            state.record.clone(),
         ));
     }
 
@@ -237,12 +237,13 @@ impl Policy for RefreshPolicy {
         }
         state.refreshed = true;
         let sent = state
-            .call
+            .record
             .as_ref()
-            .and_then(|call| call.credential_sent(supply_id(&self.store)));
+            .and_then(|(call, token)| call.credential_sent(*token));
         // The inner service never read our credential (not one of ours, or
-        // a refresh layer inside supplied its own): treat the current
-        // credential as the refused one.
+        // a refresh layer inside supplied its own), or its record was pushed
+        // out by more hedged attempts than the call keeps: treat the
+        // current credential as the refused one.
         let used = sent.unwrap_or_else(|| self.store.lock().generation);
         tracing::info!(
             llm_tower.event = "refresh",

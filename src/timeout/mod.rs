@@ -22,10 +22,11 @@
 //! on the answer's events rather than around them: every timeout layer over
 //! one answer shares one timer, the nearest of their limits applying, and
 //! no event passes through a stream per layer. Before the head too, a layer
-//! whose deadline is later than the one a timeout layer inside it has set
-//! waits on that layer's timer, and sets its own only if that one goes
-//! first (its attempt failed, or output began): one timer per call, not
-//! one per layer. Timeouts are
+//! whose deadline is later than the head timer another timeout layer set
+//! for the same call (one inside it, typically) waits on that timer, as
+//! long as it wakes this layer's task; it sets its own if that one goes
+//! first (its attempt failed, or output began) or is due: one timer per
+//! call, not one per layer. Timeouts are
 //! retryable: with a [`TransportRetryLayer`](crate::TransportRetryLayer)
 //! *outside* this layer, a stream that stalls before any output is cut and
 //! sent again. A total deadline also travels with the request, as a
@@ -140,8 +141,9 @@ where
         let future = self.inner.call(request);
         // A timeout layer inside, reached as the call was made, may have
         // set a timer for the head that fires before this layer's deadline:
-        // then this layer relies on it (and sets its own only if that one
-        // goes first) rather than setting a second timer for every call.
+        // then this layer may rely on it rather than set a second timer for
+        // every call. Whether it does is settled when polled: only on a
+        // timer that wakes this task, and only while it serves the head.
         let (cut, relied_on) = match (head, &called) {
             (Some((at, _)), Some(call)) if call.armed_by(at) => (None, Some(at)),
             (Some((at, _)), Some(call)) => (Some(armed_cut(limits, at, call)), None),
@@ -203,11 +205,14 @@ where
             if let (Some(_), Some(call)) = (this.relied_on.take(), this.called.as_ref()) {
                 call.stop_relying(cx.waker());
             }
+            // Taken now, so that a failure drops it (and its timer, and its
+            // record for a layer outside) with this future's answer.
+            let cut = this.cut.take();
             let mut stream = result?;
             // The head's timer, set for the stream's first deadline (the
             // nearer of first-event and total), carries on; or this
             // layer's limits join those a layer inside put on the stream.
-            match this.cut.take() {
+            match cut {
                 Some(cut) => stream.cut_by(cut, cx.waker()),
                 None => stream.limit_by(*this.limits, cx.waker()),
             }
@@ -224,6 +229,7 @@ where
         }
         if let Some(cut) = this.cut.as_mut() {
             ready!(cut.as_mut().poll_head(cx));
+            *this.cut = None;
             // No head yet: the provider that was sent the call, if any.
             return Poll::Ready(Err(Error::Timeout {
                 provider: this.called.as_ref().map_or("unknown", CallHandle::provider),
