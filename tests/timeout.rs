@@ -11,6 +11,7 @@ use llm_tower::{
 };
 use support::{anthropic_at, drain, openai_at, texts};
 use tokio::time::Instant;
+use tower::util::BoxService;
 use tower::{ServiceBuilder, ServiceExt};
 
 fn hello() -> ChatRequest {
@@ -188,22 +189,6 @@ async fn of_two_total_limits_the_nearer_bounds_the_waits() {
 
 #[tokio::test(start_paused = true)]
 async fn a_head_that_never_comes_fails_the_call() {
-    #[derive(Clone)]
-    struct Never;
-    impl tower::Service<ChatRequest> for Never {
-        type Response = llm_tower::ChatStream;
-        type Error = Error;
-        type Future = std::future::Pending<Result<llm_tower::ChatStream, Error>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: ChatRequest) -> Self::Future {
-            std::future::pending()
-        }
-    }
     for (layer, phase, after) in [
         (
             StreamTimeoutLayer::new().first_event(Duration::from_secs(5)),
@@ -408,126 +393,95 @@ async fn before_output_the_nearer_first_event_limit_governs() {
     cut_after(svc, &[], TimeoutPhase::FirstEvent, Duration::from_secs(5)).await;
 }
 
-/// A layer between two timeout layers that sits on a failure for an hour,
-/// as a layer knowing nothing of deadlines may.
-#[derive(Clone)]
-struct SlowOnFailure<S>(S);
+/// An answer's future, as a layer between two timeout layers sees it.
+type Answer = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
 
-impl<S> tower::Service<ChatRequest> for SlowOnFailure<S>
+/// A layer of a user's own between two timeout layers: `wrap` done to each
+/// call's future.
+#[derive(Clone)]
+struct Between<S> {
+    inner: S,
+    wrap: fn(Answer) -> Answer,
+}
+
+fn between<S>(wrap: fn(Answer) -> Answer) -> impl Fn(S) -> Between<S> + Clone {
+    move |inner| Between { inner, wrap }
+}
+
+impl<S> tower::Service<ChatRequest> for Between<S>
 where
     S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
     S::Future: Send + 'static,
 {
     type Response = llm_tower::ChatStream;
     type Error = Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
+    type Future = Answer;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let answer = self.0.call(req);
-        Box::pin(async move {
-            // Kept, finished, through the hour.
-            let mut answer = std::pin::pin!(answer);
-            let result = (&mut answer).await;
-            if result.is_err() {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
-            }
-            result
-        })
+    fn call(&mut self, req: ChatRequest) -> Answer {
+        (self.wrap)(Box::pin(self.inner.call(req)))
     }
 }
 
-/// A layer between two timeout layers that makes the call at once but
-/// first polls it an hour later (it writes an audit record first, say).
-#[derive(Clone)]
-struct LateToPoll<S>(S);
-
-impl<S> tower::Service<ChatRequest> for LateToPoll<S>
-where
-    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
-    S::Future: Send + 'static,
-{
-    type Response = llm_tower::ChatStream;
-    type Error = Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let answer = self.0.call(req);
-        Box::pin(async move {
+/// Sits on a failure for an hour, the finished call kept, as a layer
+/// knowing nothing of deadlines may.
+fn slow_on_failure(mut answer: Answer) -> Answer {
+    Box::pin(async move {
+        let result = (&mut answer).await;
+        if result.is_err() {
             tokio::time::sleep(Duration::from_secs(3600)).await;
-            answer.await
-        })
-    }
+        }
+        result
+    })
 }
 
-/// A layer that reads the whole answer before handing it on.
-#[derive(Clone)]
-struct ReadsItAll<S>(S);
-
-impl<S> tower::Service<ChatRequest> for ReadsItAll<S>
-where
-    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
-    S::Future: Send + 'static,
-{
-    type Response = llm_tower::ChatStream;
-    type Error = Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: ChatRequest) -> Self::Future {
-        use futures_util::StreamExt;
-        let answer = self.0.call(req);
-        Box::pin(async move {
-            let stream = answer.await?;
-            let meta = stream.meta().clone();
-            let events = stream.collect::<Vec<_>>().await;
-            Ok(llm_tower::ChatStream::from_events(meta, events))
-        })
-    }
+/// Makes the call at once but first polls it an hour later (it writes an
+/// audit record first, say).
+fn late_to_poll(answer: Answer) -> Answer {
+    Box::pin(async move {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        answer.await
+    })
 }
 
-/// A layer that runs the call on a task of its own.
-#[derive(Clone)]
-struct OnItsOwnTask<S>(S);
+/// Reads the whole answer before handing it on.
+fn reads_it_all(answer: Answer) -> Answer {
+    use futures_util::StreamExt;
+    Box::pin(async move {
+        let stream = answer.await?;
+        let meta = stream.meta().clone();
+        let events = stream.collect::<Vec<_>>().await;
+        Ok(llm_tower::ChatStream::from_events(meta, events))
+    })
+}
 
-impl<S> tower::Service<ChatRequest> for OnItsOwnTask<S>
-where
-    S: tower::Service<ChatRequest, Response = llm_tower::ChatStream, Error = Error>,
-    S::Future: Send + 'static,
-{
+/// Runs the call on a task of its own.
+fn on_its_own_task(answer: Answer) -> Answer {
+    let task = tokio::spawn(answer);
+    Box::pin(async move { task.await.expect("the call's task") })
+}
+
+/// A service whose answer never comes.
+#[derive(Clone)]
+struct Never;
+
+impl tower::Service<ChatRequest> for Never {
     type Response = llm_tower::ChatStream;
     type Error = Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<llm_tower::ChatStream, Error>>;
+    type Future = std::future::Pending<Result<llm_tower::ChatStream, Error>>;
 
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Error>> {
-        self.0.poll_ready(cx)
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Error>> {
+        std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: ChatRequest) -> Self::Future {
-        let task = tokio::spawn(self.0.call(req));
-        Box::pin(async move { task.await.expect("the call's task") })
+    fn call(&mut self, _: ChatRequest) -> Self::Future {
+        std::future::pending()
     }
 }
 
@@ -540,66 +494,54 @@ where
 /// call only an hour later).
 #[tokio::test(start_paused = true)]
 async fn an_outer_limit_outlives_the_inner_timer_it_relied_on() {
-    #[derive(Clone)]
-    struct Never;
-    impl tower::Service<ChatRequest> for Never {
-        type Response = llm_tower::ChatStream;
-        type Error = Error;
-        type Future = std::future::Pending<Result<llm_tower::ChatStream, Error>>;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: ChatRequest) -> Self::Future {
-            std::future::pending()
-        }
-    }
     let outer = StreamTimeoutLayer::new().total(Duration::from_secs(10));
     let inner = StreamTimeoutLayer::new().first_event(Duration::from_secs(3));
     let same_task = ServiceBuilder::new()
         .layer(outer)
-        .layer_fn(SlowOnFailure)
+        .layer_fn(between(slow_on_failure))
         .layer(inner)
         .service(Never);
     // The inner timer is set when the call is made, but runs only once
     // polled, an hour later.
     let late_to_poll = ServiceBuilder::new()
         .layer(outer)
-        .layer_fn(LateToPoll)
+        .layer_fn(between(late_to_poll))
         .layer(inner)
         .service(Never);
     let own_task = ServiceBuilder::new()
         .layer(outer)
-        .layer_fn(OnItsOwnTask)
-        .layer_fn(SlowOnFailure)
+        .layer_fn(between(on_its_own_task))
+        .layer_fn(between(slow_on_failure))
         .layer(inner)
         .service(Never);
-    for svc in [
-        tower::util::BoxService::new(same_task),
-        tower::util::BoxService::new(own_task),
-        tower::util::BoxService::new(late_to_poll),
-    ] {
-        let started = Instant::now();
-        // Bounded, so that a limit that failed shows as a failure, not as a
-        // test that never ends.
-        let err = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(hello()))
-            .await
-            .expect("the outer limit cut the call")
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Timeout {
-                    phase: TimeoutPhase::Total,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        assert_eq!(started.elapsed(), Duration::from_secs(10));
-    }
+    cut_at_ten_seconds(BoxService::new(same_task), "same task").await;
+    cut_at_ten_seconds(BoxService::new(own_task), "own task").await;
+    cut_at_ten_seconds(BoxService::new(late_to_poll), "late to poll").await;
+}
+
+/// Sends one call through `svc`, whose outer limit is a total of 10 s: it
+/// fails with that limit, on time. Bounded, so that a limit that failed
+/// shows as a failure, not as a test that never ends.
+async fn cut_at_ten_seconds(
+    svc: BoxService<ChatRequest, llm_tower::ChatStream, Error>,
+    case: &str,
+) {
+    let started = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(hello()))
+        .await
+        .expect("the outer limit cut the call")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                phase: TimeoutPhase::Total,
+                ..
+            }
+        ),
+        "{case}: {err:?}"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(10), "{case}");
 }
 
 /// The same once the inner timer's answer has begun: its first-event
@@ -611,36 +553,21 @@ async fn an_outer_limit_holds_once_the_inner_answer_has_begun() {
         let server = MockServer::start().await;
         server.push(Reply::text(["a", "b"]).stall_after(1));
         let inner = ServiceBuilder::new()
-            .layer_fn(ReadsItAll)
+            .layer_fn(between(reads_it_all))
             .layer(StreamTimeoutLayer::new().first_event(Duration::from_secs(3)))
             .service(openai_at(&server));
         let outer = StreamTimeoutLayer::new().total(Duration::from_secs(10));
         let svc = if own_task {
-            tower::util::BoxService::new(tower::Layer::layer(&outer, OnItsOwnTask(inner)))
+            BoxService::new(tower::Layer::layer(
+                &outer,
+                Between {
+                    inner,
+                    wrap: on_its_own_task,
+                },
+            ))
         } else {
-            tower::util::BoxService::new(tower::Layer::layer(&outer, inner))
+            BoxService::new(tower::Layer::layer(&outer, inner))
         };
-        let started = Instant::now();
-        // Bounded, so that a limit that failed shows as a failure, not as a
-        // test that never ends.
-        let err = tokio::time::timeout(Duration::from_secs(60), svc.oneshot(hello()))
-            .await
-            .expect("the outer limit cut the call")
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Timeout {
-                    phase: TimeoutPhase::Total,
-                    ..
-                }
-            ),
-            "own task {own_task}: {err:?}"
-        );
-        assert_eq!(
-            started.elapsed(),
-            Duration::from_secs(10),
-            "own task {own_task}"
-        );
+        cut_at_ten_seconds(svc, if own_task { "own task" } else { "same task" }).await;
     }
 }

@@ -4,7 +4,7 @@
 //! timer, and no event takes a hop per timeout layer.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -136,24 +136,7 @@ impl Cut {
         let Some(sleep) = this.sleep.as_pin_mut() else {
             return Poll::Pending;
         };
-        // As in `poll_expired`: a timer that holds this task's waker and
-        // has not fired has nothing new to say.
-        if !sleep.is_elapsed()
-            && this
-                .timer_waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-        {
-            return Poll::Pending;
-        }
-        if sleep.poll(cx).is_pending() {
-            *this.timer_waker = Some(cx.waker().clone());
-            if let Some(armed) = this.armed.as_ref() {
-                armed.call.armed_wakes(armed.id, cx.waker());
-            }
-            return Poll::Pending;
-        }
-        Poll::Ready(())
+        poll_timer(sleep, this.timer_waker, this.armed.as_ref(), cx)
     }
 
     /// The limits.
@@ -229,23 +212,12 @@ impl Cut {
             *this.timer_waker = None;
         }
         loop {
-            // A timer that has not fired and holds a waker for this task has
-            // nothing new to learn: polling it again would only swap wakers.
-            if !sleep.is_elapsed()
-                && this
-                    .timer_waker
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                return Poll::Pending;
-            }
-            if sleep.as_mut().poll(cx).is_pending() {
-                *this.timer_waker = Some(cx.waker().clone());
-                if let Some(armed) = this.armed.as_ref() {
-                    armed.call.armed_wakes(armed.id, cx.waker());
-                }
-                return Poll::Pending;
-            }
+            ready!(poll_timer(
+                sleep.as_mut(),
+                this.timer_waker,
+                this.armed.as_ref(),
+                cx
+            ));
             if sleep.deadline() >= at {
                 break;
             }
@@ -258,6 +230,34 @@ impl Cut {
             phase,
         })
     }
+}
+
+/// Polls `sleep`, `Ready` once it fired. A timer that has not fired and
+/// holds a waker for this task (`timer_waker`, the one it was last polled
+/// with) has nothing new to say: polling it again would only swap wakers.
+/// Which task it wakes is noted, and told to the call's context when the
+/// timer serves the head there (`armed`).
+fn poll_timer(
+    sleep: Pin<&mut Sleep>,
+    timer_waker: &mut Option<Waker>,
+    armed: Option<&ArmedIn>,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    if !sleep.is_elapsed()
+        && timer_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+    {
+        return Poll::Pending;
+    }
+    if sleep.poll(cx).is_pending() {
+        *timer_waker = Some(cx.waker().clone());
+        if let Some(armed) = armed {
+            armed.call.armed_wakes(armed.id, cx.waker());
+        }
+        return Poll::Pending;
+    }
+    Poll::Ready(())
 }
 
 /// The deadline that applies now, and its phase: before the first output
