@@ -403,8 +403,8 @@ impl CallHandle {
         slots[slot] = Some((token, version));
     }
 
-    /// The version of the credential supplied under `token` that the last
-    /// attempt sent with one was sent with.
+    /// The version of the credential supplied under `token` that was sent
+    /// last, if the call still has it on record.
     pub(crate) fn credential_sent(&self, token: u64) -> Option<u64> {
         crate::lock(&self.0.credentials)
             .slots
