@@ -170,22 +170,20 @@ impl Future for ResponseFuture {
                 return Poll::Pending;
             }
             let Some(req) = syncing.req.take() else {
-                return Poll::Ready(Err(Error::config("pool future polled after completion")));
+                return Poll::Ready(Err(polled_after_completion()));
             };
             let shared = syncing.shared.clone();
             *self = Self::pick(shared, req);
         }
         let race = match &mut self.state {
             State::Failed(e) => {
-                return Poll::Ready(Err(e
-                    .take()
-                    .unwrap_or_else(|| Error::config("pool future polled after completion"))));
+                return Poll::Ready(Err(e.take().unwrap_or_else(polled_after_completion)));
             }
             State::Racing(race) => race,
             // Left just above: the pick never waits again.
             #[cfg(feature = "redis")]
             State::Syncing(_) => {
-                return Poll::Ready(Err(Error::config("pool future polled after completion")));
+                return Poll::Ready(Err(polled_after_completion()));
             }
         };
         race.poll(cx)
@@ -218,7 +216,7 @@ impl Race {
                 return Poll::Ready(Err(self
                     .last_error
                     .take()
-                    .unwrap_or_else(|| Error::config("pool future polled after completion"))));
+                    .unwrap_or_else(polled_after_completion)));
             }
             let Some(timer) = self.hedge_at.as_mut() else {
                 return Poll::Pending;
@@ -315,4 +313,8 @@ impl fmt::Debug for ResponseFuture {
                 .finish(),
         }
     }
+}
+
+fn polled_after_completion() -> Error {
+    Error::misuse("pool future polled after completion")
 }

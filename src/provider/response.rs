@@ -96,9 +96,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Failed { error } => {
-                    let e = error.take().unwrap_or_else(|| {
-                        Error::config("response future polled after completion")
-                    });
+                    let e = error.take().unwrap_or_else(polled_after_completion);
                     this.state.set(State::Done);
                     return Poll::Ready(Err(e));
                 }
@@ -106,9 +104,7 @@ where
                     let result = ready!(future.poll(cx));
                     let Some(ctx) = ctx.take() else {
                         this.state.set(State::Done);
-                        return Poll::Ready(Err(Error::config(
-                            "response future polled after completion",
-                        )));
+                        return Poll::Ready(Err(polled_after_completion()));
                     };
                     let response = match result {
                         Ok(r) => r,
@@ -165,11 +161,13 @@ where
                     }
                 }
                 StateProj::Done => {
-                    return Poll::Ready(Err(Error::config(
-                        "response future polled after completion",
-                    )));
+                    return Poll::Ready(Err(polled_after_completion()));
                 }
             }
         }
     }
+}
+
+fn polled_after_completion() -> Error {
+    Error::misuse("response future polled after completion")
 }
